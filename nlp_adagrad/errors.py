@@ -1,0 +1,12 @@
+"""The one exception type for problems the user can fix: bad input, bad config, no network.
+
+Entry points catch it and print its message as a single line with exit code 2; anything else
+is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, stated as what is wrong and what to do."""
+
+
+EXIT_USER_ERROR = 2

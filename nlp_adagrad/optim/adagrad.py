@@ -1,0 +1,61 @@
+"""Adagrad with `torch.optim.Adagrad`'s semantics and a fused sparse step.
+
+G += g*g; clr = lr / (1 + (step - 1) * lr_decay); w -= clr * g / (sqrt(G) + eps). Note `eps`
+sits outside the square root, as in PyTorch. Sparse steps gather the touched rows of G and w,
+update them and scatter them back: no COO coalesce, no `sparse_mask`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nlp_adagrad.optim.base import RowOptimizer
+
+
+class Adagrad(RowOptimizer):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-2,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                state["step"] = 0
+                state["sum"] = torch.full_like(
+                    p, group["initial_accumulator_value"], memory_format=torch.preserve_format
+                )
+
+    @staticmethod
+    def _clr(state: dict, group: dict) -> float:
+        return group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
+
+    def _sparse_step(self, p, rows, values, state, group) -> None:
+        total = state["sum"].index_select(0, rows).addcmul_(values, values)
+        state["sum"].index_copy_(0, rows, total)
+        std = total.sqrt_().add_(group["eps"])
+        p.index_add_(0, rows, values / std, alpha=-self._clr(state, group))
+
+    def _dense_step(self, p, grad, state, group) -> None:
+        state["sum"].addcmul_(grad, grad, value=1)
+        std = state["sum"].sqrt().add_(group["eps"])
+        p.addcdiv_(grad, std, value=-self._clr(state, group))
+
+    def _row_lr(self, p, rows, state, group) -> torch.Tensor:
+        total = state["sum"][rows]
+        rate = self._clr(state, group) / (total.sqrt() + group["eps"])
+        return rate.reshape(total.shape[0], -1).mean(dim=1)

@@ -1,0 +1,118 @@
+"""What every optimizer here shares: sparse gradients reduced to unique rows, per-row update
+counts, and the `effective_lr(param)` accessor that telemetry reads.
+
+A sparse gradient from `EmbeddingBag(sparse=True)` holds one row per token occurrence. We sum
+duplicates with one `unique` + `index_add_` instead of a COO `coalesce`, then touch only those
+rows: a step costs what the batch touches, never the table size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ALL_ROWS = slice(None)
+
+
+def num_selected(p: torch.Tensor, rows: slice | torch.Tensor) -> int:
+    """How many rows of `p` the selection `rows` picks (no data touched)."""
+    return torch.empty(p.shape[0], device="meta")[rows].shape[0]
+
+
+def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted unique row ids, summed gradient rows) of a sparse COO gradient."""
+    indices, values = grad._indices()[0], grad._values()
+    if grad.is_coalesced():
+        return indices, values
+    rows, inverse = torch.unique(indices, sorted=True, return_inverse=True)
+    summed = values.new_zeros((rows.numel(), *values.shape[1:])).index_add_(0, inverse, values)
+    return rows, summed
+
+
+class RowOptimizer(torch.optim.Optimizer):
+    """Base class: subclasses implement `_sparse_step` and `_dense_step` and `_row_lr`.
+
+    State per parameter: `step` (int) and, for parameters that ever got a sparse gradient,
+    `updates` (int64 per row: optimizer steps whose gradient touched the row).
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 (torch's signature)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] = state.get("step", 0) + 1
+                grad = p.grad
+                if grad.is_sparse:
+                    rows, values = unique_rows(grad)
+                    if group["maximize"]:
+                        values = -values
+                    if group["weight_decay"]:
+                        # lazy L2: only rows in the batch decay (torch refuses sparse + decay)
+                        values = values.add(p.index_select(0, rows), alpha=group["weight_decay"])
+                    self._sparse_step(p, rows, values, state, group)
+                    updates = state.get("updates")
+                    if updates is None:
+                        updates = state["updates"] = torch.zeros(
+                            p.shape[0], dtype=torch.int64, device=p.device
+                        )
+                    updates.index_add_(0, rows, torch.ones_like(rows))
+                else:
+                    if group["maximize"]:
+                        grad = -grad
+                    if group["weight_decay"]:
+                        grad = grad.add(p, alpha=group["weight_decay"])
+                    self._dense_step(p, grad, state, group)
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch casts every state tensor but `step` to the parameter's dtype; keep counts int."""
+        counts = {i: s["updates"] for i, s in state_dict["state"].items() if "updates" in s}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for i, updates in counts.items():
+            self.state[params[i]]["updates"] = updates.to(params[i].device, torch.int64)
+
+    def _sparse_step(self, p, rows, values, state, group) -> None:
+        raise NotImplementedError
+
+    def _dense_step(self, p, grad, state, group) -> None:
+        raise NotImplementedError
+
+    def _row_lr(self, p: torch.Tensor, rows, state: dict, group: dict) -> torch.Tensor:
+        """The effective learning rate of `p[rows]`, one per row (before masking untouched rows)."""
+        raise NotImplementedError
+
+    def _group_of(self, p: torch.Tensor) -> dict:
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise KeyError("parameter is not optimized by this optimizer")
+
+    def row_updates(self, p: torch.Tensor) -> torch.Tensor:
+        """Steps whose gradient touched each row of `p` (zeros before its first sparse step)."""
+        updates = self.state.get(p, {}).get("updates")
+        if updates is None:
+            return torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
+        return updates
+
+    @torch.no_grad()
+    def effective_lr(self, p: torch.Tensor, rows: slice | torch.Tensor = ALL_ROWS) -> torch.Tensor:
+        """Effective learning rate of each row of `p` in `rows`, from the optimizer's own state.
+
+        Rows never updated are NaN: they have no rate of their own yet. The cost is that of
+        the rows asked for, so telemetry on the vocabulary never pays for bigram buckets.
+        """
+        state = self.state.get(p, {})
+        if state.get("step", 0) == 0:
+            return torch.full((num_selected(p, rows),), float("nan"), device=p.device)
+        rates = self._row_lr(p, rows, state, self._group_of(p)).to(torch.float32)
+        updates = state.get("updates")
+        if updates is not None:
+            rates = rates.masked_fill(updates[rows] == 0, float("nan"))
+        return rates

@@ -1,0 +1,252 @@
+"""Per-token effective learning rates: from the optimizer's state and token counts to metrics.
+
+Definitions (DESIGN §5): a token's effective learning rate is the mean over its row of
+clr / (sqrt(G) + eps), read from the optimizer (never re-derived from gradients); tokens never
+updated are missing. Buckets are decades of training count; `rare` is count <= rare_max_count;
+`common` the common_top_k most frequent tokens. Slopes are least-squares fits of log(eff_lr)
+on log(updates) or log(count), over log-spaced bins whose means weigh the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nlp_adagrad.config import TelemetryConfig
+from nlp_adagrad.optim import RowOptimizer
+from nlp_adagrad.writer import MetricWriter
+
+UNSEEN = "unseen"  # tokens with no occurrence in the training split (the unknown token)
+NUM_FIT_BINS = 20
+THEORY_SLOPE = -0.5  # stationary squared gradients: G ~ updates, eff_lr ~ updates^-1/2
+
+
+def count_bucket(count: int) -> str:
+    """Decade bucket of a training count: 1-9 -> count_1e0, 10-99 -> count_1e1, ..."""
+    return UNSEEN if count < 1 else f"count_1e{int(math.log10(count))}"
+
+
+@dataclass
+class TelemetrySpec:
+    """What stays fixed through a run: the vocabulary, its counts and the groups drawn from it."""
+
+    tokens: list[str]
+    counts: np.ndarray  # training occurrences per vocabulary token
+    buckets: np.ndarray  # bucket name per token
+    bucket_names: list[str]  # in increasing count order, without UNSEEN
+    rare: np.ndarray  # bool mask
+    common: np.ndarray  # bool mask
+    followed: dict[str, int]  # token -> id, for eff_lr/token/<token>
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+
+def make_spec(
+    tokens: list[str], counts: np.ndarray, cfg: TelemetryConfig, seed: int
+) -> tuple[TelemetrySpec, list[str]]:
+    """The run's telemetry spec, and the names in `cfg.tokens` that are not in the vocabulary."""
+    counts = np.asarray(counts[: len(tokens)], dtype=np.int64)
+    buckets = np.array([count_bucket(int(c)) for c in counts], dtype=object)
+    bucket_names = sorted(set(buckets) - {UNSEEN}, key=lambda b: int(b.rsplit("e", 1)[1]))
+    rare = (counts >= 1) & (counts <= cfg.rare_max_count)
+    by_count = np.argsort(-counts, kind="stable")
+    common = np.zeros(len(tokens), dtype=bool)
+    common[by_count[: cfg.common_top_k]] = True
+    common &= counts >= 1
+    rng = np.random.default_rng(seed)
+    followed: dict[str, int] = {}
+    for name in bucket_names:
+        # plain alphanumeric tokens make readable tag names; punctuation stays in the buckets
+        pool = [i for i in np.flatnonzero(buckets == name) if tokens[i].isalnum()]
+        take = min(cfg.follow_per_bucket, len(pool))
+        for i in sorted(rng.choice(pool, size=take, replace=False)) if take else []:
+            followed[tokens[i]] = int(i)
+    index = {t: i for i, t in enumerate(tokens)}
+    missing = [t for t in cfg.tokens if t not in index]
+    followed.update({t: index[t] for t in cfg.tokens if t in index})
+    spec = TelemetrySpec(tokens, counts, buckets, bucket_names, rare, common, followed)
+    return spec, missing
+
+
+def read_rates(
+    optimizer: RowOptimizer, table: torch.Tensor, num_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(eff_lr, updates) of the first `num_tokens` rows of `table`, as float64 / int64 arrays."""
+    eff_lr = optimizer.effective_lr(table, slice(0, num_tokens))
+    updates = optimizer.row_updates(table)[:num_tokens]
+    return eff_lr.double().cpu().numpy(), updates.cpu().numpy()
+
+
+def _median(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+@dataclass
+class Fit:
+    slope: float
+    intercept: float
+    bin_x: np.ndarray  # bin means of log(x)
+    bin_y: np.ndarray  # bin means of log(eff_lr)
+
+
+def binned_fit(x: np.ndarray, eff_lr: np.ndarray, num_bins: int = NUM_FIT_BINS) -> Fit | None:
+    """Least-squares line through log-binned means of log(eff_lr) against log(x).
+
+    Binning first gives every range of x the same weight: otherwise the many rare tokens
+    decide the slope alone. None when fewer than two bins hold tokens.
+    """
+    keep = (x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)
+    lx, ly = np.log(x[keep].astype(np.float64)), np.log(eff_lr[keep])
+    if len(lx) == 0 or lx.min() == lx.max():
+        return None
+    edges = np.linspace(lx.min(), lx.max(), num_bins + 1)
+    which = np.clip(np.searchsorted(edges, lx, side="right") - 1, 0, num_bins - 1)
+    n = np.bincount(which, minlength=num_bins)
+    full = n > 0
+    if full.sum() < 2:
+        return None
+    bin_x = np.bincount(which, weights=lx, minlength=num_bins)[full] / n[full]
+    bin_y = np.bincount(which, weights=ly, minlength=num_bins)[full] / n[full]
+    slope, intercept = np.polyfit(bin_x, bin_y, 1)
+    return Fit(float(slope), float(intercept), bin_x, bin_y)
+
+
+def summarize(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) -> dict[str, float]:
+    """Scalar summaries: medians for rare, common and each bucket, and both slopes."""
+    out = {
+        "eff_lr/rare": _median(eff_lr[spec.rare]),
+        "eff_lr/common": _median(eff_lr[spec.common]),
+    }
+    for name in spec.bucket_names:
+        out[f"eff_lr/bucket/{name}"] = _median(eff_lr[spec.buckets == name])
+    for key, x in (("updates", updates), ("count", spec.counts)):
+        fit = binned_fit(x, eff_lr)
+        out[f"eff_lr/slope_vs_{key}"] = fit.slope if fit else float("nan")
+    out["eff_lr/tokens_updated"] = float((updates >= 1).sum())
+    return out
+
+
+def log_snapshot(
+    writer: MetricWriter,
+    spec: TelemetrySpec,
+    optimizer: RowOptimizer,
+    table: torch.Tensor,
+    step: int,
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Write one telemetry point (scalars, followed tokens, histograms); return what it read."""
+    eff_lr, updates = read_rates(optimizer, table, spec.num_tokens)
+    summary = summarize(spec, eff_lr, updates)
+    for tag, value in summary.items():
+        writer.scalar(tag, value, step)
+    for token, i in spec.followed.items():
+        if np.isfinite(eff_lr[i]):
+            writer.scalar(f"eff_lr/token/{token}", float(eff_lr[i]), step)
+    for name in spec.bucket_names:
+        values = eff_lr[(spec.buckets == name) & np.isfinite(eff_lr)]
+        if len(values):
+            writer.histogram(f"eff_lr_hist/{name}", values, step)
+    return summary, eff_lr, updates
+
+
+def custom_layout(spec: TelemetrySpec) -> dict:
+    """TensorBoard custom-scalars layout: rare vs common and the buckets in one chart."""
+    buckets = [f"eff_lr/bucket/{name}" for name in spec.bucket_names]
+    return {
+        "Adagrad: per-token effective learning rate": {
+            "rare vs common (median eff_lr)": ["Multiline", ["eff_lr/rare", "eff_lr/common"]],
+            "by count bucket (median eff_lr)": [
+                "Multiline",
+                ["eff_lr/rare", "eff_lr/common", *buckets],
+            ],
+            "followed tokens": ["Multiline", ["eff_lr/token/.*"]],
+            "slope of log eff_lr vs log updates": ["Multiline", ["eff_lr/slope_vs_updates"]],
+        },
+        "Training": {
+            "loss": ["Multiline", ["train/loss", "test/loss"]],
+            "accuracy": ["Multiline", ["test/accuracy"]],
+        },
+    }
+
+
+def bucket_table(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) -> str:
+    """A Markdown table per bucket: count range, tokens, median eff_lr, median updates."""
+    lines = [
+        "| bucket | counts | tokens | median eff_lr | median updates |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name in spec.bucket_names:
+        mask = spec.buckets == name
+        low = 10 ** int(name.rsplit("e", 1)[1])
+        lines.append(
+            f"| {name} | {low}-{10 * low - 1} | {int(mask.sum())} | "
+            f"{_median(eff_lr[mask]):.4g} | {_median(updates[mask].astype(float)):.4g} |"
+        )
+    return "\n".join(lines)
+
+
+def eff_lr_figure(spec: TelemetrySpec, eff_lr: np.ndarray, title: str):
+    """Log-log figure of eff_lr against count: tokens, binned means, fitted and theory lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    keep = (spec.counts >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)
+    ax.scatter(spec.counts[keep], eff_lr[keep], s=3, alpha=0.15, color="0.5", label="tokens")
+    fit = binned_fit(spec.counts, eff_lr)
+    if fit is not None:
+        ax.plot(np.exp(fit.bin_x), np.exp(fit.bin_y), "o", color="C0", label="binned mean")
+        xs = np.exp(np.array([fit.bin_x.min(), fit.bin_x.max()]))
+        ax.plot(
+            xs,
+            np.exp(fit.intercept) * xs**fit.slope,
+            "-",
+            color="C1",
+            label=f"fit: slope {fit.slope:.3f}",
+        )
+        ax.plot(
+            xs,
+            np.exp(fit.intercept) * xs**THEORY_SLOPE,
+            "--",
+            color="C2",
+            label=f"theory: slope {THEORY_SLOPE}",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training count of token")
+    ax.set_ylabel("effective learning rate")
+    ax.set_title(title)
+    ax.legend(loc="best")
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_token_stats(
+    path: Path, spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray
+) -> None:
+    """token_stats.csv: id, token, count, updates, eff_lr (empty when never updated), bucket."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["id", "token", "count", "updates", "eff_lr", "bucket"])
+        for i, token in enumerate(spec.tokens):
+            rate = eff_lr[i]
+            out.writerow(
+                [
+                    i,
+                    token,
+                    int(spec.counts[i]),
+                    int(updates[i]),
+                    f"{rate:.9g}" if np.isfinite(rate) else "",
+                    spec.buckets[i],
+                ]
+            )

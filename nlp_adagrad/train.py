@@ -1,0 +1,304 @@
+"""Training entry point, `python -m nlp_adagrad.train [overrides]`, and the loop, `train()`.
+
+The loop is written out top to bottom: data, tokenizer, model, optimizer, then for every step
+forward, backward, sparse optimizer step, and on their intervals logging, telemetry, evaluation
+and checkpoints. Only the main process writes files; every process follows the same seeded data
+order, so data parallelism only changes which slice of each global batch a process takes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from nlp_adagrad import telemetry
+from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
+from nlp_adagrad.checkpoint import LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
+from nlp_adagrad.config import CONF_DIR, Config, config_to_dict, register_configs, to_config
+from nlp_adagrad.data import load_corpus
+from nlp_adagrad.errors import EXIT_USER_ERROR, UserError
+from nlp_adagrad.evaluate import evaluate
+from nlp_adagrad.models import build_model
+from nlp_adagrad.optim import build_optimizer
+from nlp_adagrad.vocab import encode_split, token_counts, train_tokenizer, vocabulary
+from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
+
+log = logging.getLogger("nlp_adagrad.train")  # not "__main__" under python -m
+
+TIMING_KEYS = ("train/seconds", "train/tokens_per_sec")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu"
+        )
+    return torch.device(name)
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them; (0, 1) for a plain run."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise UserError(
+            "data-parallel training under torchrun is not implemented yet; run one process"
+        )
+    return int(os.environ.get("RANK", "0")), world_size
+
+
+def flat_hparams(c: Config) -> dict[str, float | int | str | bool]:
+    """Config as the flat scalar dict TensorBoard's HParams plugin accepts."""
+    flat: dict[str, float | int | str | bool] = {}
+
+    def visit(prefix: str, node) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                visit(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(node, (bool, int, float, str)):
+            flat[prefix] = node
+        else:
+            flat[prefix] = str(node)
+
+    visit("", config_to_dict(c))
+    return flat
+
+
+def write_json(path: Path, values: dict) -> None:
+    clean = {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()
+    }
+    path.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+
+
+def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dict[str, float]:
+    """Train the configured model; write the run-dir files (DESIGN §4); return final metrics."""
+    rank, world_size = process_rank()
+    is_main = rank == 0
+    if cfg.trainer.num_threads is not None:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    device = resolve_device(cfg.trainer.device)
+    torch.manual_seed(cfg.trainer.seed)
+
+    # ---- data: corpus -> tokenizer -> token ids (CSR) and per-row training counts
+    corpus = load_corpus(cfg.data)
+    tokenizer = train_tokenizer(corpus["train"], cfg.tokenizer)
+    tokens = vocabulary(tokenizer)
+    train_split = encode_split(corpus["train"], tokenizer, cfg.tokenizer)
+    test_split = encode_split(corpus["test"], tokenizer, cfg.tokenizer)
+    num_rows = len(tokens) + (cfg.tokenizer.buckets if cfg.tokenizer.ngrams == 2 else 0)
+    counts = token_counts(train_split, num_rows)
+    class_names = corpus["train"].features["label"].names
+    log.info(
+        "data=%s: %d train / %d test documents, %d classes, %d words (+%d bigram buckets), "
+        "%d training tokens",
+        cfg.data.name,
+        train_split.num_docs,
+        test_split.num_docs,
+        len(class_names),
+        len(tokens),
+        num_rows - len(tokens),
+        len(train_split.ids),
+    )
+
+    # ---- model and optimizer; the token table is the one with sparse gradients
+    model = build_model(cfg.model, num_rows, len(class_names)).to(device)
+    optimizer = build_optimizer(cfg.optim, model.parameters())
+    table = model.embedding.weight
+
+    steps_per_epoch = num_batches(train_split.num_docs, cfg.trainer.batch_size)
+    total_steps = cfg.trainer.epochs * steps_per_epoch
+    if cfg.trainer.max_steps is not None:
+        total_steps = min(total_steps, cfg.trainer.max_steps)
+    step, tokens_seen, start_epoch, start_batch = 0, 0, 0, 0
+    if cfg.trainer.resume:
+        path = resolve_checkpoint(cfg.trainer.resume)
+        state = load_checkpoint(path, map_location=device)
+        if state["model"]["embedding.weight"].shape != table.shape:
+            raise UserError(
+                f"{path} holds a table of shape {tuple(state['model']['embedding.weight'].shape)}"
+                f" but this config builds {tuple(table.shape)}; resume with the run's own config"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, tokens_seen = state["step"], state["tokens"]
+        start_epoch, start_batch = divmod(step, steps_per_epoch)
+        log.info("resumed from %s at step %d", path, step)
+
+    # ---- outputs: only the main process writes
+    if writer is None:
+        writer = TensorBoardWriter(run_dir / "tb") if is_main else NullWriter()
+    spec, missing = telemetry.make_spec(tokens, counts, cfg.telemetry, cfg.trainer.seed)
+    if missing:
+        log.warning("telemetry.tokens not in the vocabulary: %s", ", ".join(missing))
+    if is_main:
+        tokenizer.save(str(run_dir / "tokenizer.json"))
+        writer.custom_layout(telemetry.custom_layout(spec))
+
+    def checkpoint() -> None:
+        if is_main:
+            save_checkpoint(
+                run_dir / "checkpoints" / LAST,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "tokens": tokens_seen,
+                    "config": config_to_dict(cfg),
+                    "class_names": list(class_names),
+                },
+            )
+
+    # ---- the loop
+    tele_every, log_every = cfg.telemetry.every, cfg.trainer.log_every
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    window_steps, window_tokens, train_loss = 0, 0, float("nan")
+    loop_seconds, window_start = 0.0, time.perf_counter()
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (cfg.trainer.progress and is_main),
+        file=sys.stderr,
+    )
+    model.train()
+    with logging_redirect_tqdm():
+        for epoch in range(start_epoch, cfg.trainer.epochs):
+            if step >= total_steps:
+                break
+            order = epoch_order(train_split.num_docs, cfg.trainer.seed, epoch)
+            first = start_batch if epoch == start_epoch else 0
+            for docs in batch_indices(order, cfg.trainer.batch_size, first, rank, world_size):
+                batch = make_batch(train_split, docs).to(device)
+                logits = model(batch.ids, batch.offsets)
+                loss = F.cross_entropy(logits, batch.labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                tokens_seen += batch.num_tokens * world_size
+                loss_sum += loss.detach().double()
+                window_steps += 1
+                window_tokens += batch.num_tokens * world_size
+                bar.update()
+
+                last = step >= total_steps
+                if (log_every and step % log_every == 0) or last:
+                    train_loss = float(loss_sum) / window_steps
+                    if not math.isfinite(train_loss):
+                        raise UserError(
+                            f"train/loss became {train_loss} at step {step}; lower optim.lr"
+                        )
+                    now = time.perf_counter()
+                    loop_seconds += now - window_start
+                    tokens_per_sec = window_tokens / max(now - window_start, 1e-9)
+                    writer.scalar("train/loss", train_loss, step)
+                    writer.scalar("train/tokens_per_sec", tokens_per_sec, step)
+                    bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
+                    loss_sum.zero_()
+                    window_steps, window_tokens = 0, 0
+                    window_start = time.perf_counter()
+                if tele_every and step % tele_every == 0 and not last:
+                    telemetry.log_snapshot(writer, spec, optimizer, table, step)
+                if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and not last:
+                    result = evaluate(model, test_split, cfg.trainer.batch_size, device)
+                    writer.scalar("test/loss", result.loss, step)
+                    writer.scalar("test/accuracy", result.accuracy, step)
+                    log.info(
+                        "step %d: test/accuracy %.4f test/loss %.4f",
+                        step,
+                        result.accuracy,
+                        result.loss,
+                    )
+                if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0:
+                    checkpoint()
+                if last:
+                    break
+    bar.close()
+
+    # ---- final evaluation, telemetry and run-dir files
+    result = evaluate(model, test_split, cfg.trainer.batch_size, device)
+    writer.scalar("test/loss", result.loss, step)
+    writer.scalar("test/accuracy", result.accuracy, step)
+    summary, eff_lr, updates = telemetry.log_snapshot(writer, spec, optimizer, table, step)
+    metrics = {
+        "test/accuracy": result.accuracy,
+        "test/loss": result.loss,
+        "train/loss": train_loss,
+        "train/steps": step,
+        "train/tokens": tokens_seen,
+        "train/seconds": loop_seconds,
+        "train/tokens_per_sec": tokens_seen / max(loop_seconds, 1e-9),
+        **summary,
+    }
+    table_md = telemetry.bucket_table(spec, eff_lr, updates)
+    log.info("effective learning rate by count bucket (%s):\n%s", cfg.optim.name, table_md)
+    log.info(
+        "test/accuracy %.4f  eff_lr rare %.4g  common %.4g (ratio %.1fx)  "
+        "slope vs updates %.3f  vs count %.3f",
+        metrics["test/accuracy"],
+        metrics["eff_lr/rare"],
+        metrics["eff_lr/common"],
+        metrics["eff_lr/rare"] / metrics["eff_lr/common"],
+        metrics["eff_lr/slope_vs_updates"],
+        metrics["eff_lr/slope_vs_count"],
+    )
+    if is_main:
+        writer.text("eff_lr/buckets", table_md, step)
+        if cfg.telemetry.figure:
+            import matplotlib.pyplot as plt
+
+            fig = telemetry.eff_lr_figure(
+                spec, eff_lr, f"{cfg.optim.name} on {cfg.data.name}: eff_lr vs count"
+            )
+            fig.savefig(run_dir / "eff_lr_vs_count.png")
+            writer.figure("eff_lr/vs_count", fig, step)
+            plt.close(fig)
+        writer.hparams(
+            flat_hparams(cfg), {k: float(v) for k, v in metrics.items() if k not in TIMING_KEYS}
+        )
+        writer.close()
+        telemetry.write_token_stats(run_dir / "token_stats.csv", spec, eff_lr, updates)
+        write_json(run_dir / "metrics.json", metrics)
+        checkpoint()
+    return metrics
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> dict[str, float]:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    datasets.disable_progress_bars()  # our own bar is the one that matters
+    overrides = " ".join(HydraConfig.get().overrides.task)
+    log.info("reproduce with: python -m nlp_adagrad.train %s", overrides)
+    try:
+        config = to_config(cfg)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        metrics = train(config, run_dir)
+    except UserError as e:
+        log.error("%s", e)
+        sys.exit(EXIT_USER_ERROR)
+    log.info("run dir: %s  (tensorboard --logdir %s)", run_dir, run_dir / "tb")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Text -> token ids: the HF `tokenizers` word-level tokenizer, token counts and hashed bigrams.
+
+A split becomes an `EncodedSplit`, token ids in CSR form (one flat id array plus per-document
+offsets), read straight out of the Arrow column that `datasets.map` produced. Unknown words are
+dropped, as fastText drops them; bigrams are hashed into `buckets` extra rows after the words.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from nlp_adagrad.config import TokenizerConfig
+from nlp_adagrad.errors import UserError
+
+UNK = "[UNK]"
+UNK_ID = 0
+BIGRAM_HASH_PRIME = 116_049_371  # fastText's multiplier for word n-gram hashes
+
+
+@dataclass
+class EncodedSplit:
+    """Token ids of one split in CSR form: document d is ids[offsets[d]:offsets[d + 1]]."""
+
+    ids: np.ndarray  # int64, all documents' token ids concatenated
+    offsets: np.ndarray  # int64, num_docs + 1
+    labels: np.ndarray  # int64, num_docs
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def train_tokenizer(texts: datasets.Dataset, cfg: TokenizerConfig) -> Tokenizer:
+    """Word-level tokenizer (NFKC, optional lowercase, split on whitespace and punctuation).
+
+    Word ids are ordered by descending training count, with the unknown token at id 0.
+    """
+    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence(norm)
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    # vocab_size defaults to 30,000 inside the trainer: always pass ours.
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=cfg.max_vocab,
+        min_frequency=cfg.min_count,
+        special_tokens=[UNK],
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_text_batches(texts), trainer=trainer, length=len(texts))
+    if tokenizer.get_vocab_size() <= 1:
+        raise UserError(
+            f"the vocabulary is empty: no word occurs at least tokenizer.min_count="
+            f"{cfg.min_count} times in the training split; lower tokenizer.min_count"
+        )
+    return tokenizer
+
+
+def _text_batches(ds: datasets.Dataset, size: int = 1000):
+    for start in range(0, len(ds), size):
+        yield ds[start : start + size]["text"]
+
+
+def vocabulary(tokenizer: Tokenizer) -> list[str]:
+    """Tokens in id order."""
+    vocab = tokenizer.get_vocab()
+    tokens = [""] * len(vocab)
+    for token, i in vocab.items():
+        tokens[i] = token
+    return tokens
+
+
+def encode_split(ds: datasets.Dataset, tokenizer: Tokenizer, cfg: TokenizerConfig) -> EncodedSplit:
+    """Tokenize a split through `datasets.map` (cached when the split is file-backed)."""
+    fingerprint = hashlib.sha256((ds._fingerprint + tokenizer.to_str()).encode()).hexdigest()[:32]
+    encoded = ds.map(
+        _encode_batch,
+        batched=True,
+        batch_size=1000,
+        fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=["text"],
+        features=datasets.Features(
+            {"ids": datasets.Sequence(datasets.Value("int32")), "label": ds.features["label"]}
+        ),
+        new_fingerprint=fingerprint,
+    )
+    column = encoded.data.column("ids").combine_chunks()
+    ids = column.values.to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    offsets -= offsets[0]  # a sliced Arrow array may not start at zero
+    labels = np.asarray(encoded["label"], dtype=np.int64)
+    split = EncodedSplit(ids=ids, offsets=offsets, labels=labels)
+    if cfg.ngrams == 2:
+        split = add_bigrams(split, num_words=tokenizer.get_vocab_size(), buckets=cfg.buckets)
+    return split
+
+
+def _encode_batch(batch: dict, tokenizer: Tokenizer) -> dict:
+    out = []
+    for enc in tokenizer.encode_batch(batch["text"], add_special_tokens=False):
+        ids = np.asarray(enc.ids, dtype=np.int32)
+        out.append(ids[ids != UNK_ID])
+    return {"ids": out}
+
+
+def add_bigrams(split: EncodedSplit, num_words: int, buckets: int) -> EncodedSplit:
+    """Append each document's hashed bigram rows after its words, without a Python loop.
+
+    Bigram (a, b) goes to row num_words + (a * 116049371 + b) % buckets, as fastText's
+    -wordNgrams 2 hashes word pairs into -bucket rows after the vocabulary.
+    """
+    lengths = split.lengths
+    num_docs = split.num_docs
+    doc_of = np.repeat(np.arange(num_docs), lengths)
+    pair_starts = np.flatnonzero(doc_of[:-1] == doc_of[1:])
+    first, second = split.ids[pair_starts], split.ids[pair_starts + 1]
+    bigrams = num_words + (first * BIGRAM_HASH_PRIME + second) % buckets
+    num_pairs = np.maximum(lengths - 1, 0)
+    new_offsets = np.concatenate([[0], np.cumsum(lengths + num_pairs)])
+    ids = np.empty(new_offsets[-1], dtype=np.int64)
+    word_pos = new_offsets[doc_of] + (np.arange(len(doc_of)) - split.offsets[doc_of])
+    ids[word_pos] = split.ids
+    pair_doc = doc_of[pair_starts]
+    pair_pos = new_offsets[pair_doc] + lengths[pair_doc] + (pair_starts - split.offsets[pair_doc])
+    ids[pair_pos] = bigrams
+    return EncodedSplit(ids=ids, offsets=new_offsets, labels=split.labels)
+
+
+def token_counts(split: EncodedSplit, num_rows: int) -> np.ndarray:
+    """Occurrences of each row id in a split (words, and bigram buckets when present)."""
+    return np.bincount(split.ids, minlength=num_rows).astype(np.int64)

@@ -1,0 +1,88 @@
+"""Where metrics go: a small writer interface, TensorBoard behind it, and a do-nothing default.
+
+Training code calls the writer unconditionally; processes that must not write (non-zero ranks,
+tests that do not care) get `NullWriter`, so no code asks "is logging on?".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class MetricWriter(Protocol):
+    def scalar(self, tag: str, value: float, step: int) -> None: ...
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None: ...
+    def figure(self, tag: str, figure: Any, step: int) -> None: ...
+    def text(self, tag: str, text: str, step: int) -> None: ...
+    def custom_layout(self, layout: dict) -> None: ...
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullWriter:
+    """Accepts everything, writes nothing."""
+
+    def scalar(self, tag, value, step):
+        pass
+
+    def histogram(self, tag, values, step):
+        pass
+
+    def figure(self, tag, figure, step):
+        pass
+
+    def text(self, tag, text, step):
+        pass
+
+    def custom_layout(self, layout):
+        pass
+
+    def hparams(self, hparams, metrics):
+        pass
+
+    def close(self):
+        pass
+
+
+class TensorBoardWriter:
+    """torch.utils.tensorboard's SummaryWriter (no TensorFlow needed)."""
+
+    def __init__(self, logdir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(logdir))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if math.isfinite(value):  # a bucket with no updated token yet has no value
+            self._writer.add_scalar(tag, value, step)
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        self._writer.add_histogram(tag, values, step)
+
+    def figure(self, tag: str, figure: Any, step: int) -> None:
+        self._writer.add_figure(tag, figure, step, close=False)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self._writer.add_text(tag, text, step)
+
+    def custom_layout(self, layout: dict) -> None:
+        self._writer.add_custom_scalars(layout)
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """HParams in this run's own event file; the metrics are scalar tags it already has.
+
+        SummaryWriter.add_hparams would open a sibling run folder per call, which splits one
+        run in two in TensorBoard's run list.
+        """
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        for summary in hparams_summary(hparams, finite):
+            self._writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        self._writer.close()

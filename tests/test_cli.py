@@ -1,0 +1,103 @@
+"""The command line as a user meets it: run dirs, sweeps, --help, and bad input answered with
+one clear line and exit code 2, never a traceback or a hang."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from nlp_adagrad.data import load_corpus
+from tests.helpers import make_config, run_cli, tiny_rows
+
+SMALL = ["data.max_examples=120", "trainer.epochs=1", "telemetry.every=2"]
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("metrics.json"))
+
+
+def test_cli_run_writes_a_microsecond_run_dir(tmp_path):
+    proc = run_cli(*SMALL, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run_dir,) = run_dirs(tmp_path / "outputs")
+    assert len(run_dir.name.split("-")[-1]) == 6  # HH-MM-SS-ffffff: parallel runs never collide
+    for name in (
+        ".hydra/config.yaml",
+        "config.yaml",
+        "train.log",
+        "tb",
+        "tokenizer.json",
+        "metrics.json",
+        "token_stats.csv",
+        "checkpoints/last.pt",
+    ):
+        assert (run_dir / name).exists(), name
+    log = (run_dir / "train.log").read_text()
+    assert "reproduce with: python -m nlp_adagrad.train" in log and "test/accuracy" in log
+
+
+def test_sweep_runs_each_optimizer_under_multirun(tmp_path):
+    proc = run_cli("-m", "optim=adagrad,sgd", *SMALL, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dirs = run_dirs(tmp_path / "outputs" / "multirun")
+    assert len(dirs) == 2
+    assert "optim=adagrad" in dirs[0].name and "optim=sgd" in dirs[1].name
+    assert all((d / "tb").is_dir() for d in dirs)
+
+
+def test_help_lists_the_groups(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for group in ("data:", "model:", "optim:", "tokenizer:", "trainer:", "telemetry:"):
+        assert group in proc.stdout
+
+
+def assert_one_clear_line(proc, needle: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and needle in errors[0], errors
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_missing_file(tmp_path):
+    proc = run_cli("data=local", "data.path=nope.csv", cwd=tmp_path)
+    assert_one_clear_line(proc, "data.path=nope.csv: no such file")
+
+
+def test_missing_column(tmp_path, tiny_csv):
+    proc = run_cli("data=local", f"data.path={tiny_csv}", "data.text_column=review", cwd=tmp_path)
+    assert_one_clear_line(proc, "data.text_column='review' is not a column")
+
+
+def test_empty_corpus(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    proc = run_cli("data=local", f"data.path={empty}", cwd=tmp_path)
+    assert_one_clear_line(proc, "holds no examples")
+
+
+def test_hub_preset_offline_fails_fast(tmp_path):
+    start = time.monotonic()
+    # port 9 on loopback refuses at once: the same path as a machine with no route to the Hub
+    proc = run_cli("data=ag_news", cwd=tmp_path, env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert time.monotonic() - start < 60
+    assert_one_clear_line(proc, "cannot reach the Hugging Face Hub")
+
+
+def test_hub_loading_code_on_a_local_folder(tmp_path):
+    """The preset's loader on files laid out like the Hub's: train/test splits, int labels."""
+    folder = tmp_path / "ag_news_copy"
+    folder.mkdir()
+    rows = tiny_rows()
+    for split, part in (("train", rows[::2]), ("test", rows[1::2])):
+        (folder / f"{split}.jsonl").write_text(
+            "".join(
+                json.dumps({"text": r["text"], "label": int(r["label"] == "sport")}) + "\n"
+                for r in part
+            )
+        )
+    corpus = load_corpus(make_config("data=ag_news", f"data.hub_path={folder}").data)
+    assert set(corpus) == {"train", "test"}
+    assert corpus["train"].features["label"].names == ["0", "1"]
+    assert len(corpus["test"]) == len(rows) // 2

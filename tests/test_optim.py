@@ -1,0 +1,132 @@
+"""Optimizers against references: a hand-written NumPy Adagrad and torch.optim.Adagrad / SGD.
+
+The trainer's step and its per-token effective learning rate must match the reference to 1e-6,
+and rows that no batch touched must never change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nlp_adagrad.optim import SGD, Adagrad, unique_rows
+
+
+class NumpyAdagrad:
+    """DESIGN §5 written out: G += g*g; clr = lr/(1+(t-1)*decay); w -= clr*g/(sqrt(G)+eps)."""
+
+    def __init__(self, w, lr, lr_decay=0.0, eps=1e-10, init=0.0):
+        self.w, self.lr, self.lr_decay, self.eps = w.astype(np.float64), lr, lr_decay, eps
+        self.G = np.full_like(self.w, init)
+        self.t = 0
+        self.updates = np.zeros(len(w), dtype=np.int64)
+
+    def clr(self):
+        return self.lr / (1 + (self.t - 1) * self.lr_decay)
+
+    def step(self, rows, grads):
+        """rows may repeat: the gradient of a row is the sum of its entries (a sparse grad)."""
+        self.t += 1
+        g = np.zeros_like(self.w)
+        np.add.at(g, rows, grads)
+        touched = np.unique(rows)
+        self.G[touched] += g[touched] ** 2
+        self.w[touched] -= self.clr() * g[touched] / (np.sqrt(self.G[touched]) + self.eps)
+        self.updates[touched] += 1
+
+    def effective_lr(self):
+        rates = (self.clr() / (np.sqrt(self.G) + self.eps)).mean(axis=1)
+        return np.where(self.updates > 0, rates, np.nan)
+
+
+def sparse_grad(rows, values, shape):
+    return torch.sparse_coo_tensor(
+        torch.tensor([rows]), torch.tensor(values), shape, check_invariants=True
+    )
+
+
+@pytest.mark.parametrize("lr_decay,init", [(0.0, 0.0), (0.1, 0.3)])
+def test_adagrad_matches_numpy_reference(lr_decay, init):
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(12, 3)).astype(np.float32)
+    param = nn.Parameter(torch.from_numpy(w0.copy()))
+    ours = Adagrad([param], lr=0.3, lr_decay=lr_decay, initial_accumulator_value=init)
+    ref = NumpyAdagrad(w0, lr=0.3, lr_decay=lr_decay, init=init)
+    for _ in range(6):
+        rows = rng.integers(0, 8, size=5)  # rows 8..11 are never touched; repeats are common
+        grads = rng.normal(size=(5, 3)).astype(np.float32)
+        param.grad = sparse_grad(rows.tolist(), grads, (12, 3))
+        ours.step()
+        ref.step(rows, grads)
+        np.testing.assert_allclose(param.detach().numpy(), ref.w, rtol=1e-6, atol=1e-6)
+        ours_lr = ours.effective_lr(param).numpy()
+        np.testing.assert_allclose(ours_lr, ref.effective_lr(), rtol=1e-6)
+        np.testing.assert_array_equal(ours.row_updates(param).numpy(), ref.updates)
+    # never-touched rows: bit-for-bit unchanged, and reported as missing, not lr/eps
+    np.testing.assert_array_equal(param.detach().numpy()[8:], w0[8:])
+    assert np.isnan(ours.effective_lr(param).numpy()[8:]).all()
+
+
+def test_adagrad_matches_torch_on_sparse_and_dense():
+    torch.manual_seed(0)
+    emb_a = nn.EmbeddingBag(50, 4, mode="mean", sparse=True)
+    lin_a = nn.Linear(4, 3)
+    emb_b, lin_b = nn.EmbeddingBag(50, 4, mode="mean", sparse=True), nn.Linear(4, 3)
+    emb_b.load_state_dict(emb_a.state_dict())
+    lin_b.load_state_dict(lin_a.state_dict())
+    kwargs = dict(lr=0.2, lr_decay=0.01, initial_accumulator_value=0.1, eps=1e-8)
+    ours = Adagrad([*emb_a.parameters(), *lin_a.parameters()], **kwargs)
+    theirs = torch.optim.Adagrad([*emb_b.parameters(), *lin_b.parameters()], **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        ids = torch.randint(0, 30, (40,), generator=gen)
+        offsets = torch.arange(0, 40, 8)
+        labels = torch.randint(0, 3, (5,), generator=gen)
+        for emb, lin, opt in ((emb_a, lin_a, ours), (emb_b, lin_b, theirs)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(lin(emb(ids, offsets)), labels).backward()
+            with torch.sparse.check_sparse_tensor_invariants(enable=False):
+                opt.step()
+    for a, b in zip(
+        [*emb_a.parameters(), *lin_a.parameters()], [*emb_b.parameters(), *lin_b.parameters()]
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        ours.state[emb_a.weight]["sum"], theirs.state[emb_b.weight]["sum"], rtol=1e-6, atol=1e-6
+    )
+    assert (emb_a.weight[30:] == emb_b.weight[30:]).all()  # ids 30+ never drawn
+
+
+def test_sgd_matches_torch_and_reports_flat_rate():
+    torch.manual_seed(0)
+    a = nn.Parameter(torch.randn(10, 2))
+    b = nn.Parameter(a.detach().clone())
+    ours, theirs = SGD([a], lr=0.1), torch.optim.SGD([b], lr=0.1)
+    grad = sparse_grad([1, 3, 1], np.ones((3, 2), np.float32), (10, 2))
+    a.grad, b.grad = grad, grad.clone()
+    ours.step()
+    theirs.step()
+    torch.testing.assert_close(a, b)
+    rates = ours.effective_lr(a).numpy()
+    assert rates[1] == rates[3] == pytest.approx(0.1)
+    assert np.isnan(np.delete(rates, [1, 3])).all()
+
+
+def test_unique_rows_sums_duplicates():
+    grad = sparse_grad([4, 1, 4, 4], np.arange(8, dtype=np.float32).reshape(4, 2), (6, 2))
+    rows, values = unique_rows(grad)
+    assert rows.tolist() == [1, 4]
+    assert values.tolist() == [[2.0, 3.0], [0 + 4 + 6, 1 + 5 + 7]]
+
+
+def test_effective_lr_of_a_row_range_costs_only_those_rows():
+    p = nn.Parameter(torch.zeros(1000, 2))
+    opt = Adagrad([p], lr=1.0)
+    p.grad = sparse_grad([0, 5], np.ones((2, 2), np.float32), (1000, 2))
+    opt.step()
+    head = opt.effective_lr(p, slice(0, 10)).numpy()
+    assert head.shape == (10,)
+    assert head[0] == head[5] == pytest.approx(1.0)  # lr / sqrt(1)
+    assert np.isnan(head[1])

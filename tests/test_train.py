@@ -1,0 +1,190 @@
+"""End-to-end training runs on small corpora: every DESIGN §4 file, the DESIGN §5 TensorBoard
+tags read back with EventAccumulator, and same config + seed -> identical results."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nlp_adagrad.models import build_model
+from nlp_adagrad.optim import build_optimizer
+from nlp_adagrad.train import TIMING_KEYS, train
+from tests.helpers import make_config
+
+RUN_FILES = [
+    "tokenizer.json",
+    "metrics.json",
+    "token_stats.csv",
+    "checkpoints/last.pt",
+    "eff_lr_vs_count.png",
+    "tb",
+]
+METRIC_KEYS = [
+    "test/accuracy",
+    "test/loss",
+    "train/loss",
+    "train/steps",
+    "train/tokens",
+    "train/tokens_per_sec",
+    "eff_lr/rare",
+    "eff_lr/common",
+    "eff_lr/slope_vs_updates",
+    "eff_lr/slope_vs_count",
+]
+BBC_SMALL = ["data.max_examples=300", "trainer.epochs=2", "telemetry.every=5"]
+
+
+def read_tb(logdir: Path) -> EventAccumulator:
+    acc = EventAccumulator(
+        str(logdir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0, "images": 0}
+    )
+    acc.Reload()
+    return acc
+
+
+def check_run_dir(run_dir: Path, metrics: dict) -> None:
+    for name in RUN_FILES:
+        assert (run_dir / name).exists(), name
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in saved, key
+    assert saved["train/steps"] == metrics["train/steps"] > 0
+    ckpt = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert {"model", "optimizer", "step", "config"} <= set(ckpt)
+    assert ckpt["step"] == saved["train/steps"]
+    with open(run_dir / "token_stats.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["id", "token", "count", "updates", "eff_lr", "bucket"]
+    tokens = json.loads((run_dir / "tokenizer.json").read_text())["model"]["vocab"]
+    assert len(rows) == len(tokens)
+    for row in rows:
+        # never updated <=> no rate; a token seen in training is updated at least once
+        assert (row["eff_lr"] == "") == (int(row["updates"]) == 0)
+        assert int(row["updates"]) <= saved["train/steps"]
+
+
+def test_bbc_news_slice_writes_every_file_and_tag(tmp_path):
+    cfg = make_config(*BBC_SMALL, "telemetry.tokens=[the]")
+    metrics = train(cfg, tmp_path)
+    check_run_dir(tmp_path, metrics)
+    acc = read_tb(tmp_path / "tb")
+    scalars = set(acc.Tags()["scalars"])
+    for tag in [
+        "train/loss",
+        "test/accuracy",
+        "eff_lr/rare",
+        "eff_lr/common",
+        "eff_lr/slope_vs_updates",
+        "train/tokens_per_sec",
+        "eff_lr/token/the",
+    ]:
+        assert tag in scalars, tag
+    buckets = {t for t in scalars if t.startswith("eff_lr/bucket/")}
+    tokens = {t for t in scalars if t.startswith("eff_lr/token/")}
+    assert len(buckets) >= 3 and 12 <= len(tokens) <= 60  # a few dozen, never the vocabulary
+    assert {f"eff_lr_hist/{b.rsplit('/', 1)[1]}" for b in buckets} == set(acc.Tags()["histograms"])
+    assert "eff_lr/vs_count" in acc.Tags()["images"]
+    assert "custom_scalars__config__" in acc.PluginTagToContent("custom_scalars")
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+    # the story the product tells: rare tokens keep larger rates than common ones
+    assert metrics["eff_lr/rare"] > 10 * metrics["eff_lr/common"]
+    assert metrics["test/accuracy"] > 0.8
+
+
+def test_local_csv_and_json(tmp_path, tiny_csv, tiny_jsonl):
+    for path, extra in (
+        (tiny_csv, ["data.format=csv", "data.text_column=body", "data.label_column=topic"]),
+        (tiny_jsonl, ["data.format=json"]),
+    ):
+        run_dir = tmp_path / path.suffix[1:]
+        run_dir.mkdir()
+        cfg = make_config(
+            "data=local",
+            f"data.path={path}",
+            "data.test_fraction=0.25",
+            "trainer.epochs=20",
+            "trainer.batch_size=4",
+            *extra,
+        )
+        metrics = train(cfg, run_dir)
+        check_run_dir(run_dir, metrics)
+        assert metrics["test/accuracy"] >= 0.9  # the two topics share no content words
+
+
+def test_fasttext_model_with_bigrams_on_synthetic(tmp_path):
+    cfg = make_config(
+        "data=synthetic",
+        "data.num_docs=400",
+        "data.vocab_size=500",
+        "model=fasttext",
+        "model.dim=8",
+        "optim.lr=0.5",
+        "tokenizer.ngrams=2",
+        "tokenizer.buckets=1000",
+        "trainer.epochs=3",
+    )
+    metrics = train(cfg, tmp_path)
+    check_run_dir(tmp_path, metrics)
+    ckpt = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    vocab = json.loads((tmp_path / "tokenizer.json").read_text())["model"]["vocab"]
+    assert ckpt["model"]["embedding.weight"].shape == (len(vocab) + 1000, 8)
+    assert metrics["test/accuracy"] > 0.5  # 4 classes: chance is 0.25
+
+
+def test_same_config_and_seed_give_identical_results(tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        metrics = train(make_config(*BBC_SMALL, "trainer.num_threads=1"), run_dir)
+        outputs.append(
+            (
+                {k: v for k, v in metrics.items() if k not in TIMING_KEYS},
+                (run_dir / "token_stats.csv").read_bytes(),
+            )
+        )
+    assert outputs[0][0] == outputs[1][0]
+    assert outputs[0][1] == outputs[1][1]
+
+
+def test_resume_continues_from_a_checkpoint(tmp_path):
+    first, second, whole = tmp_path / "first", tmp_path / "second", tmp_path / "whole"
+    for d in (first, second, whole):
+        d.mkdir()
+    base = ["data.max_examples=200", "trainer.epochs=2", "trainer.num_threads=1"]
+    steps = train(make_config(*base), whole)["train/steps"]
+    train(make_config(*base, f"trainer.max_steps={steps // 2 + 1}"), first)
+    resumed = train(make_config(*base, f"trainer.resume={first}"), second)
+    assert resumed["train/steps"] == steps
+    a = torch.load(whole / "checkpoints/last.pt", weights_only=True)
+    b = torch.load(second / "checkpoints/last.pt", weights_only=True)
+    torch.testing.assert_close(a["model"], b["model"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model", ["logreg", "fasttext"])
+def test_untouched_rows_never_change(tmp_path, model):
+    """Bigram buckets no training pair hashed to keep their initial values, bit for bit."""
+    cfg = make_config(
+        "data.max_examples=50",
+        "trainer.epochs=1",
+        f"model={model}",
+        "tokenizer.ngrams=2",
+        "tokenizer.buckets=50000",
+        "telemetry.every=0",
+    )
+    train(cfg, tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    table = ckpt["model"]["embedding.weight"]
+    torch.manual_seed(cfg.trainer.seed)  # the trainer's initialisation, replayed
+    initial = build_model(cfg.model, table.shape[0], num_classes=5)
+    optimizer = build_optimizer(cfg.optim, initial.parameters())
+    optimizer.load_state_dict(ckpt["optimizer"])
+    untouched = optimizer.row_updates(initial.embedding.weight) == 0
+    assert untouched.sum() > 10_000
+    assert torch.equal(table[untouched], initial.embedding.weight.detach()[untouched])
+    assert not torch.equal(table[~untouched], initial.embedding.weight.detach()[~untouched])

@@ -1,0 +1,78 @@
+"""Tokenizer, hashed bigrams and batch gathering against plain-Python references."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+
+from nlp_adagrad.batching import batch_indices, epoch_order, make_batch
+from nlp_adagrad.config import TokenizerConfig
+from nlp_adagrad.errors import UserError
+from nlp_adagrad.vocab import (
+    BIGRAM_HASH_PRIME,
+    UNK,
+    EncodedSplit,
+    add_bigrams,
+    encode_split,
+    token_counts,
+    train_tokenizer,
+    vocabulary,
+)
+
+
+def dataset(texts):
+    return datasets.Dataset.from_dict({"text": texts, "label": [0] * len(texts)})
+
+
+def test_tokenizer_orders_by_count_and_drops_unknown_words():
+    train = dataset(["b a a, c", "A a b!"])
+    tok = train_tokenizer(train, TokenizerConfig(min_count=2))
+    vocab = vocabulary(tok)
+    assert vocab[0] == UNK and vocab[1:3] == ["a", "b"]  # lowercased; c, ",", "!" below min_count
+    split = encode_split(dataset(["a zebra b a"]), tok, TokenizerConfig())
+    assert split.ids.tolist() == [1, 2, 1]  # "zebra" is unknown: dropped, as fastText does
+    assert split.offsets.tolist() == [0, 3]
+
+
+def test_max_vocab_is_respected_and_empty_vocab_is_refused():
+    tok = train_tokenizer(dataset(["a a a b b c"]), TokenizerConfig(max_vocab=3))
+    assert vocabulary(tok) == [UNK, "a", "b"]
+    with pytest.raises(UserError, match="vocabulary is empty"):
+        train_tokenizer(dataset(["a b c"]), TokenizerConfig(min_count=5))
+
+
+def test_bigrams_match_a_python_reference():
+    docs = [[3, 1, 4], [], [1], [5, 9, 2, 6]]
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    split = EncodedSplit(np.array(sum(docs, []), np.int64), offsets, np.zeros(4, np.int64))
+    out = add_bigrams(split, num_words=10, buckets=7)
+    expected = []
+    for d in docs:
+        expected.append(d + [10 + (a * BIGRAM_HASH_PRIME + b) % 7 for a, b in zip(d, d[1:])])
+    got = [out.ids[out.offsets[i] : out.offsets[i + 1]].tolist() for i in range(4)]
+    assert got == expected
+    assert token_counts(out, 17).sum() == sum(len(e) for e in expected)
+
+
+def test_make_batch_gathers_documents_in_order():
+    docs = [[1, 2], [3], [], [4, 5, 6]]
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    split = EncodedSplit(np.array(sum(docs, []), np.int64), offsets, np.arange(4))
+    batch = make_batch(split, np.array([3, 0, 2]))
+    assert batch.ids.tolist() == [4, 5, 6, 1, 2]
+    assert batch.offsets.tolist() == [0, 3, 5]
+    assert batch.labels.tolist() == [3, 0, 2]
+
+
+def test_epoch_order_is_seeded_and_batches_cover_every_document_once():
+    a, b = epoch_order(103, seed=7, epoch=2), epoch_order(103, seed=7, epoch=2)
+    assert (a == b).all() and not (a == epoch_order(103, seed=7, epoch=3)).all()
+    seen = np.concatenate(list(batch_indices(a, batch_size=10)))
+    assert sorted(seen.tolist()) == list(range(103))
+    # two ranks split each global batch; together they see exactly what one process sees
+    ranks = [list(batch_indices(a, 10, rank=r, world_size=2)) for r in (0, 1)]
+    for whole, r0, r1 in zip(batch_indices(a, 10), *ranks):
+        assert sorted(whole.tolist()) == sorted(np.concatenate([r0, r1]).tolist())
+    # resuming at batch 4 yields the tail of the same order
+    assert np.concatenate(list(batch_indices(a, 10, start=4))).tolist() == a[40:].tolist()
