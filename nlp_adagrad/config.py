@@ -134,6 +134,33 @@ class SGDConfig(OptimConfig):
     # One rate for tiny token gradients (~1/doc length with model.mode=mean) and O(1) bias
     # gradients: there is no good value; model.mode=sum optim.lr=0.01 does far better.
     lr: float = 1.0
+    linear_decay: bool = False  # fastText's schedule: lr falls linearly to 0 over the run
+
+
+@dataclass
+class RowwiseAdagradConfig(OptimConfig):
+    name: str = "rowwise_adagrad"
+    lr: float = 5.0  # best of 2 / 5 / 10 on the default BBC News run
+    lr_decay: float = 0.0
+    initial_accumulator_value: float = 0.0
+    eps: float = 1e-10
+
+
+@dataclass
+class RMSpropConfig(OptimConfig):
+    name: str = "rmsprop"
+    lr: float = 0.2  # best of 0.01 / 0.05 / 0.2 on the default BBC News run
+    alpha: float = 0.99  # v = alpha v + (1 - alpha) g^2: remembers ~1/(1 - alpha) updates
+    eps: float = 1e-8
+
+
+@dataclass
+class SparseAdamConfig(OptimConfig):
+    name: str = "sparse_adam"
+    lr: float = 2.0  # best of 0.1 / 0.5 / 2 on the default BBC News run (steps ~lr, like Adagrad)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
 
 
 # ------------------------------------------------------------------------------------- trainer
@@ -182,7 +209,13 @@ SCHEMAS: dict[str, dict[str, type]] = {
     },
     "tokenizer": {"default": TokenizerConfig},
     "model": {"logreg": LogRegConfig, "fasttext": FastTextConfig},
-    "optim": {"adagrad": AdagradConfig, "sgd": SGDConfig},
+    "optim": {
+        "adagrad": AdagradConfig,
+        "rowwise_adagrad": RowwiseAdagradConfig,
+        "sgd": SGDConfig,
+        "rmsprop": RMSpropConfig,
+        "sparse_adam": SparseAdamConfig,
+    },
     "trainer": {"default": TrainerConfig},
     "telemetry": {"default": TelemetryConfig},
 }
@@ -232,9 +265,14 @@ def check_config(c: Config) -> None:
     o = c.optim
     _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _require(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
-    if isinstance(o, AdagradConfig):
+    if isinstance(o, (AdagradConfig, RowwiseAdagradConfig)):
         _require(o.lr_decay >= 0, "optim.lr_decay must be >= 0")
         _require(o.initial_accumulator_value >= 0, "optim.initial_accumulator_value must be >= 0")
+    if isinstance(o, RMSpropConfig):
+        _require(0 <= o.alpha < 1, "optim.alpha must lie in [0, 1)")
+    if isinstance(o, SparseAdamConfig):
+        _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and beta2 must lie in [0, 1)")
+    if hasattr(o, "eps"):
         _require(o.eps >= 0, "optim.eps must be >= 0")
     r = c.trainer
     _require(r.epochs >= 1, "trainer.epochs must be >= 1")

@@ -23,6 +23,7 @@ from nlp_adagrad.writer import MetricWriter
 
 UNSEEN = "unseen"  # tokens with no occurrence in the training split (the unknown token)
 NUM_FIT_BINS = 20
+NUM_BOOTSTRAP = 200
 THEORY_SLOPE = -0.5  # stationary squared gradients: G ~ updates, eff_lr ~ updates^-1/2
 
 
@@ -119,6 +120,41 @@ def binned_fit(x: np.ndarray, eff_lr: np.ndarray, num_bins: int = NUM_FIT_BINS) 
     return Fit(float(slope), float(intercept), bin_x, bin_y)
 
 
+def slope_interval(
+    x: np.ndarray, eff_lr: np.ndarray, seed: int, num_resamples: int = NUM_BOOTSTRAP
+) -> tuple[float, float]:
+    """Bootstrap 95% interval of the binned slope: tokens resampled with replacement, refit."""
+    keep = np.flatnonzero((x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0))
+    if len(keep) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    slopes = []
+    for _ in range(num_resamples):
+        pick = rng.choice(keep, size=len(keep), replace=True)
+        fit = binned_fit(x[pick], eff_lr[pick])
+        if fit is not None:
+            slopes.append(fit.slope)
+    if not slopes:
+        return float("nan"), float("nan")
+    low, high = np.percentile(slopes, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def final_analysis(
+    spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray, seed: int
+) -> dict[str, float]:
+    """End-of-run extras: slope intervals and the per-bucket table as flat metrics."""
+    out = {}
+    for key, x in (("updates", updates), ("count", spec.counts)):
+        low, high = slope_interval(x, eff_lr, seed)
+        out[f"eff_lr/slope_vs_{key}_ci_low"] = low
+        out[f"eff_lr/slope_vs_{key}_ci_high"] = high
+    for row in bucket_rows(spec, eff_lr, updates):
+        name = row.pop("bucket")
+        out.update({f"bucket/{name}/{k}": float(v) for k, v in row.items()})
+    return out
+
+
 def summarize(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) -> dict[str, float]:
     """Scalar summaries: medians for rare, common and each bucket, and both slopes."""
     out = {
@@ -176,18 +212,35 @@ def custom_layout(spec: TelemetrySpec) -> dict:
     }
 
 
+def bucket_rows(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) -> list[dict]:
+    """Per bucket: count range, tokens, median eff_lr, median updates."""
+    rows = []
+    for name in spec.bucket_names:
+        mask = spec.buckets == name
+        low = 10 ** int(name.rsplit("e", 1)[1])
+        rows.append(
+            {
+                "bucket": name,
+                "count_min": low,
+                "count_max": 10 * low - 1,
+                "tokens": int(mask.sum()),
+                "median_eff_lr": _median(eff_lr[mask]),
+                "median_updates": _median(updates[mask].astype(np.float64)),
+            }
+        )
+    return rows
+
+
 def bucket_table(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) -> str:
-    """A Markdown table per bucket: count range, tokens, median eff_lr, median updates."""
+    """The per-bucket rows as a Markdown table (log, TensorBoard text)."""
     lines = [
         "| bucket | counts | tokens | median eff_lr | median updates |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name in spec.bucket_names:
-        mask = spec.buckets == name
-        low = 10 ** int(name.rsplit("e", 1)[1])
+    for r in bucket_rows(spec, eff_lr, updates):
         lines.append(
-            f"| {name} | {low}-{10 * low - 1} | {int(mask.sum())} | "
-            f"{_median(eff_lr[mask]):.4g} | {_median(updates[mask].astype(float)):.4g} |"
+            f"| {r['bucket']} | {r['count_min']}-{r['count_max']} | {r['tokens']} | "
+            f"{r['median_eff_lr']:.4g} | {r['median_updates']:.4g} |"
         )
     return "\n".join(lines)
 

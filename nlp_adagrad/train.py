@@ -118,13 +118,12 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
 
     # ---- model and optimizer; the token table is the one with sparse gradients
     model = build_model(cfg.model, num_rows, len(class_names)).to(device)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    table = model.embedding.weight
-
     steps_per_epoch = num_batches(train_split.num_docs, cfg.trainer.batch_size)
     total_steps = cfg.trainer.epochs * steps_per_epoch
     if cfg.trainer.max_steps is not None:
         total_steps = min(total_steps, cfg.trainer.max_steps)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
+    table = model.embedding.weight
     step, tokens_seen, start_epoch, start_batch = 0, 0, 0, 0
     if cfg.trainer.resume:
         path = resolve_checkpoint(cfg.trainer.resume)
@@ -246,18 +245,22 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         "train/seconds": loop_seconds,
         "train/tokens_per_sec": tokens_seen / max(loop_seconds, 1e-9),
         **summary,
+        **telemetry.final_analysis(spec, eff_lr, updates, cfg.trainer.seed),
     }
     table_md = telemetry.bucket_table(spec, eff_lr, updates)
     log.info("effective learning rate by count bucket (%s):\n%s", cfg.optim.name, table_md)
     log.info(
         "test/accuracy %.4f  eff_lr rare %.4g  common %.4g (ratio %.1fx)  "
-        "slope vs updates %.3f  vs count %.3f",
+        "slope vs updates %.3f [%.3f, %.3f]  vs count %.3f [%.3f, %.3f] (95%% bootstrap)",
         metrics["test/accuracy"],
         metrics["eff_lr/rare"],
         metrics["eff_lr/common"],
         metrics["eff_lr/rare"] / metrics["eff_lr/common"],
-        metrics["eff_lr/slope_vs_updates"],
-        metrics["eff_lr/slope_vs_count"],
+        *(
+            metrics[f"eff_lr/slope_vs_{x}{part}"]
+            for x in ("updates", "count")
+            for part in ("", "_ci_low", "_ci_high")
+        ),
     )
     if is_main:
         writer.text("eff_lr/buckets", table_md, step)

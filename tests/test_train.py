@@ -93,6 +93,13 @@ def test_bbc_news_slice_writes_every_file_and_tag(tmp_path):
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
     # the story the product tells: rare tokens keep larger rates than common ones
     assert metrics["eff_lr/rare"] > 10 * metrics["eff_lr/common"]
+    for key in ("updates", "count"):
+        low, high = (metrics[f"eff_lr/slope_vs_{key}_ci_{end}"] for end in ("low", "high"))
+        assert low <= metrics[f"eff_lr/slope_vs_{key}"] <= high
+    bucket_tokens = sum(
+        v for k, v in metrics.items() if k.startswith("bucket/") and k.endswith("/tokens")
+    )
+    assert bucket_tokens == metrics["eff_lr/tokens_updated"]  # every trained token, one bucket
     assert metrics["test/accuracy"] > 0.8
 
 
@@ -182,7 +189,7 @@ def test_untouched_rows_never_change(tmp_path, model):
     table = ckpt["model"]["embedding.weight"]
     torch.manual_seed(cfg.trainer.seed)  # the trainer's initialisation, replayed
     initial = build_model(cfg.model, table.shape[0], num_classes=5)
-    optimizer = build_optimizer(cfg.optim, initial.parameters())
+    optimizer = build_optimizer(cfg.optim, initial.parameters(), total_steps=1)
     optimizer.load_state_dict(ckpt["optimizer"])
     untouched = optimizer.row_updates(initial.embedding.weight) == 0
     assert untouched.sum() > 10_000

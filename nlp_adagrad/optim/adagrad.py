@@ -36,9 +36,10 @@ class Adagrad(RowOptimizer):
             for p in group["params"]:
                 state = self.state[p]
                 state["step"] = 0
-                state["sum"] = torch.full_like(
-                    p, group["initial_accumulator_value"], memory_format=torch.preserve_format
-                )
+                state["sum"] = self._init_sum(p, group["initial_accumulator_value"])
+
+    def _init_sum(self, p: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.full_like(p, value, memory_format=torch.preserve_format)
 
     @staticmethod
     def _clr(state: dict, group: dict) -> float:

@@ -1,4 +1,5 @@
-"""Plain SGD: one learning rate for every row, the flat baseline Adagrad is compared against."""
+"""Plain SGD: one learning rate for every row, the flat baseline the adaptive ones are
+compared against. `decay_steps` adds fastText's schedule: lr falls linearly to zero over them."""
 
 from __future__ import annotations
 
@@ -8,14 +9,30 @@ from nlp_adagrad.optim.base import RowOptimizer, num_selected
 
 
 class SGD(RowOptimizer):
-    def __init__(self, params, lr: float, weight_decay: float = 0.0, maximize: bool = False):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, maximize=maximize))
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        decay_steps: int | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr, weight_decay=weight_decay, maximize=maximize, decay_steps=decay_steps
+        )
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def _lr(state: dict, group: dict) -> float:
+        if group["decay_steps"] is None:
+            return group["lr"]
+        return group["lr"] * max(0.0, 1.0 - (state.get("step", 1) - 1) / group["decay_steps"])
 
     def _sparse_step(self, p, rows, values, state, group) -> None:
-        p.index_add_(0, rows, values, alpha=-group["lr"])
+        p.index_add_(0, rows, values, alpha=-self._lr(state, group))
 
     def _dense_step(self, p, grad, state, group) -> None:
-        p.add_(grad, alpha=-group["lr"])
+        p.add_(grad, alpha=-self._lr(state, group))
 
     def _row_lr(self, p, rows, state, group) -> torch.Tensor:
-        return torch.full((num_selected(p, rows),), group["lr"], device=p.device)
+        return torch.full((num_selected(p, rows),), self._lr(state, group), device=p.device)

@@ -1,0 +1,45 @@
+"""Sparse, lazy RMSprop: the leaky accumulator decays only on the rows a step touches.
+
+v = alpha * v + (1 - alpha) * g^2; w -= lr * g / (sqrt(v) + eps), as torch.optim.RMSprop
+without momentum. Unlike Adagrad's sum, v forgets: when gradients shrink, rates climb back.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nlp_adagrad.optim.base import RowOptimizer
+
+
+class RMSprop(RowOptimizer):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p]["step"] = 0
+                self.state[p]["square_avg"] = torch.zeros_like(p)
+
+    def _sparse_step(self, p, rows, values, state, group) -> None:
+        avg = state["square_avg"].index_select(0, rows).mul_(group["alpha"])
+        avg.addcmul_(values, values, value=1 - group["alpha"])
+        state["square_avg"].index_copy_(0, rows, avg)
+        p.index_add_(0, rows, values / avg.sqrt_().add_(group["eps"]), alpha=-group["lr"])
+
+    def _dense_step(self, p, grad, state, group) -> None:
+        avg = state["square_avg"].mul_(group["alpha"])
+        avg.addcmul_(grad, grad, value=1 - group["alpha"])
+        p.addcdiv_(grad, avg.sqrt().add_(group["eps"]), value=-group["lr"])
+
+    def _row_lr(self, p, rows, state, group) -> torch.Tensor:
+        avg = state["square_avg"][rows]
+        rate = group["lr"] / (avg.sqrt() + group["eps"])
+        return rate.reshape(avg.shape[0], -1).mean(dim=1)
