@@ -7,13 +7,18 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tokenizers import Tokenizer
 
+from nlp_adagrad.batching import batch_indices, epoch_order, make_batch
+from nlp_adagrad.data import load_corpus
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
 from nlp_adagrad.train import TIMING_KEYS, train
+from nlp_adagrad.vocab import encode_split, token_counts
 from tests.helpers import make_config
 
 RUN_FILES = [
@@ -195,3 +200,34 @@ def test_untouched_rows_never_change(tmp_path, model):
     assert untouched.sum() > 10_000
     assert torch.equal(table[untouched], initial.embedding.weight.detach()[untouched])
     assert not torch.equal(table[~untouched], initial.embedding.weight.detach()[~untouched])
+
+
+def test_updates_and_counts_match_a_replay_of_the_batches_bigram_rows_included(tmp_path):
+    cfg = make_config(
+        "data.max_examples=60",
+        "trainer.epochs=2",
+        "trainer.batch_size=8",
+        "tokenizer.ngrams=2",
+        "tokenizer.buckets=3000",
+        "telemetry.every=0",
+    )
+    train(cfg, tmp_path)
+    # replay the trainer's data path and count by hand
+    corpus = load_corpus(cfg.data)
+    tokenizer = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    split = encode_split(corpus["train"], tokenizer, cfg.tokenizer)
+    num_rows = tokenizer.get_vocab_size() + 3000
+    expected = np.zeros(num_rows, dtype=np.int64)
+    for epoch in range(cfg.trainer.epochs):
+        for docs in batch_indices(epoch_order(split.num_docs, cfg.trainer.seed, epoch), 8):
+            expected[np.unique(make_batch(split, docs).ids.numpy())] += 1
+    ckpt = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)
+    model = build_model(cfg.model, num_rows, num_classes=5)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps=1)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    updates = optimizer.row_updates(model.embedding.weight).numpy()
+    assert updates[tokenizer.get_vocab_size() :].sum() > 0  # bigram rows were trained
+    np.testing.assert_array_equal(updates, expected)
+    with open(tmp_path / "token_stats.csv", newline="") as f:
+        counts = [int(row["count"]) for row in csv.DictReader(f)]
+    assert counts == token_counts(split, num_rows)[: len(counts)].tolist()
