@@ -1,12 +1,17 @@
-"""Checkpoints: written atomically, read with `weights_only=True` so loading never runs code.
+"""Checkpoints: written atomically, the last few kept, read with `weights_only=True`.
 
-A checkpoint is one dict: `model` and `optimizer` state dicts, `step`, the data position
-(`epoch`, `batch_in_epoch`), `tokens` seen, and the resolved `config` as plain builtins.
+A checkpoint is one dict: `model` and `optimizer` state dicts, `step`, `tokens`, the loss window
+and RNG state that exact resume needs, and the resolved `config` as plain builtins. Files are
+`checkpoints/step_000000123.pt`; `last.pt` is a hard link to the newest. Loading never runs
+code from the file (a crafted pickle is refused), and a damaged file falls back to the previous
+good one, saying so; it is never silently replaced by a fresh start.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,13 +20,25 @@ import torch
 
 from nlp_adagrad.errors import UserError
 
+log = logging.getLogger(__name__)
+
 LAST = "last.pt"
+REQUIRED_KEYS = ("model", "optimizer", "step", "config")
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A crash mid-write leaves the previous checkpoint intact, never a truncated one.
+    A crash mid-write leaves the previous file intact, never a truncated one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -34,32 +51,77 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)
 
 
-def resolve_checkpoint(path_str: str) -> Path:
-    """A checkpoint file, or the last checkpoint of a run dir."""
-    path = Path(path_str).expanduser()
-    if path.is_dir():
-        path = path / "checkpoints" / LAST
-    if not path.is_file():
-        raise UserError(
-            f"trainer.resume={path_str}: no checkpoint at {path}; "
-            f"give a run dir with checkpoints/{LAST} or a .pt file"
-        )
+def step_files(folder: Path) -> list[Path]:
+    """step_*.pt files in `folder`, newest (highest step) first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_checkpoint(folder: Path, payload: dict[str, Any], keep: int) -> Path:
+    """Save `step_<step>.pt`, point `last.pt` at it, and delete all but the `keep` newest."""
+    path = folder / f"step_{payload['step']:09d}.pt"
+    atomic_save(path, payload)
+    tmp_link = folder / f".{LAST}.link"
+    tmp_link.unlink(missing_ok=True)
+    os.link(path, tmp_link)
+    os.replace(tmp_link, folder / LAST)
+    _fsync_dir(folder)
+    for old in step_files(folder)[keep:]:
+        old.unlink()
     return path
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load one checkpoint with weights_only=True; UserError naming the file if it is bad."""
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
-    missing = [k for k in ("model", "optimizer", "step", "config") if k not in payload]
-    if missing:
-        raise UserError(f"{path} is not an nlp_adagrad checkpoint (missing {missing})")
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load checkpoint {path}: {reason[:300]}") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
+        raise UserError(f"{path} is not an nlp_adagrad checkpoint (needs {REQUIRED_KEYS})")
     return payload
+
+
+def resume_candidates(resume: str) -> list[Path]:
+    """Files to try, best first: a run dir's last.pt then its older steps; or the file given,
+    then the older step files beside it."""
+    path = Path(resume).expanduser()
+    folder = path / "checkpoints" if path.is_dir() else path.parent
+    if path.is_dir():
+        first = folder / LAST
+    elif path.is_file():
+        first = path
+    else:
+        raise UserError(
+            f"trainer.resume={resume}: no such run dir or checkpoint file; "
+            f"give a run dir with checkpoints/{LAST} or a .pt file"
+        )
+    match = _STEP_FILE.match(first.name)
+    older = [p for p in step_files(folder) if not match or p.name < first.name]
+    candidates = [first] if first.exists() else []
+    candidates += [p for p in older if not (first.exists() and p.samefile(first))]
+    if not candidates:
+        raise UserError(f"trainer.resume={resume}: no checkpoint found in {folder}")
+    return candidates
+
+
+def load_for_resume(resume: str, map_location: str | torch.device) -> tuple[Path, dict]:
+    """The newest loadable checkpoint for `trainer.resume`, warning about each damaged one."""
+    failures = []
+    for path in resume_candidates(resume):
+        try:
+            payload = load_checkpoint(path, map_location)
+        except UserError as e:
+            failures.append(str(e))
+            log.warning("%s; trying the previous checkpoint", e)
+            continue
+        if failures:
+            log.warning("resuming from %s, the newest checkpoint that loads", path)
+        return path, payload
+    raise UserError(f"no loadable checkpoint for trainer.resume={resume}: {failures[-1]}")

@@ -47,6 +47,7 @@ class LocalDataConfig(DataConfig):
     path: str = MISSING  # a file, or a folder of files of one format
     test_path: str | None = None  # a separate test file; otherwise split off test_fraction
     format: DataFormat = DataFormat.csv
+    encoding: str = "utf-8"  # of csv, json and text files
     text_column: str = "text"
     label_column: str = "label"
     label_prefix: str = "__label__"  # format=text only, as in fastText
@@ -175,6 +176,7 @@ class TrainerConfig:
     eval_every: int = 0  # steps between test evaluations; 0: at the end only
     log_every: int = 10  # steps between train/loss and tokens/sec points
     checkpoint_every: int = 0  # steps between checkpoints; 0: at the end only
+    keep_checkpoints: int = 3  # newest step_*.pt files kept (last.pt links the newest)
     resume: str | None = None  # a run dir or checkpoint to continue from
     progress: bool = True  # tqdm bar on stderr
 
@@ -279,6 +281,7 @@ def check_config(c: Config) -> None:
     _require(r.max_steps is None or r.max_steps >= 1, "trainer.max_steps must be >= 1")
     _require(r.batch_size >= 1, "trainer.batch_size must be >= 1")
     _require(r.num_threads is None or r.num_threads >= 1, "trainer.num_threads must be >= 1")
+    _require(r.keep_checkpoints >= 1, "trainer.keep_checkpoints must be >= 1")
     for key in ("eval_every", "log_every", "checkpoint_every"):
         _require(getattr(r, key) >= 0, f"trainer.{key} must be >= 0")
     _require(
@@ -290,6 +293,17 @@ def check_config(c: Config) -> None:
     _require(m.rare_max_count >= 1, "telemetry.rare_max_count must be >= 1")
     _require(m.common_top_k >= 1, "telemetry.common_top_k must be >= 1")
     _require(m.follow_per_bucket >= 0, "telemetry.follow_per_bucket must be >= 0")
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a `Config` from `config_to_dict`'s output (a checkpoint's `config`)."""
+    sections = {}
+    for group, schemas in SCHEMAS.items():
+        node = d[group]
+        name = node.get("name", "default")
+        schema = schemas.get(name) or schemas["hub"]  # Hub presets share one schema
+        sections[group] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    return Config(**sections)
 
 
 def config_to_dict(c: Config) -> dict[str, Any]:

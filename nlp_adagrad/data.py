@@ -7,6 +7,7 @@ file or column, an empty corpus, no route to the Hub) raise `UserError` with one
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import logging
 import os
@@ -121,17 +122,38 @@ def _data_files(path_str: str, key: str) -> list[str]:
 
 
 def _local(cfg: LocalDataConfig) -> datasets.DatasetDict:
+    raw, text_column, label_column = read_local(cfg)
+    corpus = _standardize(raw, text_column, label_column)
+    if "test" not in corpus:
+        corpus = _split(corpus["train"], cfg)
+    return corpus
+
+
+def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
+    """The file(s) as read, with the text and label columns checked: (raw, text, label)."""
     files = {"train": _data_files(cfg.path, "data.path")}
     if cfg.test_path is not None:
         files["test"] = _data_files(cfg.test_path, "data.test_path")
+    wide = cfg.encoding.lower().replace("-", "").startswith(("utf16", "utf32"))  # NULs are text
+    if cfg.format is not DataFormat.parquet and not wide:
+        for path in [*files["train"], *files.get("test", [])]:
+            _refuse_binary(path, cfg.format)
+    options = {} if cfg.format is DataFormat.parquet else {"encoding": cfg.encoding}
     try:
-        raw = datasets.load_dataset(_BUILDER[cfg.format], data_files=files)
-    except Exception as e:  # datasets raises many types for unparsable files
+        with _quiet_datasets():
+            raw = datasets.load_dataset(_BUILDER[cfg.format], data_files=files, **options)
+    except Exception as e:  # datasets wraps the parser's error; the first cause says most
+        cause = _first_cause(e)
         if "corresponds to no data" in str(e):
             raise UserError(f"data.path={cfg.path} holds no examples; check the file") from None
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(cause, UnicodeDecodeError):
+            raise UserError(
+                f"{cfg.path} is not {cfg.encoding} text ({cause.reason} at byte {cause.start}); "
+                f"if it is text in another encoding set data.encoding (e.g. latin-1), "
+                f"if it is binary point data.path at the data file"
+            ) from None
         raise UserError(
-            f"cannot read {cfg.path} as {cfg.format.value}: {first_line}; "
+            f"cannot read {cfg.path} as {cfg.format.value}: {_one_line(cause)}; "
             f"check data.format (csv, json, parquet or text)"
         ) from None
     if cfg.format is DataFormat.text:
@@ -147,10 +169,44 @@ def _local(cfg: LocalDataConfig) -> datasets.DatasetDict:
                     f"data.{key}={column!r} is not a column of {source} "
                     f"(columns: {', '.join(ds.column_names)}); set data.{key}"
                 )
-    corpus = _standardize(raw, text_column, label_column)
-    if "test" not in corpus:
-        corpus = _split(corpus["train"], cfg)
-    return corpus
+    return raw, text_column, label_column
+
+
+def _refuse_binary(path: str, fmt: DataFormat) -> None:
+    """NUL bytes in the first 8 KiB mean a binary file, as git and `file` decide."""
+    with open(path, "rb") as f:
+        head = f.read(8192)
+    if b"\x00" in head:
+        raise UserError(
+            f"{path} looks binary (NUL bytes), not {fmt.value} text; "
+            f"if it is binary point data.path at the data file, if it is parquet set data.format"
+        )
+
+
+def _first_cause(e: BaseException) -> BaseException:
+    """The exception datasets wrapped: its own message is 'An error occurred ...'."""
+    seen = e
+    while isinstance(seen, datasets.exceptions.DatasetGenerationError) and (
+        seen.__cause__ or seen.__context__
+    ):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets logs its own ERROR lines for unreadable files; we say it once, in ours."""
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
 
 
 def _split_fasttext_labels(batch: dict, prefix: str) -> dict:
@@ -177,7 +233,7 @@ def _standardize(
         raw = raw.rename_column(text_column, "text")
     if label_column != "label":
         raw = raw.rename_column(label_column, "label")
-    train_labels = _label_strings(raw["train"])
+    train_labels = label_strings(raw["train"])
     feature = raw["train"].features["label"]
     if isinstance(feature, datasets.ClassLabel):
         names = list(feature.names)
@@ -189,7 +245,7 @@ def _standardize(
     )
     out = {}
     for split, ds in raw.items():
-        labels = train_labels if split == "train" else _label_strings(ds)
+        labels = train_labels if split == "train" else label_strings(ds)
         keep = [i for i, v in enumerate(labels) if v in index]
         if len(keep) < len(ds):
             log.warning(
@@ -206,11 +262,12 @@ def _standardize(
     return datasets.DatasetDict(out)
 
 
-def _label_strings(ds: datasets.Dataset) -> list[str | None]:
-    feature = ds.features["label"]
+def label_strings(ds: datasets.Dataset, column: str = "label") -> list[str | None]:
+    """Labels as strings (ClassLabel ids by name); None where missing."""
+    feature = ds.features[column]
     if isinstance(feature, datasets.ClassLabel):
-        return [feature.int2str(v) if v is not None and v >= 0 else None for v in ds["label"]]
-    return [None if v is None else str(v) for v in ds["label"]]
+        return [feature.int2str(v) if v is not None and v >= 0 else None for v in ds[column]]
+    return [None if v is None else str(v) for v in ds[column]]
 
 
 def _natural_key(v: object) -> tuple:

@@ -4,9 +4,10 @@ Entry points catch it and print its message as a single line with exit code 2; a
 is a bug and keeps its traceback.
 """
 
+EXIT_USER_ERROR = 2
+
 
 class UserError(Exception):
     """A problem with the user's input or environment, stated as what is wrong and what to do."""
 
-
-EXIT_USER_ERROR = 2
+    exit_code = EXIT_USER_ERROR

@@ -27,19 +27,27 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nlp_adagrad import telemetry
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
-from nlp_adagrad.checkpoint import LAST, load_checkpoint, resolve_checkpoint, save_checkpoint
+from nlp_adagrad.checkpoint import load_for_resume, save_checkpoint
 from nlp_adagrad.config import CONF_DIR, Config, config_to_dict, register_configs, to_config
 from nlp_adagrad.data import load_corpus
 from nlp_adagrad.errors import EXIT_USER_ERROR, UserError
 from nlp_adagrad.evaluate import evaluate
+from nlp_adagrad.guard import TrainingDiverged, find_non_finite
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
-from nlp_adagrad.vocab import encode_split, token_counts, train_tokenizer, vocabulary
+from nlp_adagrad.vocab import (
+    encode_split,
+    token_counts,
+    train_tokenizer,
+    vocabulary,
+    warn_unusual_documents,
+)
 from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
 
 log = logging.getLogger("nlp_adagrad.train")  # not "__main__" under python -m
 
 TIMING_KEYS = ("train/seconds", "train/tokens_per_sec")
+RUN_LOCK = ".nlp_adagrad-run"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,6 +87,22 @@ def flat_hparams(c: Config) -> dict[str, float | int | str | bool]:
     return flat
 
 
+def check_resume_compatible(state: dict, cfg: Config, table: torch.Tensor, path: Path) -> None:
+    """Refuse a checkpoint whose table cannot fit; warn about config sections that differ."""
+    shape = tuple(state["model"]["embedding.weight"].shape)
+    if shape != tuple(table.shape):
+        raise UserError(
+            f"{path} holds a token table of shape {shape} but this config builds "
+            f"{tuple(table.shape)}; resume with the run's own data, tokenizer and model config"
+        )
+    now = config_to_dict(cfg)
+    for section in ("data", "tokenizer", "model", "optim"):
+        if state["config"].get(section) != now[section]:
+            log.warning(
+                "resuming with a different %s config than %s was trained with", section, path
+            )
+
+
 def write_json(path: Path, values: dict) -> None:
     clean = {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()
@@ -101,6 +125,8 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     tokens = vocabulary(tokenizer)
     train_split = encode_split(corpus["train"], tokenizer, cfg.tokenizer)
     test_split = encode_split(corpus["test"], tokenizer, cfg.tokenizer)
+    warn_unusual_documents(train_split, "train")
+    warn_unusual_documents(test_split, "test")
     num_rows = len(tokens) + (cfg.tokenizer.buckets if cfg.tokenizer.ngrams == 2 else 0)
     counts = token_counts(train_split, num_rows)
     class_names = corpus["train"].features["label"].names
@@ -124,20 +150,16 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         total_steps = min(total_steps, cfg.trainer.max_steps)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
     table = model.embedding.weight
-    step, tokens_seen, start_epoch, start_batch = 0, 0, 0, 0
+    step, tokens_seen, resumed = 0, 0, None
     if cfg.trainer.resume:
-        path = resolve_checkpoint(cfg.trainer.resume)
-        state = load_checkpoint(path, map_location=device)
-        if state["model"]["embedding.weight"].shape != table.shape:
-            raise UserError(
-                f"{path} holds a table of shape {tuple(state['model']['embedding.weight'].shape)}"
-                f" but this config builds {tuple(table.shape)}; resume with the run's own config"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, tokens_seen = state["step"], state["tokens"]
-        start_epoch, start_batch = divmod(step, steps_per_epoch)
+        path, resumed = load_for_resume(cfg.trainer.resume, map_location=device)
+        check_resume_compatible(resumed, cfg, table, path)
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        torch.set_rng_state(resumed["rng_state"])
+        step, tokens_seen = resumed["step"], resumed["tokens"]
         log.info("resumed from %s at step %d", path, step)
+    start_epoch, start_batch = divmod(step, steps_per_epoch)
 
     # ---- outputs: only the main process writes
     if writer is None:
@@ -149,24 +171,38 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         tokenizer.save(str(run_dir / "tokenizer.json"))
         writer.custom_layout(telemetry.custom_layout(spec))
 
-    def checkpoint() -> None:
-        if is_main:
-            save_checkpoint(
-                run_dir / "checkpoints" / LAST,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "tokens": tokens_seen,
-                    "config": config_to_dict(cfg),
-                    "class_names": list(class_names),
+    def checkpoint() -> Path | None:
+        if not is_main:
+            return None
+        return save_checkpoint(
+            run_dir / "checkpoints",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "tokens": tokens_seen,
+                "rng_state": torch.get_rng_state(),
+                "window": {
+                    "loss_sum": float(loss_sum),
+                    "steps": window_steps,
+                    "tokens": window_tokens,
                 },
-            )
+                "train_loss": train_loss,
+                "config": config_to_dict(cfg),
+                "class_names": list(class_names),
+            },
+            keep=cfg.trainer.keep_checkpoints,
+        )
 
     # ---- the loop
     tele_every, log_every = cfg.telemetry.every, cfg.trainer.log_every
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     window_steps, window_tokens, train_loss = 0, 0, float("nan")
+    last_checkpoint = None
+    if resumed is not None:  # a window cut by the crash continues where it was
+        loss_sum += resumed["window"]["loss_sum"]
+        window_steps, window_tokens = resumed["window"]["steps"], resumed["window"]["tokens"]
+        train_loss = resumed["train_loss"]
     loop_seconds, window_start = 0.0, time.perf_counter()
     bar = tqdm(
         total=total_steps,
@@ -191,6 +227,13 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                 loss.backward()
                 optimizer.step()
                 step += 1
+                bad = find_non_finite(loss, model)
+                if bad is not None:
+                    raise TrainingDiverged(
+                        f"non-finite {bad} at step {step} ({cfg.optim.name}, optim.lr="
+                        f"{cfg.optim.lr:g}); stopped. Last good checkpoint: "
+                        f"{last_checkpoint or 'none (set trainer.checkpoint_every)'}"
+                    )
                 tokens_seen += batch.num_tokens * world_size
                 loss_sum += loss.detach().double()
                 window_steps += 1
@@ -200,10 +243,6 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                 last = step >= total_steps
                 if (log_every and step % log_every == 0) or last:
                     train_loss = float(loss_sum) / window_steps
-                    if not math.isfinite(train_loss):
-                        raise UserError(
-                            f"train/loss became {train_loss} at step {step}; lower optim.lr"
-                        )
                     now = time.perf_counter()
                     loop_seconds += now - window_start
                     tokens_per_sec = window_tokens / max(now - window_start, 1e-9)
@@ -226,7 +265,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                         result.loss,
                     )
                 if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0:
-                    checkpoint()
+                    last_checkpoint = checkpoint()
                 if last:
                     break
     bar.close()
@@ -283,25 +322,49 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     return metrics
 
 
+def claim_run_dir(run_dir: Path) -> None:
+    """Refuse a run dir another run holds, so no run's files are overwritten by another."""
+    try:
+        os.close(os.open(run_dir / RUN_LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise UserError(
+            f"{run_dir} already holds a run; pick a new hydra.run.dir (the default never repeats)"
+        ) from None
+
+
 register_configs()
+_task_started = False  # set once Hydra hands over a composed config
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, float]:
+    global _task_started
+    _task_started = True
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     datasets.disable_progress_bars()  # our own bar is the one that matters
     overrides = " ".join(HydraConfig.get().overrides.task)
     log.info("reproduce with: python -m nlp_adagrad.train %s", overrides)
     try:
+        claim_run_dir(run_dir)
         config = to_config(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         metrics = train(config, run_dir)
     except UserError as e:
         log.error("%s", e)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(e.exit_code)
     log.info("run dir: %s  (tensorboard --logdir %s)", run_dir, run_dir / "tb")
     return metrics
 
 
+def cli() -> None:
+    """Run `main`; a config Hydra refuses (unknown key, bad value) exits 2 like other bad input."""
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == 1 and not _task_started:
+            raise SystemExit(EXIT_USER_ERROR) from None
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

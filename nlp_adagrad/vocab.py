@@ -8,6 +8,7 @@ dropped, as fastText drops them; bigrams are hashed into `buckets` extra rows af
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 
 import datasets
@@ -20,6 +21,9 @@ from nlp_adagrad.errors import UserError
 UNK = "[UNK]"
 UNK_ID = 0
 BIGRAM_HASH_PRIME = 116_049_371  # fastText's multiplier for word n-gram hashes
+HUGE_DOCUMENT_TOKENS = 100_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,6 +136,29 @@ def add_bigrams(split: EncodedSplit, num_words: int, buckets: int) -> EncodedSpl
     pair_pos = new_offsets[pair_doc] + lengths[pair_doc] + (pair_starts - split.offsets[pair_doc])
     ids[pair_pos] = bigrams
     return EncodedSplit(ids=ids, offsets=new_offsets, labels=split.labels)
+
+
+def warn_unusual_documents(split: EncodedSplit, name: str) -> None:
+    """Usable but worth knowing: documents with no known token, and huge ones."""
+    lengths = split.lengths
+    empty = int((lengths == 0).sum())
+    if empty:
+        log.warning(
+            "%s split: %d of %d documents have no known token (empty, or only unknown words); "
+            "the model sees them as an empty bag",
+            name,
+            empty,
+            split.num_docs,
+        )
+    huge = int((lengths > HUGE_DOCUMENT_TOKENS).sum())
+    if huge:
+        log.warning(
+            "%s split: %d documents have more than %d tokens (longest %d); each is used whole",
+            name,
+            huge,
+            HUGE_DOCUMENT_TOKENS,
+            int(lengths.max()),
+        )
 
 
 def token_counts(split: EncodedSplit, num_rows: int) -> np.ndarray:

@@ -6,6 +6,7 @@ tests that do not care) get `NullWriter`, so no code asks "is logging on?".
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any, Protocol
@@ -61,7 +62,9 @@ class TensorBoardWriter:
             self._writer.add_scalar(tag, value, step)
 
     def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
-        self._writer.add_histogram(tag, values, step)
+        # TensorBoard cannot bin some degenerate inputs (all values 1e30, say): skip the point
+        with contextlib.suppress(ValueError):
+            self._writer.add_histogram(tag, values, step)
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
         self._writer.add_figure(tag, figure, step, close=False)

@@ -1,0 +1,80 @@
+"""A finished run, loaded for use: its tokenizer, model and class names, and top-k predictions.
+
+`predict` and `evaluate` share this; training never imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from nlp_adagrad.batching import make_batch
+from nlp_adagrad.checkpoint import LAST, load_checkpoint
+from nlp_adagrad.config import Config, config_from_dict
+from nlp_adagrad.errors import UserError
+from nlp_adagrad.models import build_model
+from nlp_adagrad.vocab import EncodedSplit, encode_split
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: Config
+    tokenizer: Tokenizer
+    model: nn.Module
+    class_names: list[str]
+
+    def encode(self, texts: list[str], labels: list[int] | None = None) -> EncodedSplit:
+        features = datasets.Features(
+            {
+                "text": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=self.class_names),
+            }
+        )
+        ds = datasets.Dataset.from_dict(
+            {"text": texts, "label": labels if labels is not None else [0] * len(texts)},
+            features=features,
+        )
+        return encode_split(ds, self.tokenizer, self.config.tokenizer)
+
+    @torch.no_grad()
+    def probabilities(self, split: EncodedSplit, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities, one row per document."""
+        self.model.eval()
+        out = []
+        for start in range(0, split.num_docs, batch_size):
+            docs = np.arange(start, min(start + batch_size, split.num_docs))
+            batch = make_batch(split, docs)
+            out.append(torch.softmax(self.model(batch.ids, batch.offsets), dim=1))
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.class_names)))
+
+
+def load_run(run_dir_str: str) -> LoadedRun:
+    """Load a run dir written by `nlp_adagrad.train`; UserError if it is not one."""
+    run_dir = Path(run_dir_str).expanduser()
+    checkpoint_path = run_dir / "checkpoints" / LAST
+    tokenizer_path = run_dir / "tokenizer.json"
+    if not checkpoint_path.is_file() or not tokenizer_path.is_file():
+        raise UserError(
+            f"{run_dir_str} is not a finished nlp_adagrad run dir (needs tokenizer.json and "
+            f"checkpoints/{LAST}); give the run dir a training run printed at its end"
+        )
+    state = load_checkpoint(checkpoint_path)
+    config = config_from_dict(state["config"])
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    class_names = list(state["class_names"])
+    table_rows = state["model"]["embedding.weight"].shape[0]
+    model = build_model(config.model, table_rows, len(class_names))
+    model.load_state_dict(state["model"])
+    return LoadedRun(run_dir, config, tokenizer, model, class_names)
+
+
+def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k most probable classes per row, most probable first (stable on ties)."""
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k]

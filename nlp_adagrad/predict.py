@@ -1,0 +1,52 @@
+"""`python -m nlp_adagrad.predict RUN_DIR [FILE] [-k K]`: top-k labels for each line of text.
+
+Reads FILE, or standard input when FILE is absent; prints one line per input line:
+`label probability` pairs, most probable first (fastText's `predict-prob`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import datasets
+
+from nlp_adagrad.errors import UserError
+from nlp_adagrad.inference import load_run, top_k
+
+
+def read_lines(path: str | None) -> list[str]:
+    if path is None:
+        return sys.stdin.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nlp_adagrad.predict", description=__doc__)
+    parser.add_argument("run_dir", help="a run dir written by nlp_adagrad.train")
+    parser.add_argument("file", nargs="?", help="text, one document per line (default: stdin)")
+    parser.add_argument("-k", type=int, default=1, help="labels per line (default: 1)")
+    args = parser.parse_args(argv)
+    datasets.disable_progress_bars()
+    try:
+        if args.k < 1:
+            raise UserError(f"-k must be >= 1, got {args.k}")
+        run = load_run(args.run_dir)
+        lines = read_lines(args.file)
+        probabilities = run.probabilities(run.encode(lines))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    for row, best in zip(probabilities, top_k(probabilities, args.k)):
+        print(" ".join(f"{run.class_names[c]} {row[c]:.4f}" for c in best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
