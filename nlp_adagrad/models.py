@@ -1,7 +1,8 @@
 """Bag-of-tokens classifiers whose token tables produce sparse gradients.
 
 Both models read a batch as EmbeddingBag input (flat ids plus offsets). The token table is
-`model.embedding` (sparse gradients); everything else is small and dense.
+`model.embedding`, a `SparseBag` (an EmbeddingBag with sparse, coalesced gradients);
+everything else is small and dense.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from nlp_adagrad.config import FastTextConfig, LogRegConfig, ModelConfig
+from nlp_adagrad.sparse_bag import SparseBag
 
 
 class LogReg(nn.Module):
@@ -24,7 +26,7 @@ class LogReg(nn.Module):
 
     def __init__(self, num_rows: int, num_classes: int, mode: str) -> None:
         super().__init__()
-        self.embedding = nn.EmbeddingBag(num_rows, num_classes, mode=mode, sparse=True)
+        self.embedding = SparseBag(num_rows, num_classes, mode)
         self.bias = nn.Parameter(torch.zeros(num_classes))
         nn.init.zeros_(self.embedding.weight)
 
@@ -40,7 +42,7 @@ class FastText(nn.Module):
 
     def __init__(self, num_rows: int, num_classes: int, dim: int, mode: str) -> None:
         super().__init__()
-        self.embedding = nn.EmbeddingBag(num_rows, dim, mode=mode, sparse=True)
+        self.embedding = SparseBag(num_rows, dim, mode)
         self.head = nn.Linear(dim, num_classes)
         nn.init.uniform_(self.embedding.weight, -1.0 / dim, 1.0 / dim)
         nn.init.zeros_(self.head.weight)

@@ -9,6 +9,7 @@ rows: a step costs what the batch touches, never the table size.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 ALL_ROWS = slice(None)
 
@@ -19,13 +20,22 @@ def num_selected(p: torch.Tensor, rows: slice | torch.Tensor) -> int:
 
 
 def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted unique row ids, summed gradient rows) of a sparse COO gradient."""
+    """(sorted distinct row ids, summed gradient rows) of a sparse COO gradient.
+
+    Already-distinct sorted ids (a `SparseBag` gradient; autograd's accumulation drops the
+    coalesced flag, so the ids are checked) pass through. Otherwise one stable sort groups the
+    duplicates and `embedding_bag` sums each group, cheaper than `coalesce` or `index_add_`.
+    """
     indices, values = grad._indices()[0], grad._values()
-    if grad.is_coalesced():
+    if grad.is_coalesced() or bool((indices[1:] > indices[:-1]).all()):
         return indices, values
-    rows, inverse = torch.unique(indices, sorted=True, return_inverse=True)
-    summed = values.new_zeros((rows.numel(), *values.shape[1:])).index_add_(0, inverse, values)
-    return rows, summed
+    sorted_ids, order = torch.sort(indices, stable=True)
+    rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+    starts = torch.zeros_like(counts)
+    torch.cumsum(counts[:-1], 0, out=starts[1:])
+    flat = values.reshape(values.shape[0], -1)
+    summed = F.embedding_bag(order, flat, starts, mode="sum")
+    return rows, summed.reshape(rows.numel(), *values.shape[1:])
 
 
 class RowOptimizer(torch.optim.Optimizer):

@@ -1,0 +1,69 @@
+"""`SparseBag`: an `nn.EmbeddingBag(sparse=True)` whose backward emits a coalesced gradient.
+
+Stock EmbeddingBag's sparse backward writes one gradient row per token occurrence (51,200 x 64
+floats for a batch of 256 BBC articles) and leaves summing duplicates to whoever reads it: a
+COO `coalesce` in torch.optim.Adagrad, ~4 ms a step. Here the backward sorts the ids once and
+lets `embedding_bag` itself reduce the bag gradients into one row per distinct id:
+
+    grad[row] = sum over occurrences k of row:  grad_out[bag(k)] * (1 / len(bag(k)) if mean)
+
+The result is the same gradient (tested against EmbeddingBag's, coalesced) at a fraction of
+the cost, and the optimizer can skip deduplication because `grad.is_coalesced()`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def coalesced_bag_grad(
+    ids: torch.Tensor, offsets: torch.Tensor, grad_out: torch.Tensor, mean: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted distinct ids, their summed gradient rows) for a bag forward's output grad."""
+    num_bags = offsets.numel()
+    lengths = torch.diff(offsets, append=offsets.new_tensor([ids.numel()]))
+    bag_of = torch.repeat_interleave(torch.arange(num_bags, device=ids.device), lengths)
+    sorted_ids, order = torch.sort(ids, stable=True)  # stable: fixed summation order
+    rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+    starts = torch.zeros_like(counts)
+    torch.cumsum(counts[:-1], 0, out=starts[1:])
+    weights = None
+    if mean:
+        weights = (1.0 / lengths.clamp(min=1).to(grad_out.dtype))[bag_of[order]]
+    values = F.embedding_bag(
+        bag_of[order], grad_out, starts, mode="sum", per_sample_weights=weights
+    )
+    if not mean:
+        values = values.to(grad_out.dtype)
+    return rows, values
+
+
+class _BagFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, ids, offsets, mode):
+        ctx.save_for_backward(ids, offsets)
+        ctx.mode, ctx.shape = mode, weight.shape
+        return F.embedding_bag(ids, weight, offsets, mode=mode)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ids, offsets = ctx.saved_tensors
+        rows, values = coalesced_bag_grad(ids, offsets, grad_out.contiguous(), ctx.mode == "mean")
+        grad = torch.sparse_coo_tensor(
+            rows.unsqueeze(0), values, ctx.shape, is_coalesced=True, check_invariants=False
+        )
+        return grad, None, None, None
+
+
+class SparseBag(nn.EmbeddingBag):
+    """EmbeddingBag (mode mean or sum, sparse=True) with a coalesced sparse gradient."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, mode: str = "mean") -> None:
+        if mode not in ("mean", "sum"):
+            raise ValueError(f"mode must be mean or sum, got {mode!r}")
+        super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=True)
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return _BagFunction.apply(self.weight, ids, offsets, self.mode)

@@ -1,0 +1,39 @@
+"""SparseBag gives stock EmbeddingBag's forward and (coalesced) gradient, with distinct rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nlp_adagrad.optim import unique_rows
+from nlp_adagrad.sparse_bag import SparseBag
+
+
+@pytest.mark.parametrize("mode", ["mean", "sum"])
+def test_forward_and_gradient_match_embedding_bag(mode):
+    torch.manual_seed(0)
+    ours = SparseBag(200, 6, mode)
+    stock = nn.EmbeddingBag(200, 6, mode=mode, sparse=True)
+    stock.load_state_dict(ours.state_dict())
+    ids = torch.randint(0, 50, (300,))
+    offsets = torch.tensor([0, 10, 10, 150, 299])  # an empty bag and a one-token bag
+    weights = torch.randn(5, 6)
+    out_ours, out_stock = ours(ids, offsets), stock(ids, offsets)
+    torch.testing.assert_close(out_ours, out_stock)
+    (out_ours * weights).sum().backward()
+    (out_stock * weights).sum().backward()
+    expected = stock.weight.grad.coalesce()
+    rows, values = unique_rows(ours.weight.grad)
+    assert torch.equal(rows, expected._indices()[0])
+    assert torch.equal(ours.weight.grad._indices()[0], rows)  # already one row per id, sorted
+    torch.testing.assert_close(values, expected._values(), rtol=1e-6, atol=1e-6)
+
+
+def test_unique_rows_of_an_uncoalesced_gradient_sums_duplicates_in_sorted_order():
+    idx = torch.tensor([[7, 2, 7, 0, 2]])
+    vals = torch.arange(10, dtype=torch.float32).reshape(5, 2)
+    grad = torch.sparse_coo_tensor(idx, vals, (9, 2), check_invariants=True)
+    rows, summed = unique_rows(grad)
+    assert rows.tolist() == [0, 2, 7]
+    assert summed.tolist() == [[6, 7], [2 + 8, 3 + 9], [0 + 4, 1 + 5]]
