@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,11 @@ class TelemetrySpec:
     rare: np.ndarray  # bool mask
     common: np.ndarray  # bool mask
     followed: dict[str, int]  # token -> id, for eff_lr/token/<token>
+    members: dict[str, np.ndarray] = field(default_factory=dict)  # bucket -> token ids
+
+    def __post_init__(self) -> None:
+        # snapshots select by bucket often: index arrays once, not string compares each time
+        self.members = {name: np.flatnonzero(self.buckets == name) for name in self.bucket_names}
 
     @property
     def num_tokens(self) -> int:
@@ -98,40 +103,59 @@ class Fit:
     bin_y: np.ndarray  # bin means of log(eff_lr)
 
 
+def _log_points(x: np.ndarray, eff_lr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = (x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)
+    return np.log(x[keep].astype(np.float64)), np.log(eff_lr[keep])
+
+
+def _bin_of(lx: np.ndarray, num_bins: int) -> np.ndarray:
+    """Log-spaced bin of each point: equal widths in log(x) between its min and max."""
+    span = lx.max() - lx.min()
+    return np.minimum(((lx - lx.min()) / span * num_bins).astype(np.int64), num_bins - 1)
+
+
+def _fit_bins(which, lx, ly, num_bins, weights=None) -> Fit | None:
+    n = np.bincount(which, weights=weights, minlength=num_bins)
+    full = n > 0
+    if full.sum() < 2:
+        return None
+    w = lx if weights is None else lx * weights
+    v = ly if weights is None else ly * weights
+    bin_x = np.bincount(which, weights=w, minlength=num_bins)[full] / n[full]
+    bin_y = np.bincount(which, weights=v, minlength=num_bins)[full] / n[full]
+    dx = bin_x - bin_x.mean()
+    slope = float(dx @ (bin_y - bin_y.mean()) / (dx @ dx))  # least squares, closed form
+    return Fit(slope, float(bin_y.mean() - slope * bin_x.mean()), bin_x, bin_y)
+
+
 def binned_fit(x: np.ndarray, eff_lr: np.ndarray, num_bins: int = NUM_FIT_BINS) -> Fit | None:
     """Least-squares line through log-binned means of log(eff_lr) against log(x).
 
     Binning first gives every range of x the same weight: otherwise the many rare tokens
     decide the slope alone. None when fewer than two bins hold tokens.
     """
-    keep = (x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)
-    lx, ly = np.log(x[keep].astype(np.float64)), np.log(eff_lr[keep])
+    lx, ly = _log_points(x, eff_lr)
     if len(lx) == 0 or lx.min() == lx.max():
         return None
-    edges = np.linspace(lx.min(), lx.max(), num_bins + 1)
-    which = np.clip(np.searchsorted(edges, lx, side="right") - 1, 0, num_bins - 1)
-    n = np.bincount(which, minlength=num_bins)
-    full = n > 0
-    if full.sum() < 2:
-        return None
-    bin_x = np.bincount(which, weights=lx, minlength=num_bins)[full] / n[full]
-    bin_y = np.bincount(which, weights=ly, minlength=num_bins)[full] / n[full]
-    slope, intercept = np.polyfit(bin_x, bin_y, 1)
-    return Fit(float(slope), float(intercept), bin_x, bin_y)
+    return _fit_bins(_bin_of(lx, num_bins), lx, ly, num_bins)
 
 
 def slope_interval(
     x: np.ndarray, eff_lr: np.ndarray, seed: int, num_resamples: int = NUM_BOOTSTRAP
 ) -> tuple[float, float]:
-    """Bootstrap 95% interval of the binned slope: tokens resampled with replacement, refit."""
-    keep = np.flatnonzero((x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0))
-    if len(keep) < 2:
+    """Bootstrap 95% interval of the binned slope: tokens resampled with replacement, refit.
+
+    A resample is drawn as per-token multiplicities, so each refit is a few bincounts.
+    """
+    lx, ly = _log_points(x, eff_lr)
+    if len(lx) < 2 or lx.min() == lx.max():
         return float("nan"), float("nan")
+    which = _bin_of(lx, NUM_FIT_BINS)
     rng = np.random.default_rng(seed)
     slopes = []
     for _ in range(num_resamples):
-        pick = rng.choice(keep, size=len(keep), replace=True)
-        fit = binned_fit(x[pick], eff_lr[pick])
+        times = np.bincount(rng.integers(0, len(lx), len(lx)), minlength=len(lx))
+        fit = _fit_bins(which, lx, ly, NUM_FIT_BINS, weights=times.astype(np.float64))
         if fit is not None:
             slopes.append(fit.slope)
     if not slopes:
@@ -143,8 +167,9 @@ def slope_interval(
 def final_analysis(
     spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray, seed: int
 ) -> dict[str, float]:
-    """End-of-run extras: slope intervals and the per-bucket table as flat metrics."""
-    out = {}
+    """End-of-run extras: the slope against count, slope intervals, the per-bucket table."""
+    fit = binned_fit(spec.counts, eff_lr)
+    out = {"eff_lr/slope_vs_count": fit.slope if fit else float("nan")}
     for key, x in (("updates", updates), ("count", spec.counts)):
         low, high = slope_interval(x, eff_lr, seed)
         out[f"eff_lr/slope_vs_{key}_ci_low"] = low
@@ -156,16 +181,15 @@ def final_analysis(
 
 
 def summarize(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) -> dict[str, float]:
-    """Scalar summaries: medians for rare, common and each bucket, and both slopes."""
+    """Per-snapshot scalars: medians for rare, common and each bucket; slope vs updates."""
     out = {
         "eff_lr/rare": _median(eff_lr[spec.rare]),
         "eff_lr/common": _median(eff_lr[spec.common]),
     }
     for name in spec.bucket_names:
-        out[f"eff_lr/bucket/{name}"] = _median(eff_lr[spec.buckets == name])
-    for key, x in (("updates", updates), ("count", spec.counts)):
-        fit = binned_fit(x, eff_lr)
-        out[f"eff_lr/slope_vs_{key}"] = fit.slope if fit else float("nan")
+        out[f"eff_lr/bucket/{name}"] = _median(eff_lr[spec.members[name]])
+    fit = binned_fit(updates, eff_lr)
+    out["eff_lr/slope_vs_updates"] = fit.slope if fit else float("nan")
     out["eff_lr/tokens_updated"] = float((updates >= 1).sum())
     return out
 
@@ -176,17 +200,16 @@ def log_snapshot(
     optimizer: RowOptimizer,
     table: torch.Tensor,
     step: int,
+    histograms: bool = True,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Write one telemetry point (scalars, followed tokens, histograms); return what it read."""
     eff_lr, updates = read_rates(optimizer, table, spec.num_tokens)
     summary = summarize(spec, eff_lr, updates)
-    for tag, value in summary.items():
-        writer.scalar(tag, value, step)
-    for token, i in spec.followed.items():
-        if np.isfinite(eff_lr[i]):
-            writer.scalar(f"eff_lr/token/{token}", float(eff_lr[i]), step)
-    for name in spec.bucket_names:
-        values = eff_lr[(spec.buckets == name) & np.isfinite(eff_lr)]
+    followed = {f"eff_lr/token/{token}": float(eff_lr[i]) for token, i in spec.followed.items()}
+    writer.scalars({**summary, **followed}, step)
+    for name in spec.bucket_names if histograms else []:
+        values = eff_lr[spec.members[name]]
+        values = values[np.isfinite(values)]
         if len(values):
             writer.histogram(f"eff_lr_hist/{name}", values, step)
     return summary, eff_lr, updates
@@ -216,14 +239,14 @@ def bucket_rows(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) ->
     """Per bucket: count range, tokens, median eff_lr, median updates."""
     rows = []
     for name in spec.bucket_names:
-        mask = spec.buckets == name
+        mask = spec.members[name]
         low = 10 ** int(name.rsplit("e", 1)[1])
         rows.append(
             {
                 "bucket": name,
                 "count_min": low,
                 "count_max": 10 * low - 1,
-                "tokens": int(mask.sum()),
+                "tokens": len(mask),
                 "median_eff_lr": _median(eff_lr[mask]),
                 "median_updates": _median(updates[mask].astype(np.float64)),
             }

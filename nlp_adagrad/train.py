@@ -46,7 +46,7 @@ from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
 
 log = logging.getLogger("nlp_adagrad.train")  # not "__main__" under python -m
 
-TIMING_KEYS = ("train/seconds", "train/tokens_per_sec")
+TIMING_KEYS = ("train/seconds", "train/prepare_seconds", "train/tokens_per_sec")
 RUN_LOCK = ".nlp_adagrad-run"
 
 
@@ -121,6 +121,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
 
     # ---- data: corpus -> tokenizer -> token ids (CSR) and per-row training counts
     corpus = load_corpus(cfg.data)
+    prepare_start = time.perf_counter()  # raw text in memory -> token ids
     tokenizer = train_tokenizer(corpus["train"], cfg.tokenizer)
     tokens = vocabulary(tokenizer)
     train_split = encode_split(corpus["train"], tokenizer, cfg.tokenizer)
@@ -129,6 +130,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     warn_unusual_documents(test_split, "test")
     num_rows = len(tokens) + (cfg.tokenizer.buckets if cfg.tokenizer.ngrams == 2 else 0)
     counts = token_counts(train_split, num_rows)
+    prepare_seconds = time.perf_counter() - prepare_start
     class_names = corpus["train"].features["label"].names
     log.info(
         "data=%s: %d train / %d test documents, %d classes, %d words (+%d bigram buckets), "
@@ -253,7 +255,10 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                     window_steps, window_tokens = 0, 0
                     window_start = time.perf_counter()
                 if tele_every and step % tele_every == 0 and not last:
-                    telemetry.log_snapshot(writer, spec, optimizer, table, step)
+                    hist_every = tele_every * cfg.telemetry.histogram_every
+                    telemetry.log_snapshot(
+                        writer, spec, optimizer, table, step, histograms=step % hist_every == 0
+                    )
                 if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and not last:
                     result = evaluate(model, test_split, cfg.trainer.batch_size, device)
                     writer.scalar("test/loss", result.loss, step)
@@ -282,6 +287,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         "train/steps": step,
         "train/tokens": tokens_seen,
         "train/seconds": loop_seconds,
+        "train/prepare_seconds": prepare_seconds,
         "train/tokens_per_sec": tokens_seen / max(loop_seconds, 1e-9),
         **summary,
         **telemetry.final_analysis(spec, eff_lr, updates, cfg.trainer.seed),

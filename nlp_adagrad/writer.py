@@ -16,6 +16,7 @@ import numpy as np
 
 class MetricWriter(Protocol):
     def scalar(self, tag: str, value: float, step: int) -> None: ...
+    def scalars(self, values: dict[str, float], step: int) -> None: ...
     def histogram(self, tag: str, values: np.ndarray, step: int) -> None: ...
     def figure(self, tag: str, figure: Any, step: int) -> None: ...
     def text(self, tag: str, text: str, step: int) -> None: ...
@@ -28,6 +29,9 @@ class NullWriter:
     """Accepts everything, writes nothing."""
 
     def scalar(self, tag, value, step):
+        pass
+
+    def scalars(self, values, step):
         pass
 
     def histogram(self, tag, values, step):
@@ -55,11 +59,26 @@ class TensorBoardWriter:
     def __init__(self, logdir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(logdir))
+        # a deep queue and rare flushes keep the writer thread off the training thread's lock
+        self._writer = SummaryWriter(log_dir=str(logdir), max_queue=1000, flush_secs=30)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if math.isfinite(value):  # a bucket with no updated token yet has no value
             self._writer.add_scalar(tag, value, step)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Many scalars as one event: a telemetry snapshot costs one queue put, not dozens.
+
+        Each still reads back as its own tag (not `add_scalars`, which makes a run per key).
+        """
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from torch.utils.tensorboard.summary import scalar
+
+        parts = [scalar(tag, v).value for tag, v in values.items() if math.isfinite(v)]
+        if parts:
+            self._writer.file_writer.add_summary(
+                Summary(value=[v for part in parts for v in part]), step
+            )
 
     def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
         # TensorBoard cannot bin some degenerate inputs (all values 1e30, say): skip the point

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nlp_adagrad.sparse_bag import sort_ids
+
 ALL_ROWS = slice(None)
 
 
@@ -29,7 +31,7 @@ def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     indices, values = grad._indices()[0], grad._values()
     if grad.is_coalesced() or bool((indices[1:] > indices[:-1]).all()):
         return indices, values
-    sorted_ids, order = torch.sort(indices, stable=True)
+    sorted_ids, order = sort_ids(indices)
     rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
     starts = torch.zeros_like(counts)
     torch.cumsum(counts[:-1], 0, out=starts[1:])
