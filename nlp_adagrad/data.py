@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import logging
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from urllib.parse import urlparse
 
 import datasets
 import numpy as np
+from datasets.utils.stratify import stratified_shuffle_split_generate_indices
 
 from nlp_adagrad.config import (
     BBCNewsConfig,
@@ -88,14 +90,32 @@ def _bbc_news(cfg: BBCNewsConfig) -> datasets.DatasetDict:
 
 
 def _split(full: datasets.Dataset, cfg: DataConfig) -> datasets.DatasetDict:
-    """Stratified, seeded train/test split."""
-    try:
-        parts = full.train_test_split(
-            test_size=cfg.test_fraction, stratify_by_column="label", seed=cfg.seed
+    """Stratified, seeded train/test split: the indices `Dataset.train_test_split` draws.
+
+    We call its index generator with the label column read in one piece: `train_test_split`
+    reads that column row by row (4 s for 50,000 documents, datasets 5.2). Same indices, same
+    split (tested).
+    """
+    labels = np.asarray(full.data.column("label").to_numpy(), dtype=np.int64)
+    n_test = math.ceil(cfg.test_fraction * len(labels))
+    n_train = len(labels) - n_test
+    if n_train < 1 or n_test < 1:
+        raise UserError(
+            f"data={cfg.name} is too small to split with test_fraction "
+            f"{cfg.test_fraction}: {len(labels)} examples"
         )
-    except ValueError as e:  # a class too small to appear on both sides
-        raise UserError(f"cannot split data={cfg.name} into train and test: {e}") from None
-    return datasets.DatasetDict(train=parts["train"], test=parts["test"])
+    try:
+        train_idx, test_idx = next(
+            stratified_shuffle_split_generate_indices(
+                labels, n_train, n_test, rng=np.random.default_rng(cfg.seed)
+            )
+        )
+    except Exception as e:  # "Minimum class count error", or too few per class
+        raise UserError(
+            f"cannot split data={cfg.name} into train and test: {e}; every class needs at "
+            f"least two examples"
+        ) from None
+    return datasets.DatasetDict(train=full.select(train_idx), test=full.select(test_idx))
 
 
 # -------------------------------------------------------------------------------- local files

@@ -1,0 +1,51 @@
+"""The benchmark script runs, reports the command and machine, and its checks hold at small size:
+our Adagrad step equals torch.optim.Adagrad's, step time does not grow with the table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO
+
+
+def run_bench(tmp_path, sections: str):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench.py"),
+            "--quick",
+            "--sections",
+            sections,
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("command: python ") and "machine: " in proc.stdout
+    return json.loads((tmp_path / "bench.json").read_text())["results"]
+
+
+def test_micro_benchmarks(tmp_path):
+    results = run_bench(tmp_path, "scaling,optimizer,limit,memory")
+    assert all(r["max_weight_diff"] < 1e-5 for r in results["optimizer"])
+    same = [r["step_ms"] for r in results["scaling"] if r["ids"] == "same batch"]
+    assert max(same) / min(same) < 2.0  # generous: a shared CI core is noisy
+    assert {r["optimizer"] for r in results["memory"]} == {"Adagrad", "RowwiseAdagrad"}
+    rowwise = next(r for r in results["memory"] if r["optimizer"] == "RowwiseAdagrad")
+    assert rowwise["state_mb"] < rowwise["weights_mb"] / 32  # one accumulator per row
+    assert (tmp_path / "bench.md").read_text().startswith("Command: `python ")
+
+
+@pytest.mark.slow
+def test_end_to_end_and_telemetry_sections(tmp_path):
+    results = run_bench(tmp_path, "e2e,telemetry")
+    ours = [r for r in results["e2e"] if r["tool"].startswith("nlp_adagrad")]
+    assert len(ours) == 8 and all(r["accuracy"] > 0.5 for r in ours)
+    assert "overhead" in results["telemetry"][0]

@@ -1,0 +1,58 @@
+"""Corpora: BBC News as DESIGN §6 describes it, the split datasets itself would draw, and the
+synthetic corpus's planted labels."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+
+from nlp_adagrad.config import BBCNewsConfig, SyntheticDataConfig
+from nlp_adagrad.data import _split, load_corpus, synthetic_corpus
+
+
+def test_bbc_news_is_deduplicated_split_stratified_and_seeded():
+    corpus = load_corpus(BBCNewsConfig())
+    texts = list(corpus["train"]["text"]) + list(corpus["test"]["text"])
+    assert len(texts) == 2225 - 98 and len(set(texts)) == len(texts)  # duplicates dropped
+    names = corpus["train"].features["label"].names
+    assert names == ["business", "entertainment", "politics", "sports", "tech"]
+    train = np.bincount(corpus["train"]["label"]) / len(corpus["train"])
+    test = np.bincount(corpus["test"]["label"]) / len(corpus["test"])
+    assert np.abs(train - test).max() < 0.01  # stratified
+    assert load_corpus(BBCNewsConfig())["test"]["text"] == corpus["test"]["text"]
+    assert load_corpus(BBCNewsConfig(seed=1))["test"]["text"] != corpus["test"]["text"]
+
+
+def test_split_draws_the_same_indices_as_datasets_train_test_split():
+    rng = np.random.default_rng(0)
+    full = datasets.Dataset.from_dict(
+        {"text": [f"doc {i}" for i in range(500)], "label": rng.integers(0, 3, 500).tolist()},
+        features=datasets.Features(
+            {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b", "c"])}
+        ),
+    )
+    cfg = SyntheticDataConfig(test_fraction=0.3, seed=7)
+    ours = _split(full, cfg)
+    theirs = full.train_test_split(test_size=0.3, stratify_by_column="label", seed=7)
+    for split in ("train", "test"):
+        assert ours[split]["text"] == theirs[split]["text"]
+
+
+def test_synthetic_corpus_is_seeded_and_its_planted_labels_are_learnable():
+    cfg = SyntheticDataConfig(
+        vocab_size=300, num_docs=400, doc_length=50, num_classes=3, label_noise=0.0
+    )
+    texts, labels, class_of_type = synthetic_corpus(cfg)
+    again = synthetic_corpus(cfg)
+    assert texts == again[0] and (labels == again[1]).all()
+    # the planted rule (majority vote of signal tokens) reproduces every noise-free label
+    votes = np.zeros((len(texts), 3))
+    for d, text in enumerate(texts):
+        for word in text.split():
+            c = class_of_type[int(word[1:])]
+            if c >= 0:
+                votes[d, c] += 1
+    decided = votes.max(axis=1) > np.sort(votes, axis=1)[:, -2]
+    assert (votes.argmax(axis=1)[decided] == labels[decided]).all()
+    rare_signal = class_of_type[150:] >= 0  # rare types carry signal too
+    assert 0.1 < rare_signal.mean() < 0.3
