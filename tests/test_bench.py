@@ -47,5 +47,5 @@ def test_micro_benchmarks(tmp_path):
 def test_end_to_end_and_telemetry_sections(tmp_path):
     results = run_bench(tmp_path, "e2e,telemetry")
     ours = [r for r in results["e2e"] if r["tool"].startswith("nlp_adagrad")]
-    assert len(ours) == 8 and all(r["accuracy"] > 0.5 for r in ours)
+    assert len(ours) == 10 and all(r["accuracy"] > 0.5 for r in ours)
     assert "overhead" in results["telemetry"][0]
