@@ -95,3 +95,8 @@ def test_unknown_config_key_or_value_exits_2(tmp_path, override):
     proc = run_cli(override, cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_label_column(tiny_csv):
+    with pytest.raises(UserError, match="data.label_column='stars' is not a column"):
+        load_corpus(local(tiny_csv, "data.text_column=body", "data.label_column=stars"))
