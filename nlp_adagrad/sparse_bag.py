@@ -19,13 +19,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def sort_ids(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted ids, order). On CPU NumPy's introsort: 5x faster than torch.sort at 10^4 ids
-    (measured, torch 2.13) and deterministic, so the summation order is fixed."""
-    if ids.device.type != "cpu":
-        return torch.sort(ids, stable=True)
-    order = torch.from_numpy(np.argsort(ids.numpy()))
-    return ids[order], order
+def group_ids(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(distinct ids sorted, order, starts): ids[order] lists each distinct id's occurrences
+    together, group g beginning at starts[g]; `embedding_bag(order, ..., starts)` sums groups.
+
+    On CPU the sort is NumPy's introsort: 5x faster than torch.sort at 10^4 ids (measured,
+    torch 2.13) and deterministic, so the summation order is fixed.
+    """
+    if ids.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(ids.numpy()))
+        sorted_ids = ids[order]
+    else:
+        sorted_ids, order = torch.sort(ids, stable=True)
+    rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+    starts = torch.zeros_like(counts)
+    torch.cumsum(counts[:-1], 0, out=starts[1:])
+    return rows, order, starts
 
 
 def coalesced_bag_grad(
@@ -35,10 +44,7 @@ def coalesced_bag_grad(
     num_bags = offsets.numel()
     lengths = torch.diff(offsets, append=offsets.new_tensor([ids.numel()]))
     bag_of = torch.repeat_interleave(torch.arange(num_bags, device=ids.device), lengths)
-    sorted_ids, order = sort_ids(ids)
-    rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
-    starts = torch.zeros_like(counts)
-    torch.cumsum(counts[:-1], 0, out=starts[1:])
+    rows, order, starts = group_ids(ids)
     weights = None
     if mean:
         weights = (1.0 / lengths.clamp(min=1).to(grad_out.dtype))[bag_of[order]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nlp_adagrad.sparse_bag import sort_ids
+from nlp_adagrad.sparse_bag import group_ids
 
 ALL_ROWS = slice(None)
 
@@ -31,10 +31,7 @@ def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     indices, values = grad._indices()[0], grad._values()
     if grad.is_coalesced() or bool((indices[1:] > indices[:-1]).all()):
         return indices, values
-    sorted_ids, order = sort_ids(indices)
-    rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
-    starts = torch.zeros_like(counts)
-    torch.cumsum(counts[:-1], 0, out=starts[1:])
+    rows, order, starts = group_ids(indices)
     flat = values.reshape(values.shape[0], -1)
     summed = F.embedding_bag(order, flat, starts, mode="sum")
     return rows, summed.reshape(rows.numel(), *values.shape[1:])
