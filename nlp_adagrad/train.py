@@ -8,11 +8,14 @@ order, so data parallelism only changes which slice of each global batch a proce
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nlp_adagrad import telemetry
+from nlp_adagrad import distributed, telemetry
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
 from nlp_adagrad.checkpoint import load_for_resume, save_checkpoint
 from nlp_adagrad.config import CONF_DIR, Config, config_to_dict, register_configs, to_config
@@ -58,16 +61,6 @@ def resolve_device(name: str) -> torch.device:
             f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu"
         )
     return torch.device(name)
-
-
-def process_rank() -> tuple[int, int]:
-    """(rank, world size) as torchrun sets them; (0, 1) for a plain run."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        raise UserError(
-            "data-parallel training under torchrun is not implemented yet; run one process"
-        )
-    return int(os.environ.get("RANK", "0")), world_size
 
 
 def flat_hparams(c: Config) -> dict[str, float | int | str | bool]:
@@ -112,11 +105,11 @@ def write_json(path: Path, values: dict) -> None:
 
 def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dict[str, float]:
     """Train the configured model; write the run-dir files (DESIGN §4); return final metrics."""
-    rank, world_size = process_rank()
-    is_main = rank == 0
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = resolve_device(cfg.trainer.device)
+    topology = distributed.setup(device)
+    is_main = topology.is_main
     torch.manual_seed(cfg.trainer.seed)
 
     # ---- data: corpus -> tokenizer -> token ids (CSR) and per-row training counts
@@ -174,6 +167,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         writer.custom_layout(telemetry.custom_layout(spec))
 
     def checkpoint() -> Path | None:
+        window_loss = distributed.all_sum(float(loss_sum), topology)  # every rank joins
         if not is_main:
             return None
         return save_checkpoint(
@@ -185,7 +179,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                 "tokens": tokens_seen,
                 "rng_state": torch.get_rng_state(),
                 "window": {
-                    "loss_sum": float(loss_sum),
+                    "loss_sum": window_loss,
                     "steps": window_steps,
                     "tokens": window_tokens,
                 },
@@ -202,7 +196,8 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     window_steps, window_tokens, train_loss = 0, 0, float("nan")
     last_checkpoint = None
     if resumed is not None:  # a window cut by the crash continues where it was
-        loss_sum += resumed["window"]["loss_sum"]
+        if is_main:  # the saved sum is already over ranks
+            loss_sum += resumed["window"]["loss_sum"]
         window_steps, window_tokens = resumed["window"]["steps"], resumed["window"]["tokens"]
         train_loss = resumed["train_loss"]
     loop_seconds, window_start = 0.0, time.perf_counter()
@@ -214,6 +209,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         disable=not (cfg.trainer.progress and is_main),
         file=sys.stderr,
     )
+    doc_lengths = train_split.lengths
     model.train()
     with logging_redirect_tqdm():
         for epoch in range(start_epoch, cfg.trainer.epochs):
@@ -221,12 +217,18 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                 break
             order = epoch_order(train_split.num_docs, cfg.trainer.seed, epoch)
             first = start_batch if epoch == start_epoch else 0
-            for docs in batch_indices(order, cfg.trainer.batch_size, first, rank, world_size):
-                batch = make_batch(train_split, docs).to(device)
-                logits = model(batch.ids, batch.offsets)
-                loss = F.cross_entropy(logits, batch.labels)
+            for global_docs in batch_indices(order, cfg.trainer.batch_size, first):
+                # this rank's slice; the loss is a sum over it divided by the global batch,
+                # so gradients summed over ranks are the one-process gradient
+                docs = global_docs[topology.rank :: topology.world_size]
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = torch.zeros((), device=device)
+                if len(docs):
+                    batch = make_batch(train_split, docs).to(device)
+                    logits = model(batch.ids, batch.offsets)
+                    loss = F.cross_entropy(logits, batch.labels, reduction="sum") / len(global_docs)
+                    loss.backward()
+                distributed.sync_gradients(model, topology)
                 optimizer.step()
                 step += 1
                 bad = find_non_finite(loss, model)
@@ -236,15 +238,16 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                         f"{cfg.optim.lr:g}); stopped. Last good checkpoint: "
                         f"{last_checkpoint or 'none (set trainer.checkpoint_every)'}"
                     )
-                tokens_seen += batch.num_tokens * world_size
+                batch_tokens = int(doc_lengths[global_docs].sum())
+                tokens_seen += batch_tokens
                 loss_sum += loss.detach().double()
                 window_steps += 1
-                window_tokens += batch.num_tokens * world_size
+                window_tokens += batch_tokens
                 bar.update()
 
                 last = step >= total_steps
                 if (log_every and step % log_every == 0) or last:
-                    train_loss = float(loss_sum) / window_steps
+                    train_loss = distributed.all_sum(float(loss_sum), topology) / window_steps
                     now = time.perf_counter()
                     loop_seconds += now - window_start
                     tokens_per_sec = window_tokens / max(now - window_start, 1e-9)
@@ -324,7 +327,8 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         writer.close()
         telemetry.write_token_stats(run_dir / "token_stats.csv", spec, eff_lr, updates)
         write_json(run_dir / "metrics.json", metrics)
-        checkpoint()
+    checkpoint()  # every rank: the loss window is summed over ranks inside
+    distributed.teardown(topology)
     return metrics
 
 
@@ -363,7 +367,20 @@ def main(cfg: DictConfig) -> dict[str, float]:
 
 
 def cli() -> None:
-    """Run `main`; a config Hydra refuses (unknown key, bad value) exits 2 like other bad input."""
+    """Run `main`; a config Hydra refuses (unknown key, bad value) exits 2 like other bad input.
+
+    Under torchrun only rank 0 writes: the other ranks get a throwaway run dir and no logs.
+    """
+    if int(os.environ.get("RANK", "0")) > 0:
+        scratch = tempfile.mkdtemp(prefix="nlp_adagrad-rank")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        sys.argv += [
+            f"hydra.run.dir={scratch}",
+            f"hydra.sweep.dir={scratch}",
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ]
     try:
         main()
     except SystemExit as e:

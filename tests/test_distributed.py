@@ -1,0 +1,93 @@
+"""torchrun data parallelism on CPU (gloo): a 2-process run against a 1-process run with the
+same global batch; only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import QUIET
+
+ARGS = [
+    "data.max_examples=400",
+    "trainer.epochs=2",
+    "trainer.num_threads=1",
+    "optim.lr=0.5",
+    "telemetry.every=0",
+]
+
+
+def run(tmp_path: Path, name: str, processes: int) -> Path:
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            "--standalone",
+        ]
+        if processes > 1
+        else [sys.executable]
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*launcher, "-m", "nlp_adagrad.train", *QUIET, *ARGS, f"hydra.run.dir={tmp_path / name}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    return run(tmp, "one", 1), run(tmp, "two", 2), tmp
+
+
+def load(run_dir: Path):
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    return (
+        state["model"],
+        state["optimizer"]["state"],
+        json.loads((run_dir / "metrics.json").read_text()),
+    )
+
+
+def test_two_processes_count_updates_and_score_like_one(runs):
+    one, two, tmp = runs
+    _, state_one, metrics_one = load(one)
+    _, state_two, metrics_two = load(two)
+    for i in state_one:
+        if "updates" in state_one[i]:  # telemetry counts are global, not per rank
+            assert torch.equal(state_one[i]["updates"], state_two[i]["updates"])
+        torch.testing.assert_close(state_one[i]["sum"], state_two[i]["sum"], rtol=0, atol=1e-5)
+    assert metrics_one["test/accuracy"] == metrics_two["test/accuracy"]
+    assert metrics_one["train/tokens"] == metrics_two["train/tokens"]
+    # only rank 0 wrote: one run dir under tmp besides the single-process one
+    assert sorted(p.name for p in tmp.iterdir()) == ["one", "two"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "summing a token's gradient per rank, then across ranks, rounds differently from one "
+        "process; Adagrad's g / sqrt(G) turns that into ~1e-3 on coordinates whose gradients "
+        "nearly cancel (issue 6 note)"
+    ),
+)
+def test_two_processes_give_the_same_weights_as_one(runs):
+    one, two, _ = runs
+    model_one, _, _ = load(one)
+    model_two, _, _ = load(two)
+    for key in model_one:
+        torch.testing.assert_close(model_one[key], model_two[key], rtol=0, atol=1e-5)
