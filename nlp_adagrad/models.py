@@ -30,8 +30,12 @@ class LogReg(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_classes))
         nn.init.zeros_(self.embedding.weight)
 
+    def classify(self, bags: torch.Tensor) -> torch.Tensor:
+        """Logits from the bag outputs (what data parallelism recomputes on every rank)."""
+        return bags + self.bias
+
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return self.embedding(ids, offsets) + self.bias
+        return self.classify(self.embedding(ids, offsets))
 
 
 class FastText(nn.Module):
@@ -48,8 +52,11 @@ class FastText(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    def classify(self, bags: torch.Tensor) -> torch.Tensor:
+        return self.head(bags)
+
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embedding(ids, offsets))
+        return self.classify(self.embedding(ids, offsets))
 
 
 _BUILDERS: dict[type, Callable[[ModelConfig, int, int], nn.Module]] = {

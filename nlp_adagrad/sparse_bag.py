@@ -66,11 +66,15 @@ class _BagFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         ids, offsets = ctx.saved_tensors
-        rows, values = coalesced_bag_grad(ids, offsets, grad_out.contiguous(), ctx.mode == "mean")
-        grad = torch.sparse_coo_tensor(
-            rows.unsqueeze(0), values, ctx.shape, is_coalesced=True, check_invariants=False
-        )
-        return grad, None, None, None
+        return sparse_bag_grad(ids, offsets, grad_out, ctx.mode, ctx.shape), None, None, None
+
+
+def sparse_bag_grad(ids, offsets, grad_out, mode: str, shape: torch.Size) -> torch.Tensor:
+    """The table's sparse gradient, one row per distinct id, from the bag outputs' gradient."""
+    rows, values = coalesced_bag_grad(ids, offsets, grad_out.contiguous(), mode == "mean")
+    return torch.sparse_coo_tensor(
+        rows.unsqueeze(0), values, shape, is_coalesced=True, check_invariants=False
+    )
 
 
 class SparseBag(nn.EmbeddingBag):

@@ -167,7 +167,6 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         writer.custom_layout(telemetry.custom_layout(spec))
 
     def checkpoint() -> Path | None:
-        window_loss = distributed.all_sum(float(loss_sum), topology)  # every rank joins
         if not is_main:
             return None
         return save_checkpoint(
@@ -179,7 +178,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                 "tokens": tokens_seen,
                 "rng_state": torch.get_rng_state(),
                 "window": {
-                    "loss_sum": window_loss,
+                    "loss_sum": float(loss_sum),
                     "steps": window_steps,
                     "tokens": window_tokens,
                 },
@@ -196,8 +195,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     window_steps, window_tokens, train_loss = 0, 0, float("nan")
     last_checkpoint = None
     if resumed is not None:  # a window cut by the crash continues where it was
-        if is_main:  # the saved sum is already over ranks
-            loss_sum += resumed["window"]["loss_sum"]
+        loss_sum += resumed["window"]["loss_sum"]
         window_steps, window_tokens = resumed["window"]["steps"], resumed["window"]["tokens"]
         train_loss = resumed["train_loss"]
     loop_seconds, window_start = 0.0, time.perf_counter()
@@ -218,17 +216,16 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
             order = epoch_order(train_split.num_docs, cfg.trainer.seed, epoch)
             first = start_batch if epoch == start_epoch else 0
             for global_docs in batch_indices(order, cfg.trainer.batch_size, first):
-                # this rank's slice; the loss is a sum over it divided by the global batch,
-                # so gradients summed over ranks are the one-process gradient
-                docs = global_docs[topology.rank :: topology.world_size]
                 optimizer.zero_grad(set_to_none=True)
-                loss = torch.zeros((), device=device)
-                if len(docs):
-                    batch = make_batch(train_split, docs).to(device)
+                if topology.world_size == 1:
+                    batch = make_batch(train_split, global_docs).to(device)
                     logits = model(batch.ids, batch.offsets)
                     loss = F.cross_entropy(logits, batch.labels, reduction="sum") / len(global_docs)
                     loss.backward()
-                distributed.sync_gradients(model, topology)
+                else:  # each rank pools its slice; gradients as one process computes them
+                    loss = distributed.global_batch_backward(
+                        model, train_split, global_docs, topology, device
+                    )
                 optimizer.step()
                 step += 1
                 bad = find_non_finite(loss, model)
@@ -247,7 +244,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
 
                 last = step >= total_steps
                 if (log_every and step % log_every == 0) or last:
-                    train_loss = distributed.all_sum(float(loss_sum), topology) / window_steps
+                    train_loss = float(loss_sum) / window_steps
                     now = time.perf_counter()
                     loop_seconds += now - window_start
                     tokens_per_sec = window_tokens / max(now - window_start, 1e-9)
@@ -327,7 +324,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         writer.close()
         telemetry.write_token_stats(run_dir / "token_stats.csv", spec, eff_lr, updates)
         write_json(run_dir / "metrics.json", metrics)
-    checkpoint()  # every rank: the loss window is summed over ranks inside
+        checkpoint()
     distributed.teardown(topology)
     return metrics
 
