@@ -2,8 +2,8 @@
 
 The loop is written out top to bottom: data, tokenizer, model, optimizer, then for every step
 forward, backward, sparse optimizer step, and on their intervals logging, telemetry, evaluation
-and checkpoints. Only the main process writes files; every process follows the same seeded data
-order, so data parallelism only changes which slice of each global batch a process takes.
+and checkpoints. Under torchrun every process follows the same seeded data order and takes
+the identical step (nlp_adagrad.distributed); only the main process writes files.
 """
 
 from __future__ import annotations
