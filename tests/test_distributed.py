@@ -24,7 +24,7 @@ ARGS = [
 ]
 
 
-def run(tmp_path: Path, name: str, processes: int, model: str) -> Path:
+def run(tmp_path: Path, name: str, processes: int, model: str, *extra: str) -> Path:
     launcher = (
         [
             sys.executable,
@@ -60,7 +60,7 @@ def run(tmp_path: Path, name: str, processes: int, model: str) -> Path:
 @pytest.fixture(scope="module", params=["logreg", "fasttext"])
 def runs(tmp_path_factory, request):
     tmp = tmp_path_factory.mktemp(f"ddp_{request.param}")
-    return run(tmp, "one", 1, request.param), run(tmp, "two", 2, request.param), tmp
+    return run(tmp, "one", 1, request.param), run(tmp, "two", 2, request.param), tmp, request.param
 
 
 def load(run_dir: Path):
@@ -73,7 +73,7 @@ def load(run_dir: Path):
 
 
 def test_two_processes_count_updates_and_score_like_one(runs):
-    one, two, tmp = runs
+    one, two, tmp, _ = runs
     _, state_one, metrics_one = load(one)
     _, state_two, metrics_two = load(two)
     for i in state_one:
@@ -87,10 +87,20 @@ def test_two_processes_count_updates_and_score_like_one(runs):
 
 
 def test_two_processes_give_the_same_weights_as_one(runs):
-    one, two, _ = runs
+    one, two, _, _ = runs
     model_one, _, _ = load(one)
     model_two, _, _ = load(two)
     for key in model_one:
         torch.testing.assert_close(model_one[key], model_two[key], rtol=0, atol=1e-5)
     # in fact bit for bit: every rank computes the one-process gradient
     assert all(torch.equal(model_one[k], model_two[k]) for k in model_one)
+
+
+def test_a_two_process_run_resumes_to_the_same_end(runs):
+    one, _, tmp, model = runs
+    part = run(tmp, "part", 2, model, "trainer.max_steps=7", "trainer.checkpoint_every=5")
+    resumed = run(tmp, "resumed", 2, model, f"trainer.resume={part}")
+    model_one, state_one, metrics_one = load(one)
+    model_resumed, state_resumed, metrics_resumed = load(resumed)
+    assert all(torch.equal(model_one[k], model_resumed[k]) for k in model_one)
+    assert metrics_one["test/accuracy"] == metrics_resumed["test/accuracy"]
