@@ -167,3 +167,17 @@ def test_after_gradients_shrink_100x_rmsprop_recovers_adagrad_stays_low():
     rms = trace_rates(FAMILY["rmsprop"], drop)
     assert (ada[-1] / ada[half - 1] < 1.01).all()  # the sum remembers the large gradients
     assert (rms[-1] / rms[half - 1] > 50).all()  # the leaky average forgets them: ~100x
+
+
+@pytest.mark.parametrize("name", ["adagrad", "rowwise_adagrad", "rmsprop", "sparse_adam"])
+def test_a_row_touched_only_by_zero_gradients_has_no_rate(name):
+    """Not lr / eps: a saturated softmax sends exactly-zero gradients to a token's row."""
+    p = nn.Parameter(torch.zeros(4, 3))
+    opt = FAMILY[name]([p])
+    vals = np.zeros((2, 3), np.float32)
+    vals[0] = 1.0  # row 1 is touched, with an exactly-zero gradient
+    p.grad = sparse([0, 1], vals, p.shape)
+    opt.step()
+    rates = opt.effective_lr(p)
+    assert torch.isfinite(rates[0]) and torch.isnan(rates[1])
+    assert opt.row_updates(p)[1] == 1  # it was touched all the same

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer
+from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
 
 
 class Adagrad(RowOptimizer):
@@ -57,6 +57,4 @@ class Adagrad(RowOptimizer):
         p.addcdiv_(grad, std, value=-self._clr(state, group))
 
     def _row_lr(self, p, rows, state, group) -> torch.Tensor:
-        total = state["sum"][rows]
-        rate = self._clr(state, group) / (total.sqrt() + group["eps"])
-        return rate.reshape(total.shape[0], -1).mean(dim=1)
+        return rate_per_row(self._clr(state, group), state["sum"][rows], group["eps"])

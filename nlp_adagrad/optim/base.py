@@ -21,6 +21,18 @@ def num_selected(p: torch.Tensor, rows: slice | torch.Tensor) -> int:
     return torch.empty(p.shape[0], device="meta")[rows].shape[0]
 
 
+def rate_per_row(scale: float, accumulator: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mean over each row of scale / (sqrt(accumulator) + eps): an adaptive optimizer's rate.
+
+    A row whose accumulator is all zero was only ever touched by exactly-zero gradients (a
+    saturated softmax does that): its "rate" would be scale / eps, a number about eps, not
+    the row. It is reported missing (NaN), as rows never touched are.
+    """
+    acc = accumulator.reshape(accumulator.shape[0], -1)
+    rate = (scale / (acc.sqrt() + eps)).mean(dim=1)
+    return rate.masked_fill((acc == 0).all(dim=1), float("nan"))
+
+
 def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted distinct row ids, summed gradient rows) of a sparse COO gradient.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer
+from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
 
 
 class RMSprop(RowOptimizer):
@@ -40,6 +40,4 @@ class RMSprop(RowOptimizer):
         p.addcdiv_(grad, avg.sqrt().add_(group["eps"]), value=-group["lr"])
 
     def _row_lr(self, p, rows, state, group) -> torch.Tensor:
-        avg = state["square_avg"][rows]
-        rate = group["lr"] / (avg.sqrt() + group["eps"])
-        return rate.reshape(avg.shape[0], -1).mean(dim=1)
+        return rate_per_row(group["lr"], state["square_avg"][rows], group["eps"])

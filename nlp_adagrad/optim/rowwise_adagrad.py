@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from nlp_adagrad.optim.adagrad import Adagrad
+from nlp_adagrad.optim.base import rate_per_row
 
 
 def _row_shape(p: torch.Tensor) -> tuple[int, ...]:
@@ -40,4 +41,4 @@ class RowwiseAdagrad(Adagrad):
         p.add_(grad / std, alpha=-self._clr(state, group))
 
     def _row_lr(self, p, rows, state, group) -> torch.Tensor:
-        return self._clr(state, group) / (state["sum"][rows].sqrt() + group["eps"])
+        return rate_per_row(self._clr(state, group), state["sum"][rows], group["eps"])

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer
+from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
 
 
 class SparseAdam(RowOptimizer):
@@ -58,5 +58,4 @@ class SparseAdam(RowOptimizer):
 
     def _row_lr(self, p, rows, state, group) -> torch.Tensor:
         v_hat = state["exp_avg_sq"][rows] / (1 - group["beta2"] ** state["step"])
-        rate = group["lr"] / (v_hat.sqrt() + group["eps"])
-        return rate.reshape(v_hat.shape[0], -1).mean(dim=1)
+        return rate_per_row(group["lr"], v_hat, group["eps"])
