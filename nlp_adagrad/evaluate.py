@@ -3,7 +3,9 @@ which prints accuracy, per-class precision/recall/F1, the confusion matrix and P
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_adagrad.batching import make_batch
+from nlp_adagrad.config import DataFormat, LocalDataConfig
+from nlp_adagrad.data import label_strings, load_corpus, read_local
 from nlp_adagrad.errors import UserError
+from nlp_adagrad.inference import load_run
 from nlp_adagrad.vocab import EncodedSplit
 
 log = logging.getLogger(__name__)
@@ -121,9 +126,6 @@ def format_report(report: Report, class_names: list[str]) -> str:
 
 def _labelled_texts(run, args) -> tuple[list[str], np.ndarray]:
     """The run's own test split, or --data mapped onto the run's class names."""
-    from nlp_adagrad.config import DataFormat, LocalDataConfig
-    from nlp_adagrad.data import label_strings, load_corpus, read_local
-
     if args.data is None:
         test = load_corpus(run.config.data)["test"]
         names = test.features["label"].names
@@ -165,11 +167,6 @@ def _labelled_texts(run, args) -> tuple[list[str], np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
-    from nlp_adagrad.inference import load_run
-
     parser = argparse.ArgumentParser(
         prog="python -m nlp_adagrad.evaluate",
         description="Accuracy, per-class precision/recall/F1, confusion matrix and P@k/R@k of "
