@@ -83,7 +83,11 @@ def vocabulary(tokenizer: Tokenizer) -> list[str]:
 
 
 def encode_split(ds: datasets.Dataset, tokenizer: Tokenizer, cfg: TokenizerConfig) -> EncodedSplit:
-    """Tokenize a split through `datasets.map` (cached when the split is file-backed)."""
+    """Tokenize a split through `datasets.map`, fingerprinted by data and tokenizer.
+
+    datasets would reuse the ids of a file-backed split; ours are rebuilt in memory by
+    data.py, so today every run tokenizes again.
+    """
     fingerprint = hashlib.sha256((ds._fingerprint + tokenizer.to_str()).encode()).hexdigest()[:32]
     encoded = ds.map(
         _encode_batch,
