@@ -1,7 +1,7 @@
 """Encoded documents -> `(flat_ids, offsets, labels)` batches in a seeded order.
 
 The order of an epoch is a pure function of (seed, epoch), so a run resumed at (epoch, batch)
-sees the same batches, and data-parallel ranks can each take their slice of every global batch.
+sees the same batches, and every data-parallel rank sees the same global batches.
 Batches are gathered from the CSR arrays with vectorised NumPy, never a loop over tokens.
 """
 
@@ -22,10 +22,6 @@ class Batch:
     offsets: torch.Tensor  # int64, start of each document in ids (EmbeddingBag's offsets)
     labels: torch.Tensor  # int64, one per document
 
-    @property
-    def num_tokens(self) -> int:
-        return self.ids.numel()
-
     def to(self, device: torch.device) -> Batch:
         return Batch(
             *(t.to(device, non_blocking=True) for t in (self.ids, self.offsets, self.labels))
@@ -37,15 +33,13 @@ def epoch_order(num_docs: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_docs)
 
 
-def batch_indices(
-    order: np.ndarray, batch_size: int, start: int = 0, rank: int = 0, world_size: int = 1
-) -> Iterator[np.ndarray]:
-    """Global batches of `batch_size` documents from position `start` on; this rank's share.
+def batch_indices(order: np.ndarray, batch_size: int, start: int = 0) -> Iterator[np.ndarray]:
+    """Global batches of `batch_size` documents from batch `start` on.
 
     The last, smaller batch is kept: every document is seen once an epoch.
     """
     for begin in range(start * batch_size, len(order), batch_size):
-        yield order[begin : begin + batch_size][rank::world_size]
+        yield order[begin : begin + batch_size]
 
 
 def num_batches(num_docs: int, batch_size: int) -> int:

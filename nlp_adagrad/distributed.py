@@ -37,6 +37,10 @@ class Topology:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def share(self, global_docs: np.ndarray) -> np.ndarray:
+        """This rank's documents of a global batch: positions rank, rank + W, rank + 2W, ..."""
+        return global_docs[self.rank :: self.world_size]
+
 
 def setup(device: torch.device) -> Topology:
     """Join torchrun's process group (gloo on CPU); a plain run is rank 0 of 1."""
@@ -87,7 +91,7 @@ def global_batch_backward(
     This rank pools only its slice; the classifier, loss and gradients run on the whole batch.
     """
     batch = make_batch(split, global_docs).to(device)
-    mine = make_batch(split, global_docs[topology.rank :: topology.world_size]).to(device)
+    mine = make_batch(split, topology.share(global_docs)).to(device)
     with torch.no_grad():
         local = model.embedding(mine.ids, mine.offsets)
     bags = gather_bags(local, topology, len(global_docs)).requires_grad_()

@@ -51,8 +51,6 @@ def coalesced_bag_grad(
     values = F.embedding_bag(
         bag_of[order], grad_out, starts, mode="sum", per_sample_weights=weights
     )
-    if not mean:
-        values = values.to(grad_out.dtype)
     return rows, values
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch
 from nlp_adagrad.config import TokenizerConfig
+from nlp_adagrad.distributed import Topology
 from nlp_adagrad.errors import UserError
 from nlp_adagrad.vocab import (
     BIGRAM_HASH_PRIME,
@@ -71,8 +72,8 @@ def test_epoch_order_is_seeded_and_batches_cover_every_document_once():
     seen = np.concatenate(list(batch_indices(a, batch_size=10)))
     assert sorted(seen.tolist()) == list(range(103))
     # two ranks split each global batch; together they see exactly what one process sees
-    ranks = [list(batch_indices(a, 10, rank=r, world_size=2)) for r in (0, 1)]
-    for whole, r0, r1 in zip(batch_indices(a, 10), *ranks):
+    for whole in batch_indices(a, 10):
+        r0, r1 = (Topology(rank, 2).share(whole) for rank in (0, 1))
         assert sorted(whole.tolist()) == sorted(np.concatenate([r0, r1]).tolist())
     # resuming at batch 4 yields the tail of the same order
     assert np.concatenate(list(batch_indices(a, 10, start=4))).tolist() == a[40:].tolist()
