@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nlp_adagrad.batching import make_batch
 from nlp_adagrad.config import DataFormat, LocalDataConfig
 from nlp_adagrad.data import label_strings, load_corpus, read_local
 from nlp_adagrad.errors import UserError
-from nlp_adagrad.inference import load_run
+from nlp_adagrad.inference import batched_logits, load_run
 from nlp_adagrad.vocab import EncodedSplit
 
 log = logging.getLogger(__name__)
@@ -40,10 +39,7 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     predictions = []
-    for start in range(0, split.num_docs, batch_size):
-        docs = np.arange(start, min(start + batch_size, split.num_docs))
-        batch = make_batch(split, docs).to(device)
-        logits = model(batch.ids, batch.offsets)
+    for batch, logits in batched_logits(model, split, batch_size, device):
         loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").double()
         predictions.append(logits.argmax(dim=1))
     model.train(was_training)

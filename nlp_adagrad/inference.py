@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from nlp_adagrad.batching import make_batch
+from nlp_adagrad.batching import Batch, make_batch
 from nlp_adagrad.checkpoint import LAST, load_checkpoint
 from nlp_adagrad.config import Config, config_from_dict
 from nlp_adagrad.errors import UserError
@@ -43,16 +44,25 @@ class LoadedRun:
         )
         return encode_split(ds, self.tokenizer, self.config.tokenizer)
 
-    @torch.no_grad()
     def probabilities(self, split: EncodedSplit, batch_size: int = 256) -> np.ndarray:
         """Class probabilities, one row per document."""
         self.model.eval()
-        out = []
-        for start in range(0, split.num_docs, batch_size):
-            docs = np.arange(start, min(start + batch_size, split.num_docs))
-            batch = make_batch(split, docs)
-            out.append(torch.softmax(self.model(batch.ids, batch.offsets), dim=1))
+        out = [
+            torch.softmax(logits, dim=1)
+            for _, logits in batched_logits(self.model, split, batch_size, torch.device("cpu"))
+        ]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.class_names)))
+
+
+@torch.no_grad()
+def batched_logits(
+    model: nn.Module, split: EncodedSplit, batch_size: int, device: torch.device
+) -> Iterator[tuple[Batch, torch.Tensor]]:
+    """(batch, logits) for a split's documents in order, `batch_size` at a time."""
+    for start in range(0, split.num_docs, batch_size):
+        docs = np.arange(start, min(start + batch_size, split.num_docs))
+        batch = make_batch(split, docs).to(device)
+        yield batch, model(batch.ids, batch.offsets)
 
 
 def load_run(run_dir_str: str) -> LoadedRun:
