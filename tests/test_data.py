@@ -36,6 +36,12 @@ def test_split_draws_the_same_indices_as_datasets_train_test_split():
     theirs = full.train_test_split(test_size=0.3, stratify_by_column="label", seed=7)
     for split in ("train", "test"):
         assert ours[split]["text"] == theirs[split]["text"]
+    # also on a selected view, whose rows are not the underlying table's
+    view = full.select(range(499, -1, -2))
+    ours = _split(view, cfg)
+    theirs = view.train_test_split(test_size=0.3, stratify_by_column="label", seed=7)
+    for split in ("train", "test"):
+        assert ours[split]["text"] == theirs[split]["text"]
 
 
 def test_synthetic_corpus_is_seeded_and_its_planted_labels_are_learnable():
