@@ -25,7 +25,7 @@ def rate_per_row(scale: float, accumulator: torch.Tensor, eps: float) -> torch.T
     """Mean over each row of scale / (sqrt(accumulator) + eps): an adaptive optimizer's rate.
 
     A row whose accumulator is all zero was only ever touched by exactly-zero gradients (a
-    saturated softmax does that): its "rate" would be scale / eps, a number about eps, not
+    saturated softmax does that): its "rate" would be scale / eps, which measures eps, not
     the row. It is reported missing (NaN), as rows never touched are.
     """
     acc = accumulator.reshape(accumulator.shape[0], -1)
@@ -37,8 +37,9 @@ def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted distinct row ids, summed gradient rows) of a sparse COO gradient.
 
     Already-distinct sorted ids (a `SparseBag` gradient; autograd's accumulation drops the
-    coalesced flag, so the ids are checked) pass through. Otherwise one stable sort groups the
-    duplicates and `embedding_bag` sums each group, cheaper than `coalesce` or `index_add_`.
+    coalesced flag, so the ids are checked) pass through. Otherwise one sort (`group_ids`)
+    groups the duplicates and `embedding_bag` sums each group, cheaper than `coalesce` or
+    `index_add_`.
     """
     indices, values = grad._indices()[0], grad._values()
     if grad.is_coalesced() or bool((indices[1:] > indices[:-1]).all()):
