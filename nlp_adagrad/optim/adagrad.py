@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
+from nlp_adagrad.optim.base import RowOptimizer, add_to_rows_, rate_per_row
 
 
 class Adagrad(RowOptimizer):
@@ -49,7 +49,7 @@ class Adagrad(RowOptimizer):
         total = state["sum"].index_select(0, rows).addcmul_(values, values)
         state["sum"].index_copy_(0, rows, total)
         std = total.sqrt_().add_(group["eps"])
-        p.index_add_(0, rows, values / std, alpha=-self._clr(state, group))
+        add_to_rows_(p, rows, values / std, alpha=-self._clr(state, group))
 
     def _dense_step(self, p, grad, state, group) -> None:
         state["sum"].addcmul_(grad, grad, value=1)

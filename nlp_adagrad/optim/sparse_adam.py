@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
+from nlp_adagrad.optim.base import RowOptimizer, add_to_rows_, rate_per_row
 
 
 class SparseAdam(RowOptimizer):
@@ -48,7 +48,8 @@ class SparseAdam(RowOptimizer):
         v.add_(values.square().sub_(v).mul_(1 - group["beta2"]))
         state["exp_avg"].index_copy_(0, rows, m)
         state["exp_avg_sq"].index_copy_(0, rows, v)
-        p.index_add_(0, rows, m / v.sqrt().add_(group["eps"]), alpha=-self._step_size(state, group))
+        step = m / v.sqrt().add_(group["eps"])
+        add_to_rows_(p, rows, step, alpha=-self._step_size(state, group))
 
     def _dense_step(self, p, grad, state, group) -> None:
         m, v = state["exp_avg"], state["exp_avg_sq"]
