@@ -84,6 +84,7 @@ class TokenizerConfig:
     lowercase: bool = True
     ngrams: int = 1  # 1: unigrams; 2: also hashed bigrams (fastText -wordNgrams 2)
     buckets: int = 2_000_000  # rows for hashed bigrams (fastText -bucket)
+    cache: bool = True  # reuse the tokenizer and token ids of an identical corpus (token_cache.py)
 
 
 # --------------------------------------------------------------------------------------- model

@@ -29,7 +29,7 @@ from nlp_adagrad.config import (
     LocalDataConfig,
     SyntheticDataConfig,
 )
-from nlp_adagrad.errors import UserError
+from nlp_adagrad.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
                 f"if it is binary point data.path at the data file"
             ) from None
         raise UserError(
-            f"cannot read {cfg.path} as {cfg.format.value}: {_one_line(cause)}; "
+            f"cannot read {cfg.path} as {cfg.format.value}: {one_line(cause)}; "
             f"check data.format (csv, json, parquet or text)"
         ) from None
     if cfg.format is DataFormat.text:
@@ -212,11 +212,6 @@ def _first_cause(e: BaseException) -> BaseException:
     ):
         seen = seen.__cause__ or seen.__context__
     return seen
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 @contextlib.contextmanager

@@ -35,16 +35,11 @@ from nlp_adagrad.config import CONF_DIR, Config, config_to_dict, register_config
 from nlp_adagrad.data import load_corpus
 from nlp_adagrad.errors import EXIT_USER_ERROR, UserError
 from nlp_adagrad.evaluate import evaluate
-from nlp_adagrad.guard import TrainingDiverged, find_non_finite
+from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
-from nlp_adagrad.vocab import (
-    encode_split,
-    token_counts,
-    train_tokenizer,
-    vocabulary,
-    warn_unusual_documents,
-)
+from nlp_adagrad.token_cache import tokenize_corpus
+from nlp_adagrad.vocab import token_counts, vocabulary, warn_unusual_documents
 from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
 
 log = logging.getLogger("nlp_adagrad.train")  # not "__main__" under python -m
@@ -115,10 +110,11 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     # ---- data: corpus -> tokenizer -> token ids (CSR) and per-row training counts
     corpus = load_corpus(cfg.data)
     prepare_start = time.perf_counter()  # raw text in memory -> token ids
-    tokenizer = train_tokenizer(corpus["train"], cfg.tokenizer)
+    tokenized = tokenize_corpus(corpus, cfg.tokenizer)
+    tokenizer, train_split, test_split = tokenized.tokenizer, tokenized.train, tokenized.test
+    if tokenized.cache_hit:
+        log.info("token ids read from the cache: %s", tokenized.cache_dir)
     tokens = vocabulary(tokenizer)
-    train_split = encode_split(corpus["train"], tokenizer, cfg.tokenizer)
-    test_split = encode_split(corpus["test"], tokenizer, cfg.tokenizer)
     warn_unusual_documents(train_split, "train")
     warn_unusual_documents(test_split, "test")
     num_rows = len(tokens) + (cfg.tokenizer.buckets if cfg.tokenizer.ngrams == 2 else 0)
@@ -166,7 +162,26 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         tokenizer.save(str(run_dir / "tokenizer.json"))
         writer.custom_layout(telemetry.custom_layout(spec))
 
+    # every step on CPU; on CUDA at the logging interval, which reads the loss back anyway
+    guard = DivergenceGuard(model, check_every=1 if device.type == "cpu" else cfg.trainer.log_every)
+    last_checkpoint = None
+
+    def diverged(bad: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"non-finite {bad} ({cfg.optim.name}, optim.lr={cfg.optim.lr:g}); stopped. "
+            f"Last good checkpoint: {last_checkpoint or 'none (set trainer.checkpoint_every)'}"
+        )
+
+    def stop_if_diverged(check_parameters: bool) -> None:
+        bad = guard.check(step)
+        if bad is None and check_parameters and (name := guard.bad_parameter()) is not None:
+            bad = f"parameter {name} after step {step}"
+        if bad is not None:
+            raise diverged(bad)
+
     def checkpoint() -> Path | None:
+        """Save (main process only) once the parameters are known to be finite."""
+        stop_if_diverged(check_parameters=True)
         if not is_main:
             return None
         return save_checkpoint(
@@ -193,7 +208,6 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     tele_every, log_every = cfg.telemetry.every, cfg.trainer.log_every
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     window_steps, window_tokens, train_loss = 0, 0, float("nan")
-    last_checkpoint = None
     if resumed is not None:  # a window cut by the crash continues where it was
         loss_sum += resumed["window"]["loss_sum"]
         window_steps, window_tokens = resumed["window"]["steps"], resumed["window"]["tokens"]
@@ -228,13 +242,9 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                     )
                 optimizer.step()
                 step += 1
-                bad = find_non_finite(loss, model)
+                bad = guard.after_step(loss, step)
                 if bad is not None:
-                    raise TrainingDiverged(
-                        f"non-finite {bad} at step {step} ({cfg.optim.name}, optim.lr="
-                        f"{cfg.optim.lr:g}); stopped. Last good checkpoint: "
-                        f"{last_checkpoint or 'none (set trainer.checkpoint_every)'}"
-                    )
+                    raise diverged(bad)
                 batch_tokens = int(doc_lengths[global_docs].sum())
                 tokens_seen += batch_tokens
                 loss_sum += loss.detach().double()
@@ -276,6 +286,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     bar.close()
 
     # ---- final evaluation, telemetry and run-dir files
+    stop_if_diverged(check_parameters=True)
     result = evaluate(model, test_split, cfg.trainer.batch_size, device)
     writer.scalar("test/loss", result.loss, step)
     writer.scalar("test/accuracy", result.accuracy, step)

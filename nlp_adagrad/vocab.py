@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -82,11 +83,16 @@ def vocabulary(tokenizer: Tokenizer) -> list[str]:
     return tokens
 
 
-def encode_split(ds: datasets.Dataset, tokenizer: Tokenizer, cfg: TokenizerConfig) -> EncodedSplit:
+def encode_split(
+    ds: datasets.Dataset,
+    tokenizer: Tokenizer,
+    cfg: TokenizerConfig,
+    cache_file: Path | None = None,
+) -> EncodedSplit:
     """Tokenize a split through `datasets.map`, fingerprinted by data and tokenizer.
 
-    datasets would reuse the ids of a file-backed split; ours are rebuilt in memory by
-    data.py, so today every run tokenizes again.
+    With `cache_file`, datasets writes the ids there as Arrow and, when the file already
+    exists, reads it back instead of tokenizing (token_cache.py decides the name).
     """
     fingerprint = hashlib.sha256((ds._fingerprint + tokenizer.to_str()).encode()).hexdigest()[:32]
     encoded = ds.map(
@@ -99,12 +105,14 @@ def encode_split(ds: datasets.Dataset, tokenizer: Tokenizer, cfg: TokenizerConfi
             {"ids": datasets.Sequence(datasets.Value("int32")), "label": ds.features["label"]}
         ),
         new_fingerprint=fingerprint,
+        cache_file_name=None if cache_file is None else str(cache_file),
     )
-    column = encoded.data.column("ids").combine_chunks()
+    table = encoded.with_format("arrow")[:]  # honours an index mapping, reads columns whole
+    column = table.column("ids").combine_chunks()
     ids = column.values.to_numpy(zero_copy_only=False).astype(np.int64)
     offsets = column.offsets.to_numpy().astype(np.int64)
     offsets -= offsets[0]  # a sliced Arrow array may not start at zero
-    labels = np.asarray(encoded["label"], dtype=np.int64)
+    labels = table.column("label").to_numpy().astype(np.int64)
     split = EncodedSplit(ids=ids, offsets=offsets, labels=labels)
     if cfg.ngrams == 2:
         split = add_bigrams(split, num_words=tokenizer.get_vocab_size(), buckets=cfg.buckets)
@@ -127,19 +135,23 @@ def add_bigrams(split: EncodedSplit, num_words: int, buckets: int) -> EncodedSpl
     -wordNgrams 2 hashes word pairs into -bucket rows after the vocabulary.
     """
     lengths = split.lengths
-    num_docs = split.num_docs
-    doc_of = np.repeat(np.arange(num_docs), lengths)
-    pair_starts = np.flatnonzero(doc_of[:-1] == doc_of[1:])
-    first, second = split.ids[pair_starts], split.ids[pair_starts + 1]
-    bigrams = num_words + (first * BIGRAM_HASH_PRIME + second) % buckets
     num_pairs = np.maximum(lengths - 1, 0)
-    new_offsets = np.concatenate([[0], np.cumsum(lengths + num_pairs)])
-    ids = np.empty(new_offsets[-1], dtype=np.int64)
-    word_pos = new_offsets[doc_of] + (np.arange(len(doc_of)) - split.offsets[doc_of])
+    # every word moves right by the pairs of the documents before it; its own pair (if it
+    # starts one) lands a document length further on
+    shift = np.repeat(np.cumsum(num_pairs) - num_pairs, lengths)
+    word_pos = np.arange(len(split.ids), dtype=np.int64)
+    word_pos += shift
+    starts_pair = np.ones(len(split.ids), dtype=bool)
+    starts_pair[split.offsets[1:][lengths > 0] - 1] = False  # a document's last word
+    pair_at = np.flatnonzero(starts_pair)
+    bigrams = split.ids[pair_at] * BIGRAM_HASH_PRIME
+    bigrams += split.ids[pair_at + 1]
+    bigrams %= buckets
+    bigrams += num_words
+    ids = np.empty(len(split.ids) + len(pair_at), dtype=np.int64)
     ids[word_pos] = split.ids
-    pair_doc = doc_of[pair_starts]
-    pair_pos = new_offsets[pair_doc] + lengths[pair_doc] + (pair_starts - split.offsets[pair_doc])
-    ids[pair_pos] = bigrams
+    ids[word_pos[pair_at] + np.repeat(lengths, lengths)[pair_at]] = bigrams
+    new_offsets = split.offsets + np.concatenate([[0], np.cumsum(num_pairs)])
     return EncodedSplit(ids=ids, offsets=new_offsets, labels=split.labels)
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import datasets
-import pytest
+# Runs in the tests (and the CLI subprocesses they start) cache token ids in a folder of their
+# own, never the user's: set before datasets reads it at import.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="nlp_adagrad-tests-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_DATASETS_CACHE"], ignore_errors=True)
 
-from tests.helpers import tiny_rows
+import datasets  # noqa: E402
+import pytest  # noqa: E402
+
+from tests.helpers import tiny_rows  # noqa: E402
 
 datasets.disable_progress_bars()
 

@@ -186,3 +186,35 @@ def test_a_run_dir_that_holds_a_run_is_refused(tmp_path):
     )
     again = run_cli("data.max_examples=60", "trainer.epochs=1", "hydra.run.dir=same", cwd=tmp_path)
     assert again.returncode == 2 and "already holds a run" in again.stdout
+
+
+def _guarded_model():
+    from torch import nn
+
+    from nlp_adagrad.guard import DivergenceGuard
+
+    model = nn.Linear(3, 1)
+    return model, DivergenceGuard(model, check_every=3)
+
+
+def test_guard_names_the_culprit_and_defers_its_read_back_as_configured():
+    model, guard = _guarded_model()
+    loss = model(torch.ones(1, 3)).sum()
+    loss.backward()
+    assert guard.after_step(loss, 1) is None and guard.after_step(loss, 2) is None
+    model.weight.grad[0, 1] = float("nan")
+    assert guard.after_step(loss, 3) == "gradient of weight at steps 1..3"  # read at step 3
+    model.weight.grad.zero_()
+    assert guard.after_step(loss, 4) is None and guard.check(4) is None  # a fresh window
+    assert guard.after_step(torch.tensor(float("inf")), 5) is None  # not read until step 6
+    assert guard.check(5) == "loss at step 5"
+
+
+def test_guard_finds_a_non_finite_parameter_the_loss_has_not_met():
+    # a rare row blown up by an update, before any batch reads it: caught before a checkpoint
+    model, guard = _guarded_model()
+    assert guard.bad_parameter() is None
+    with torch.no_grad():
+        model.bias.fill_(float("inf"))
+        model.weight[0, 0] = -float("inf")
+    assert guard.bad_parameter() == "weight"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -149,20 +150,26 @@ def test_fasttext_model_with_bigrams_on_synthetic(tmp_path):
     assert metrics["test/accuracy"] > 0.5  # 4 classes: chance is 0.25
 
 
-def test_same_config_and_seed_give_identical_results(tmp_path):
+def test_same_config_and_seed_give_identical_results(tmp_path, caplog):
+    """Also across the token cache: tokenized afresh, cached, and read back from the cache."""
     outputs = []
-    for name in ("a", "b"):
+    for name, cache in (("fresh", "false"), ("fills_cache", "true"), ("reads_cache", "true")):
         run_dir = tmp_path / name
         run_dir.mkdir()
-        metrics = train(make_config(*BBC_SMALL, "trainer.num_threads=1"), run_dir)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="nlp_adagrad.train"):
+            cfg = make_config(*BBC_SMALL, "trainer.num_threads=1", f"tokenizer.cache={cache}")
+            metrics = train(cfg, run_dir)
         outputs.append(
             (
                 {k: v for k, v in metrics.items() if k not in TIMING_KEYS},
                 (run_dir / "token_stats.csv").read_bytes(),
             )
         )
-    assert outputs[0][0] == outputs[1][0]
-    assert outputs[0][1] == outputs[1][1]
+    assert "token ids read from the cache" in caplog.text  # the last run did not tokenize
+    for other in outputs[1:]:
+        assert other[0] == outputs[0][0]
+        assert other[1] == outputs[0][1]
 
 
 def test_resume_continues_from_a_checkpoint(tmp_path):

@@ -1,0 +1,107 @@
+"""Tokenize a corpus once: the trained tokenizer and both splits' token ids, kept across runs.
+
+An entry lives in datasets' cache folder (`$HF_DATASETS_CACHE/nlp_adagrad/<key>`), keyed by the
+splits' datasets fingerprints (content hashes for in-memory corpora, file hashes for loaded
+ones) and the tokenizer settings that shape the ids. It holds `tokenizer.json` and the Arrow
+files `datasets.map` writes for each split; a later run with the same corpus and settings reads
+them back memory-mapped instead of training and tokenizing again (a sweep over optimizers or
+learning rates tokenizes once). Bigrams are hashed from the word ids on every run, so
+`tokenizer.ngrams` and `tokenizer.buckets` do not split the cache.
+
+Writes are atomic (datasets renames its files into place, we rename the tokenizer), so
+parallel runs may fill the same entry. A damaged entry is reported, removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import tokenizers
+from tokenizers import Tokenizer
+
+from nlp_adagrad.config import TokenizerConfig
+from nlp_adagrad.errors import UserError, one_line
+from nlp_adagrad.vocab import EncodedSplit, encode_split, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1  # bump when the tokenizer recipe or the cached layout changes
+
+
+@dataclass
+class Tokenized:
+    tokenizer: Tokenizer
+    train: EncodedSplit
+    test: EncodedSplit
+    cache_dir: Path | None  # the entry used, None with tokenizer.cache=false
+    cache_hit: bool
+
+
+def cache_root() -> Path:
+    return Path(datasets.config.HF_DATASETS_CACHE) / "nlp_adagrad"
+
+
+def cache_key(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> str:
+    """What the token ids depend on: the splits' contents and the word-level settings."""
+    recipe = {
+        "train": corpus["train"]._fingerprint,
+        "test": corpus["test"]._fingerprint,
+        "min_count": cfg.min_count,
+        "max_vocab": cfg.max_vocab,
+        "lowercase": cfg.lowercase,
+        "tokenizers": tokenizers.__version__,
+        "format": FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def tokenize_corpus(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> Tokenized:
+    """The tokenizer and both splits' ids, from the cache when an entry matches."""
+    if not cfg.cache:
+        tokenizer = train_tokenizer(corpus["train"], cfg)
+        train, test = (encode_split(corpus[s], tokenizer, cfg) for s in ("train", "test"))
+        return Tokenized(tokenizer, train, test, cache_dir=None, cache_hit=False)
+    entry = cache_root() / cache_key(corpus, cfg)
+    try:
+        return _through_cache(corpus, cfg, entry)
+    except UserError:
+        raise
+    except Exception as e:  # a truncated or garbled file: Arrow, tokenizers and OS errors differ
+        log.warning("token cache %s is unreadable (%s); rebuilding it", entry, one_line(e))
+        shutil.rmtree(entry, ignore_errors=True)
+        return _through_cache(corpus, cfg, entry)
+
+
+def _through_cache(corpus: datasets.DatasetDict, cfg: TokenizerConfig, entry: Path) -> Tokenized:
+    tokenizer_file = entry / "tokenizer.json"
+    hit = tokenizer_file.exists()
+    if hit:
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    else:
+        tokenizer = train_tokenizer(corpus["train"], cfg)
+        entry.mkdir(parents=True, exist_ok=True)
+        _save_atomically(tokenizer, tokenizer_file)
+    splits = {}
+    for name in ("train", "test"):
+        ids_file = entry / f"{name}.arrow"
+        hit = hit and ids_file.exists()
+        splits[name] = encode_split(corpus[name], tokenizer, cfg, cache_file=ids_file)
+    return Tokenized(tokenizer, splits["train"], splits["test"], cache_dir=entry, cache_hit=hit)
+
+
+def _save_atomically(tokenizer: Tokenizer, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        tokenizer.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
