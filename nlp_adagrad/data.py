@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 from datasets.utils.stratify import stratified_shuffle_split_generate_indices
 
 from nlp_adagrad.config import (
@@ -45,7 +46,8 @@ def load_corpus(cfg: DataConfig) -> datasets.DatasetDict:
     for split in ("train", "test"):
         if len(corpus[split]) == 0:
             raise UserError(f"the {split} split of data={cfg.name} is empty; check the input")
-    if len(set(corpus["train"]["label"])) < 2:
+    # through the arrow format: iterating the column would read it row by row (4 s / 160k rows)
+    if len(pc.unique(corpus["train"].with_format("arrow")["label"])) < 2:
         raise UserError(
             f"the training split of data={cfg.name} has a single class; a classifier needs two"
         )

@@ -49,14 +49,92 @@ class TelemetrySpec:
     common: np.ndarray  # bool mask
     followed: dict[str, int]  # token -> id, for eff_lr/token/<token>
     members: dict[str, np.ndarray] = field(default_factory=dict)  # bucket -> token ids
+    full: TokenView = field(init=False)  # every token: final metrics, small vocabularies
+    sample: TokenView = field(init=False)  # what a snapshot during training reads
 
     def __post_init__(self) -> None:
         # snapshots select by bucket often: index arrays once, not string compares each time
         self.members = {name: np.flatnonzero(self.buckets == name) for name in self.bucket_names}
+        self.full = TokenView(
+            ids=None,
+            weights=None,
+            members=self.members,
+            rare=np.flatnonzero(self.rare),
+            common=np.flatnonzero(self.common),
+            followed=dict(self.followed),
+        )
+        self.sample = self.full
 
     @property
     def num_tokens(self) -> int:
         return len(self.tokens)
+
+
+@dataclass
+class TokenView:
+    """Tokens a snapshot reads, with the groups as positions into what it reads.
+
+    `ids` None means every vocabulary token, in id order. A sample carries `weights`: how many
+    vocabulary tokens each sampled one stands for (0 for tokens read only to be shown, the
+    common and followed ones outside the draw).
+    """
+
+    ids: np.ndarray | None
+    weights: np.ndarray | None
+    members: dict[str, np.ndarray]
+    rare: np.ndarray
+    common: np.ndarray
+    followed: dict[str, int]
+
+
+def stratified_sample(spec: TelemetrySpec, max_tokens: int, seed: int) -> TokenView:
+    """At most ~max_tokens tokens drawn by bucket, seeded: the buckets that fit are taken
+    whole, the largest are cut to one common size (water-filling), so every decade of counts
+    stays represented; the common and followed tokens are added for display.
+    """
+    if spec.num_tokens <= max_tokens:
+        return spec.full
+    sizes = np.array([len(spec.members[name]) for name in spec.bucket_names])
+    cap = _water_level(sizes, max_tokens)
+    rng = np.random.default_rng([seed, 7])
+    drawn, weights = [], []
+    for name, size in zip(spec.bucket_names, sizes):
+        ids = spec.members[name]
+        if size > cap:
+            ids = np.sort(rng.choice(ids, size=cap, replace=False))
+        drawn.append(ids)
+        weights.append(np.full(len(ids), size / len(ids)))
+    drawn_ids = np.concatenate(drawn)
+    shown = np.concatenate([np.flatnonzero(spec.common), list(spec.followed.values())])
+    extra = np.setdiff1d(shown.astype(np.int64), drawn_ids)
+    ids = np.concatenate([drawn_ids, extra])
+    order = np.argsort(ids, kind="stable")
+    ids, weight = ids[order], np.concatenate([*weights, np.zeros(len(extra))])[order]
+    position = {int(t): k for k, t in enumerate(ids)}
+    in_draw = weight > 0
+    return TokenView(
+        ids=ids,
+        weights=weight,
+        members={
+            name: np.flatnonzero(in_draw & (spec.buckets[ids] == name))
+            for name in spec.bucket_names
+        },
+        rare=np.flatnonzero(in_draw & spec.rare[ids]),
+        common=np.flatnonzero(spec.common[ids]),
+        followed={token: position[i] for token, i in spec.followed.items()},
+    )
+
+
+def _water_level(sizes: np.ndarray, budget: int) -> int:
+    """The largest cap with sum(min(size, cap)) <= budget (at least 1)."""
+    low, high = 1, int(sizes.max())
+    while low < high:
+        mid = (low + high + 1) // 2
+        if np.minimum(sizes, mid).sum() <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def make_spec(
@@ -74,30 +152,57 @@ def make_spec(
     rng = np.random.default_rng(seed)
     followed: dict[str, int] = {}
     for name in bucket_names:
-        # plain alphanumeric tokens make readable tag names; punctuation stays in the buckets
-        pool = [i for i in np.flatnonzero(buckets == name) if tokens[i].isalnum()]
-        take = min(cfg.follow_per_bucket, len(pool))
-        for i in sorted(rng.choice(pool, size=take, replace=False)) if take else []:
-            followed[tokens[i]] = int(i)
-    index = {t: i for i, t in enumerate(tokens)}
+        pool = np.flatnonzero(buckets == name)
+        for i in _draw_readable(pool, tokens, cfg.follow_per_bucket, rng):
+            followed[tokens[i]] = i
+    named = set(cfg.tokens)
+    index = {t: i for i, t in enumerate(tokens) if t in named} if named else {}
     missing = [t for t in cfg.tokens if t not in index]
     followed.update({t: index[t] for t in cfg.tokens if t in index})
     spec = TelemetrySpec(tokens, counts, buckets, bucket_names, rare, common, followed)
+    spec.sample = stratified_sample(spec, cfg.sample_size, seed)
     return spec, missing
 
 
+def _draw_readable(ids: np.ndarray, tokens: list[str], k: int, rng) -> list[int]:
+    """Up to k of `ids`, seeded, whose tokens are alphanumeric (readable tag names).
+
+    Drawn from a random subset first, so a bucket of millions costs what k needs.
+    """
+    if k == 0 or len(ids) == 0:
+        return []
+    for size in (min(len(ids), 32 * k), len(ids)):
+        candidates = rng.choice(ids, size=size, replace=False)
+        readable = [int(i) for i in candidates if tokens[i].isalnum()]
+        if len(readable) >= k or size == len(ids):
+            return sorted(readable[:k])
+    return []
+
+
 def read_rates(
-    optimizer: RowOptimizer, table: torch.Tensor, num_tokens: int
+    optimizer: RowOptimizer, table: torch.Tensor, spec: TelemetrySpec, view: TokenView
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(eff_lr, updates) of the first `num_tokens` rows of `table`, as float64 / int64 arrays."""
-    eff_lr = optimizer.effective_lr(table, slice(0, num_tokens))
-    updates = optimizer.row_updates(table)[:num_tokens]
+    """(eff_lr, updates) of the view's tokens (their rows of `table`), float64 / int64 arrays."""
+    if view.ids is None:
+        rows = slice(0, spec.num_tokens)
+    else:
+        rows = torch.from_numpy(view.ids).to(table.device)
+    eff_lr = optimizer.effective_lr(table, rows)
+    updates = optimizer.row_updates(table)[rows]
     return eff_lr.double().cpu().numpy(), updates.cpu().numpy()
 
 
-def _median(values: np.ndarray) -> float:
-    values = values[np.isfinite(values)]
-    return float(np.median(values)) if len(values) else float("nan")
+def _median(values: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Median of the finite values; weighted when the weights differ (a sample across buckets)."""
+    finite = np.isfinite(values)
+    values = values[finite]
+    if not len(values):
+        return float("nan")
+    if weights is None or np.ptp(weights[finite]) == 0:
+        return float(np.median(values))
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[finite][order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 @dataclass
@@ -133,16 +238,26 @@ def _fit_bins(which, lx, ly, num_bins, weights=None) -> Fit | None:
     return Fit(slope, float(bin_y.mean() - slope * bin_x.mean()), bin_x, bin_y)
 
 
-def binned_fit(x: np.ndarray, eff_lr: np.ndarray, num_bins: int = NUM_FIT_BINS) -> Fit | None:
+def binned_fit(
+    x: np.ndarray,
+    eff_lr: np.ndarray,
+    num_bins: int = NUM_FIT_BINS,
+    weights: np.ndarray | None = None,
+) -> Fit | None:
     """Least-squares line through log-binned means of log(eff_lr) against log(x).
 
     Binning first gives every range of x the same weight: otherwise the many rare tokens
-    decide the slope alone. None when fewer than two bins hold tokens.
+    decide the slope alone. `weights` make a sample's bin means those of what it stands for.
+    None when fewer than two bins hold tokens.
     """
+    if weights is not None:
+        keep = weights > 0
+        x, eff_lr, weights = x[keep], eff_lr[keep], weights[keep]
+        weights = weights[(x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)]
     lx, ly = _log_points(x, eff_lr)
     if len(lx) == 0 or lx.min() == lx.max():
         return None
-    return _fit_bins(_bin_of(lx, num_bins), lx, ly, num_bins)
+    return _fit_bins(_bin_of(lx, num_bins), lx, ly, num_bins, weights=weights)
 
 
 def slope_interval(
@@ -185,17 +300,24 @@ def final_analysis(
     return out
 
 
-def summarize(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) -> dict[str, float]:
-    """Per-snapshot scalars: medians for rare, common and each bucket; slope vs updates."""
-    out = {
-        "eff_lr/rare": _median(eff_lr[spec.rare]),
-        "eff_lr/common": _median(eff_lr[spec.common]),
-    }
+def summarize(
+    spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray, view: TokenView | None = None
+) -> dict[str, float]:
+    """Per-snapshot scalars: medians for rare, common and each bucket; slope vs updates.
+
+    `eff_lr` and `updates` hold the view's tokens (all of them by default).
+    """
+    view = view or spec.full
+    w = view.weights
+
+    def median(positions: np.ndarray) -> float:
+        return _median(eff_lr[positions], None if w is None else w[positions])
+
+    out = {"eff_lr/rare": median(view.rare), "eff_lr/common": _median(eff_lr[view.common])}
     for name in spec.bucket_names:
-        out[f"eff_lr/bucket/{name}"] = _median(eff_lr[spec.members[name]])
-    fit = binned_fit(updates, eff_lr)
+        out[f"eff_lr/bucket/{name}"] = median(view.members[name])
+    fit = binned_fit(updates, eff_lr, weights=w)
     out["eff_lr/slope_vs_updates"] = fit.slope if fit else float("nan")
-    out["eff_lr/tokens_updated"] = float((updates >= 1).sum())
     return out
 
 
@@ -206,14 +328,24 @@ def log_snapshot(
     table: torch.Tensor,
     step: int,
     histograms: bool = True,
+    exact: bool = False,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Write one telemetry point (scalars, followed tokens, histograms); return what it read."""
-    eff_lr, updates = read_rates(optimizer, table, spec.num_tokens)
-    summary = summarize(spec, eff_lr, updates)
-    followed = {f"eff_lr/token/{token}": float(eff_lr[i]) for token, i in spec.followed.items()}
+    """Write one telemetry point (scalars, followed tokens, histograms); return what it read.
+
+    A snapshot reads `spec.sample` (every token of a vocabulary up to telemetry.sample_size),
+    so its cost does not grow with the vocabulary; `exact` reads every token (the last one).
+    """
+    view = spec.full if exact else spec.sample
+    eff_lr, updates = read_rates(optimizer, table, spec, view)
+    summary = summarize(spec, eff_lr, updates, view)
+    # exact even when sampled: one count over the update counters (~0.2 ms per 10^6 tokens)
+    summary["eff_lr/tokens_updated"] = float(
+        torch.count_nonzero(optimizer.row_updates(table)[: spec.num_tokens])
+    )
+    followed = {f"eff_lr/token/{token}": float(eff_lr[k]) for token, k in view.followed.items()}
     writer.scalars({**summary, **followed}, step)
     for name in spec.bucket_names if histograms else []:
-        values = eff_lr[spec.members[name]]
+        values = eff_lr[view.members[name]]
         values = values[np.isfinite(values)]
         if len(values):
             writer.histogram(f"eff_lr_hist/{name}", values, step)

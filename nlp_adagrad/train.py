@@ -290,7 +290,9 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     result = evaluate(model, test_split, cfg.trainer.batch_size, device)
     writer.scalar("test/loss", result.loss, step)
     writer.scalar("test/accuracy", result.accuracy, step)
-    summary, eff_lr, updates = telemetry.log_snapshot(writer, spec, optimizer, table, step)
+    summary, eff_lr, updates = telemetry.log_snapshot(
+        writer, spec, optimizer, table, step, exact=True
+    )
     metrics = {
         "test/accuracy": result.accuracy,
         "test/loss": result.loss,
