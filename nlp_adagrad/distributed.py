@@ -8,7 +8,8 @@ gradient at the bag outputs into the table's sparse gradient with the same funct
 same ids in the same order, as one process does (every rank holds the token ids of the whole
 corpus). Summing per-rank partial gradients instead would round differently, and Adagrad's
 g / sqrt(G) amplifies that on coordinates whose gradients nearly cancel (measured ~1e-3).
-NCCL has no sparse all-reduce (pytorch#22400); this path needs only a dense all-gather.
+NCCL has no sparse all-reduce (pytorch#22400); this path needs only a dense all-gather, so
+it runs on gloo (CPU) and NCCL (CUDA) alike.
 """
 
 from __future__ import annotations
@@ -42,19 +43,32 @@ class Topology:
         return global_docs[self.rank :: self.world_size]
 
 
-def setup(device: torch.device) -> Topology:
-    """Join torchrun's process group (gloo on CPU); a plain run is rank 0 of 1."""
+def backend_for(device: torch.device) -> str:
+    """NCCL between GPUs, gloo between CPU processes: the step needs only a dense all-gather,
+    which both have."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def setup(device: torch.device) -> tuple[Topology, torch.device]:
+    """Join torchrun's process group; a plain run is rank 0 of 1 on `device`.
+
+    On CUDA each process takes the GPU of its LOCAL_RANK, as torchrun expects.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
-        return Topology()
-    if device.type != "cpu":
-        raise UserError(
-            "data-parallel training runs on CPU (gloo) for now; use trainer.device=cpu under "
-            "torchrun"
-        )
+        return Topology(), device
+    if device.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(
+                f"torchrun started process {local_rank} on a machine with "
+                f"{torch.cuda.device_count()} visible GPUs; use --nproc_per_node <= the GPU count"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
-    return Topology(dist.get_rank(), dist.get_world_size())
+        dist.init_process_group(backend=backend_for(device))
+    return Topology(dist.get_rank(), dist.get_world_size()), device
 
 
 def teardown(topology: Topology) -> None:

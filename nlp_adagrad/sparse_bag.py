@@ -43,7 +43,10 @@ def coalesced_bag_grad(
     """(sorted distinct ids, their summed gradient rows) for a bag forward's output grad."""
     num_bags = offsets.numel()
     lengths = torch.diff(offsets, append=offsets.new_tensor([ids.numel()]))
-    bag_of = torch.repeat_interleave(torch.arange(num_bags, device=ids.device), lengths)
+    # output_size: without it, CUDA would read the lengths back to size the result
+    bag_of = torch.repeat_interleave(
+        torch.arange(num_bags, device=ids.device), lengths, output_size=ids.numel()
+    )
     rows, order, starts = group_ids(ids)
     weights = None
     if mean:

@@ -102,8 +102,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     """Train the configured model; write the run-dir files (DESIGN §4); return final metrics."""
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
-    device = resolve_device(cfg.trainer.device)
-    topology = distributed.setup(device)
+    topology, device = distributed.setup(resolve_device(cfg.trainer.device))
     is_main = topology.is_main
     torch.manual_seed(cfg.trainer.seed)
 
@@ -305,6 +304,8 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         **summary,
         **telemetry.final_analysis(spec, eff_lr, updates, cfg.trainer.seed),
     }
+    if device.type == "cuda":
+        metrics["train/peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     table_md = telemetry.bucket_table(spec, eff_lr, updates)
     log.info("effective learning rate by count bucket (%s):\n%s", cfg.optim.name, table_md)
     log.info(

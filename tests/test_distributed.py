@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,21 @@ ARGS = [
 ]
 
 
+def train_command(tmp_path: Path, name: str, model: str, *extra: str) -> list[str]:
+    return [
+        "-m",
+        "nlp_adagrad.train",
+        *QUIET,
+        *ARGS,
+        f"model={model}",
+        f"hydra.run.dir={tmp_path / name}",
+        *extra,
+    ]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def run(tmp_path: Path, name: str, processes: int, model: str, *extra: str) -> Path:
     launcher = (
         [
@@ -36,24 +52,48 @@ def run(tmp_path: Path, name: str, processes: int, model: str, *extra: str) -> P
         if processes > 1
         else [sys.executable]
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [
-            *launcher,
-            "-m",
-            "nlp_adagrad.train",
-            *QUIET,
-            *ARGS,
-            f"model={model}",
-            f"hydra.run.dir={tmp_path / name}",
-        ],
+        [*launcher, *train_command(tmp_path, name, model, *extra)],
         cwd=tmp_path,
-        env=env,
+        env=ENV,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path / name
+
+
+def run_two_nodes(tmp_path: Path, name: str, model: str) -> Path:
+    """Two torchrun agents, one process each, meeting through c10d rendezvous as two machines
+    would (here both on localhost)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agents = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint=127.0.0.1:{port}",
+                f"--rdzv_id={name}",
+                *train_command(tmp_path, name, model),
+            ],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for agent in agents:
+        _, err = agent.communicate(timeout=300)
+        assert agent.returncode == 0, err[-3000:]
     return tmp_path / name
 
 
@@ -100,7 +140,31 @@ def test_a_two_process_run_resumes_to_the_same_end(runs):
     one, _, tmp, model = runs
     part = run(tmp, "part", 2, model, "trainer.max_steps=7", "trainer.checkpoint_every=5")
     resumed = run(tmp, "resumed", 2, model, f"trainer.resume={part}")
+    assert load(part)[2]["train/steps"] == 7  # the first leg really stopped early
+    assert "resumed from" in (resumed / "train.log").read_text()
     model_one, state_one, metrics_one = load(one)
     model_resumed, state_resumed, metrics_resumed = load(resumed)
     assert all(torch.equal(model_one[k], model_resumed[k]) for k in model_one)
     assert metrics_one["test/accuracy"] == metrics_resumed["test/accuracy"]
+
+
+def test_two_nodes_through_rendezvous_give_the_same_weights_as_one_process(runs):
+    one, _, tmp, model = runs
+    nodes = run_two_nodes(tmp, "nodes", model)
+    model_one, state_one, metrics_one = load(one)
+    model_nodes, state_nodes, metrics_nodes = load(nodes)
+    assert all(torch.equal(model_one[k], model_nodes[k]) for k in model_one)
+    assert metrics_one["test/accuracy"] == metrics_nodes["test/accuracy"]
+
+
+def test_backend_follows_the_device_and_gpus_are_counted_before_joining(monkeypatch):
+    from nlp_adagrad import distributed
+    from nlp_adagrad.errors import UserError
+
+    assert distributed.backend_for(torch.device("cpu")) == "gloo"
+    assert distributed.backend_for(torch.device("cuda", 1)) == "nccl"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="--nproc_per_node"):
+        distributed.setup(torch.device("cuda"))
