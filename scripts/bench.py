@@ -2,7 +2,7 @@
 end to end, step time against table size, our sparse Adagrad step against torch.optim.Adagrad,
 telemetry overhead, the row-traffic limit, and peak memory.
 
-    python scripts/bench.py                      # everything (~10 min on 2 cores)
+    python scripts/bench.py                      # everything (~12 min on 2 cores)
     python scripts/bench.py --sections scaling,optimizer --quick
 
 Writes bench.json and bench.md to --out and prints the table, the exact command and a machine
