@@ -85,7 +85,11 @@ def check_resume_compatible(state: dict, cfg: Config, table: torch.Tensor, path:
         )
     now = config_to_dict(cfg)
     for section in ("data", "tokenizer", "model", "optim"):
-        if state["config"].get(section) != now[section]:
+        then = dict(state["config"].get(section) or {})
+        if section == "tokenizer":  # where ids come from, not what they are
+            then.pop("cache", None)
+            now[section] = {k: v for k, v in now[section].items() if k != "cache"}
+        if then != now[section]:
             log.warning(
                 "resuming with a different %s config than %s was trained with", section, path
             )
