@@ -213,8 +213,13 @@ class Fit:
     bin_y: np.ndarray  # bin means of log(eff_lr)
 
 
+def _on_log_scale(x: np.ndarray, eff_lr: np.ndarray) -> np.ndarray:
+    """Tokens a log-log fit or plot can use: x >= 1 and a finite, positive rate."""
+    return (x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)
+
+
 def _log_points(x: np.ndarray, eff_lr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keep = (x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)
+    keep = _on_log_scale(x, eff_lr)
     return np.log(x[keep].astype(np.float64)), np.log(eff_lr[keep])
 
 
@@ -250,10 +255,10 @@ def binned_fit(
     decide the slope alone. `weights` make a sample's bin means those of what it stands for.
     None when fewer than two bins hold tokens.
     """
-    if weights is not None:
+    if weights is not None:  # tokens standing for none (shown only) do not place the bins
         keep = weights > 0
         x, eff_lr, weights = x[keep], eff_lr[keep], weights[keep]
-        weights = weights[(x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)]
+        weights = weights[_on_log_scale(x, eff_lr)]
     lx, ly = _log_points(x, eff_lr)
     if len(lx) == 0 or lx.min() == lx.max():
         return None
@@ -413,7 +418,7 @@ def eff_lr_figure(spec: TelemetrySpec, eff_lr: np.ndarray, title: str):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    keep = (spec.counts >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)
+    keep = _on_log_scale(spec.counts, eff_lr)
     ax.scatter(spec.counts[keep], eff_lr[keep], s=3, alpha=0.15, color="0.5", label="tokens")
     fit = binned_fit(spec.counts, eff_lr)
     if fit is not None:
