@@ -9,7 +9,8 @@ learning rates tokenizes once). Bigrams are hashed from the word ids on every ru
 `tokenizer.ngrams` and `tokenizer.buckets` do not split the cache.
 
 Writes are atomic (datasets renames its files into place, we rename the tokenizer), so
-parallel runs may fill the same entry. A damaged entry is reported, removed and rebuilt.
+parallel runs may fill the same entry. A damaged entry is reported, removed and rebuilt; a
+cache that cannot be written is reported and the run tokenizes without it.
 """
 
 from __future__ import annotations
@@ -65,19 +66,28 @@ def cache_key(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> str:
 
 def tokenize_corpus(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> Tokenized:
     """The tokenizer and both splits' ids, from the cache when an entry matches."""
-    if not cfg.cache:
-        tokenizer = train_tokenizer(corpus["train"], cfg)
-        train, test = (encode_split(corpus[s], tokenizer, cfg) for s in ("train", "test"))
-        return Tokenized(tokenizer, train, test, cache_dir=None, cache_hit=False)
-    entry = cache_root() / cache_key(corpus, cfg)
-    try:
-        return _through_cache(corpus, cfg, entry)
-    except UserError:
-        raise
-    except Exception as e:  # a truncated or garbled file: Arrow, tokenizers and OS errors differ
-        log.warning("token cache %s is unreadable (%s); rebuilding it", entry, one_line(e))
-        shutil.rmtree(entry, ignore_errors=True)
-        return _through_cache(corpus, cfg, entry)
+    if cfg.cache:
+        entry = cache_root() / cache_key(corpus, cfg)
+        for attempt in ("read", "rebuild"):
+            try:
+                return _through_cache(corpus, cfg, entry)
+            except UserError:
+                raise
+            except Exception as e:  # Arrow, tokenizers and OS errors all mean the same here
+                if attempt == "read":
+                    log.warning(
+                        "token cache %s is unreadable (%s); rebuilding it", entry, one_line(e)
+                    )
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    log.warning(
+                        "cannot write the token cache at %s (%s); tokenizing without it",
+                        entry,
+                        one_line(e),
+                    )
+    tokenizer = train_tokenizer(corpus["train"], cfg)
+    train, test = (encode_split(corpus[s], tokenizer, cfg) for s in ("train", "test"))
+    return Tokenized(tokenizer, train, test, cache_dir=None, cache_hit=False)
 
 
 def _through_cache(corpus: datasets.DatasetDict, cfg: TokenizerConfig, entry: Path) -> Tokenized:

@@ -91,3 +91,16 @@ def test_a_damaged_entry_is_reported_and_rebuilt(damaged, caplog):
 def test_cache_off_writes_nothing(own_cache):
     cached = token_cache.tokenize_corpus(corpus(" off"), TokenizerConfig(cache=False))
     assert cached.cache_dir is None and not own_cache.exists()
+
+
+def test_an_unwritable_cache_is_reported_and_the_run_tokenizes_without_it(
+    tmp_path, monkeypatch, caplog
+):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr(token_cache, "cache_root", lambda: blocker / "nlp_adagrad")
+    with caplog.at_level(logging.WARNING, logger="nlp_adagrad.token_cache"):
+        got = token_cache.tokenize_corpus(corpus(), TokenizerConfig())
+    assert "cannot write the token cache" in caplog.text and got.cache_dir is None
+    expected = token_cache.tokenize_corpus(corpus(), TokenizerConfig(cache=False))
+    assert_same(got, expected)
