@@ -535,103 +535,123 @@ def bench_memory(quick: bool) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------- report
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A titled Markdown table and the blank line after it."""
+    return [
+        title,
+        "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+    ]
+
+
+def _e2e_row(r: dict) -> list[str]:
+    if "error" in r:
+        return [r["corpus"], r["tool"], str(r["threads"]), r["error"], "", ""]
+    return [
+        r["corpus"],
+        r["tool"],
+        str(r["threads"]),
+        f"{r['seconds']:.2f}",
+        f"{r['tokens_per_sec'] / 1e6:.2f} M",
+        f"{r['accuracy']:.4f}",
+    ]
+
+
 def markdown(results: dict, command: str, machine: str) -> str:
     lines = [f"Command: `{command}`", f"Machine: {machine}", ""]
     if "e2e" in results:
-        lines += [
+        lines += _table(
             "**End to end** (raw text to trained model, same words for every tool; ours "
             "includes training its tokenizer and encoding, except the row marked cached: a "
             "second run on the same corpus, as in a sweep; fastText and VW read pre-tokenized "
             "files):",
-            "",
-            "| corpus | tool | threads | seconds | tokens/s | test accuracy |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for r in results["e2e"]:
-            if "error" in r:
-                lines.append(f"| {r['corpus']} | {r['tool']} | {r['threads']} | {r['error']} | | |")
-            else:
-                lines.append(
-                    f"| {r['corpus']} | {r['tool']} | {r['threads']} | "
-                    f"{r['seconds']:.2f} | {r['tokens_per_sec'] / 1e6:.2f} M | "
-                    f"{r['accuracy']:.4f} |"
-                )
-        lines.append("")
+            ["corpus", "tool", "threads", "seconds", "tokens/s", "test accuracy"],
+            [_e2e_row(r) for r in results["e2e"]],
+        )
     if "scaling" in results:
-        lines += [
+        lines += _table(
             "**Step time against table size** (SparseBag + our Adagrad, dim 64, "
             "51,200 ids a batch, forward + backward + step, best of 30):",
-            "",
-            "| table rows | ids | distinct ids | step ms |",
-            "| --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {r['rows']:,} | {r['ids']} | {r['unique']:,} | {r['step_ms']:.2f} |"
-            for r in results["scaling"]
-        ]
+            ["table rows", "ids", "distinct ids", "step ms"],
+            [
+                [f"{r['rows']:,}", r["ids"], f"{r['unique']:,}", f"{r['step_ms']:.2f}"]
+                for r in results["scaling"]
+            ],
+        )
         same = [r for r in results["scaling"] if r["ids"] == "same batch"]
         lines += [
-            "",
             f"Same batch: largest / smallest table = "
             f"{same[-1]['step_ms'] / same[0]['step_ms']:.2f}x",
             "",
         ]
     if "optimizer" in results:
-        lines += [
+        lines += _table(
             "**Optimizer step on identical gradients** (ours vs torch.optim.Adagrad, best of 30):",
-            "",
-            "| ids | gradient | ours ms | torch ms | speed-up | max weight diff |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {r['ids']} | {r['gradient']} | {r['ours_ms']:.2f} | {r['torch_ms']:.2f} "
-            f"| {r['speedup']:.2f}x | {r['max_weight_diff']:.1e} |"
-            for r in results["optimizer"]
-        ]
-        lines.append("")
+            ["ids", "gradient", "ours ms", "torch ms", "speed-up", "max weight diff"],
+            [
+                [
+                    r["ids"],
+                    r["gradient"],
+                    f"{r['ours_ms']:.2f}",
+                    f"{r['torch_ms']:.2f}",
+                    f"{r['speedup']:.2f}x",
+                    f"{r['max_weight_diff']:.1e}",
+                ]
+                for r in results["optimizer"]
+            ],
+        )
     if "telemetry" in results:
-        lines += [
+        lines += _table(
             "**Telemetry overhead** (training loop, default telemetry vs off, best of 3):",
-            "",
-            "| corpus | default s | off s | overhead |",
-            "| --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {r['corpus']} | {r['default_seconds']:.3f} | {r['off_seconds']:.3f} | "
-            f"{100 * r['overhead']:+.1f}% |"
-            for r in results["telemetry"]
-        ]
-        lines.append("")
+            ["corpus", "default s", "off s", "overhead"],
+            [
+                [
+                    r["corpus"],
+                    f"{r['default_seconds']:.3f}",
+                    f"{r['off_seconds']:.3f}",
+                    f"{100 * r['overhead']:+.1f}%",
+                ]
+                for r in results["telemetry"]
+            ],
+        )
     if "limit" in results:
-        lines += [
+        lines += _table(
             "**The limit**: our step against the unavoidable row traffic (gather and "
             "scatter the touched rows of weights and accumulator):",
-            "",
-            "| ids | touched rows | traffic ms | GB/s | our step ms | multiple |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {r['ids']} | {r['touched_rows']:,} | {r['limit_ms']:.2f} | "
-            f"{r['traffic_gb_per_s']:.1f} | {r['step_ms']:.2f} | {r['multiple']:.2f}x |"
-            for r in results["limit"]
-        ]
-        lines.append("")
+            ["ids", "touched rows", "traffic ms", "GB/s", "our step ms", "multiple"],
+            [
+                [
+                    r["ids"],
+                    f"{r['touched_rows']:,}",
+                    f"{r['limit_ms']:.2f}",
+                    f"{r['traffic_gb_per_s']:.1f}",
+                    f"{r['step_ms']:.2f}",
+                    f"{r['multiple']:.2f}x",
+                ]
+                for r in results["limit"]
+            ],
+        )
     if "memory" in results:
-        lines += [
+        lines += _table(
             "**Peak memory** (RSS added by building the table and optimizer and taking 5 "
             "steps; state: the optimizer's accumulators, without the 4-byte per-row update "
             "counts telemetry keeps):",
-            "",
-            "| optimizer | table | weights MB | state MB | peak MB | above weights+state |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        lines += [
-            f"| {r['optimizer']} | {r['rows']:,} x {r['dim']} | {r['weights_mb']:.0f} | "
-            f"{r['state_mb']:.0f} | {r['peak_mb']:.0f} | "
-            f"{100 * r['overhead']:+.1f}% |"
-            for r in results["memory"]
-        ]
-        lines.append("")
+            ["optimizer", "table", "weights MB", "state MB", "peak MB", "above weights+state"],
+            [
+                [
+                    r["optimizer"],
+                    f"{r['rows']:,} x {r['dim']}",
+                    f"{r['weights_mb']:.0f}",
+                    f"{r['state_mb']:.0f}",
+                    f"{r['peak_mb']:.0f}",
+                    f"{100 * r['overhead']:+.1f}%",
+                ]
+                for r in results["memory"]
+            ],
+        )
     return "\n".join(lines)
 
 
