@@ -57,17 +57,49 @@ def coalesced_bag_grad(
     return rows, values
 
 
+class _Emitted:
+    """The storage address of the indices of the last gradient a SparseBag's backward emitted.
+
+    Autograd stores a first sparse gradient as a shallow copy that shares the indices but drops
+    the coalesced flag (torch 2.13). After accumulation, a `.grad` whose indices still sit at
+    that address is exactly what was emitted, sorted and distinct, so the flag is set again and
+    the optimizer need not check (a check that, on CUDA, waits for the GPU). A gradient summed
+    with another is allocated while the emitted one is alive, so it never shares its address.
+    """
+
+    def __init__(self) -> None:
+        self.address: int | None = None
+
+    def restore_coalesced_flag(self, weight: torch.Tensor) -> None:
+        grad = weight.grad
+        if (
+            grad is not None
+            and grad.is_sparse
+            and not grad.is_coalesced()
+            and grad._indices().data_ptr() == self.address
+        ):
+            weight.grad = torch.sparse_coo_tensor(
+                grad._indices(),
+                grad._values(),
+                grad.shape,
+                is_coalesced=True,
+                check_invariants=False,
+            )
+
+
 class _BagFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, ids, offsets, mode):
+    def forward(ctx, weight, ids, offsets, mode, emitted):
         ctx.save_for_backward(ids, offsets)
-        ctx.mode, ctx.shape = mode, weight.shape
+        ctx.mode, ctx.shape, ctx.emitted = mode, weight.shape, emitted
         return F.embedding_bag(ids, weight, offsets, mode=mode)
 
     @staticmethod
     def backward(ctx, grad_out):
         ids, offsets = ctx.saved_tensors
-        return sparse_bag_grad(ids, offsets, grad_out, ctx.mode, ctx.shape), None, None, None
+        grad = sparse_bag_grad(ids, offsets, grad_out, ctx.mode, ctx.shape)
+        ctx.emitted.address = grad._indices().data_ptr()
+        return grad, None, None, None, None
 
 
 def sparse_bag_grad(ids, offsets, grad_out, mode: str, shape: torch.Size) -> torch.Tensor:
@@ -85,6 +117,8 @@ class SparseBag(nn.EmbeddingBag):
         if mode not in ("mean", "sum"):
             raise ValueError(f"mode must be mean or sum, got {mode!r}")
         super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=True)
+        self._emitted = _Emitted()
+        self.weight.register_post_accumulate_grad_hook(self._emitted.restore_coalesced_flag)
 
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return _BagFunction.apply(self.weight, ids, offsets, self.mode)
+        return _BagFunction.apply(self.weight, ids, offsets, self.mode, self._emitted)

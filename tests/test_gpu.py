@@ -1,6 +1,6 @@
 """CUDA end to end, run only where a GPU is visible (`pytest -m gpu`): the sparse step on the
-GPU equals the CPU step, a BBC News run on the GPU scores as one on the CPU, and two GPU
-processes under torchrun (NCCL) equal one."""
+GPU equals the CPU step and never waits for the GPU, a BBC News run on the GPU scores as one on
+the CPU, and two GPU processes under torchrun (NCCL) equal one."""
 
 from __future__ import annotations
 
@@ -33,6 +33,20 @@ def test_sparse_bag_and_adagrad_step_on_cuda_equal_the_cpu_step():
         tables.append((bag.weight.detach().cpu(), optimizer.row_updates(bag.weight).cpu()))
     torch.testing.assert_close(tables[0][0], tables[1][0], rtol=0, atol=1e-5)
     assert torch.equal(tables[0][1], tables[1][1])
+
+
+def test_the_optimizer_step_never_waits_for_the_gpu():
+    bag = SparseBag(5_000, 16).cuda()
+    optimizer = Adagrad(bag.parameters(), lr=0.5)
+    ids, offsets = torch.randint(0, 5_000, (2_000,)).cuda(), torch.arange(0, 2_000, 50).cuda()
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        bag(ids, offsets).square().sum().backward()  # sizing the distinct ids syncs here
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            optimizer.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
 
 
 def test_bbc_news_on_cuda_scores_as_on_cpu(tmp_path):

@@ -37,3 +37,27 @@ def test_unique_rows_of_an_uncoalesced_gradient_sums_duplicates_in_sorted_order(
     rows, summed = unique_rows(grad)
     assert rows.tolist() == [0, 2, 7]
     assert summed.tolist() == [[6, 7], [2 + 8, 3 + 9], [0 + 4, 1 + 5]]
+
+
+def test_the_gradient_arrives_flagged_coalesced_and_accumulation_stays_correct():
+    # the flag spares the optimizer its sortedness check (a GPU wait on CUDA); autograd drops
+    # it when storing a first gradient, SparseBag restores it only for what it emitted itself
+    torch.manual_seed(0)
+    bag = SparseBag(20, 3, "sum")
+    reference = nn.EmbeddingBag(20, 3, mode="sum", sparse=True)
+    reference.load_state_dict(bag.state_dict())
+    batches = [
+        (torch.tensor([5, 2, 2, 9]), torch.tensor([0, 2])),
+        (torch.tensor([9, 1, 5]), torch.tensor([0, 1])),
+    ]
+    ids, offsets = batches[0]
+    bag(ids, offsets).square().sum().backward()
+    assert bag.weight.grad.is_coalesced()
+    for ids, offsets in batches[1:]:  # a second backward without zero_grad: summed rows
+        bag(ids, offsets).square().sum().backward()
+    for ids, offsets in batches:
+        reference(ids, offsets).square().sum().backward()
+    rows, values = unique_rows(bag.weight.grad)
+    expected = reference.weight.grad.coalesce()
+    assert torch.equal(rows, expected._indices()[0])
+    torch.testing.assert_close(values, expected._values())

@@ -46,8 +46,8 @@ def add_to_rows_(p: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor, alpha
 def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted distinct row ids, summed gradient rows) of a sparse COO gradient.
 
-    Already-distinct sorted ids (a `SparseBag` gradient; autograd's accumulation drops the
-    coalesced flag, so the ids are checked) pass through. Otherwise one sort (`group_ids`)
+    A gradient flagged coalesced (a `SparseBag`'s) or whose ids are found sorted and distinct
+    passes through. Otherwise one sort (`group_ids`)
     groups the duplicates and `embedding_bag` sums each group, cheaper than `coalesce` or
     `index_add_`.
     """
