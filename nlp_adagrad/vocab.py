@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from nlp_adagrad.config import TokenizerConfig
@@ -108,15 +109,22 @@ def encode_split(
         cache_file_name=None if cache_file is None else str(cache_file),
     )
     table = encoded.with_format("arrow")[:]  # honours an index mapping, reads columns whole
-    column = table.column("ids").combine_chunks()
-    ids = column.values.to_numpy(zero_copy_only=False).astype(np.int64)
-    offsets = column.offsets.to_numpy().astype(np.int64)
-    offsets -= offsets[0]  # a sliced Arrow array may not start at zero
+    ids, offsets = csr_from_lists(table.column("ids").combine_chunks())
     labels = table.column("label").to_numpy().astype(np.int64)
     split = EncodedSplit(ids=ids, offsets=offsets, labels=labels)
     if cfg.ngrams == 2:
         split = add_bigrams(split, num_words=tokenizer.get_vocab_size(), buckets=cfg.buckets)
     return split
+
+
+def csr_from_lists(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat int64 values, offsets from 0) of an Arrow list array, sliced or not.
+
+    `flatten()`, not `.values`: the latter ignores a slice's start and end.
+    """
+    ids = column.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = column.offsets.to_numpy().astype(np.int64)
+    return ids, offsets - offsets[0]
 
 
 def _encode_batch(batch: dict, tokenizer: Tokenizer) -> dict:

@@ -15,6 +15,7 @@ from nlp_adagrad.vocab import (
     UNK,
     EncodedSplit,
     add_bigrams,
+    csr_from_lists,
     encode_split,
     token_counts,
     train_tokenizer,
@@ -77,3 +78,11 @@ def test_epoch_order_is_seeded_and_batches_cover_every_document_once():
         assert sorted(whole.tolist()) == sorted(np.concatenate([r0, r1]).tolist())
     # resuming at batch 4 yields the tail of the same order
     assert np.concatenate(list(batch_indices(a, 10, start=4))).tolist() == a[40:].tolist()
+
+
+def test_csr_from_a_sliced_arrow_list_column_starts_at_the_slice():
+    import pyarrow as pa
+
+    column = pa.array([[1, 2], [3], [4, 5, 6], [7]], type=pa.list_(pa.int32())).slice(1, 2)
+    ids, offsets = csr_from_lists(column)
+    assert ids.tolist() == [3, 4, 5, 6] and offsets.tolist() == [0, 1, 4]
