@@ -113,6 +113,11 @@ def global_batch_backward(
     loss.backward()
     table = model.embedding
     table.weight.grad = sparse_bag_grad(
-        batch.ids, batch.offsets, bags.grad, table.mode, table.weight.shape
+        batch.ids,
+        batch.offsets,
+        bags.grad,
+        table.mode,
+        table.weight.shape,
+        zero_padded=table.pads_gradient(batch.ids),
     )
     return loss

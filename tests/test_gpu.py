@@ -1,6 +1,6 @@
 """CUDA end to end, run only where a GPU is visible (`pytest -m gpu`): the sparse step on the
-GPU equals the CPU step and never waits for the GPU, a BBC News run on the GPU scores as one on
-the CPU, and two GPU processes under torchrun (NCCL) equal one."""
+GPU equals the CPU step, a training step never waits for the GPU, a BBC News run on the GPU
+scores as one on the CPU, and two GPU processes under torchrun (NCCL) equal one."""
 
 from __future__ import annotations
 
@@ -35,15 +35,18 @@ def test_sparse_bag_and_adagrad_step_on_cuda_equal_the_cpu_step():
     assert torch.equal(tables[0][1], tables[1][1])
 
 
-def test_the_optimizer_step_never_waits_for_the_gpu():
+@pytest.mark.parametrize("name", ["adagrad", "rowwise_adagrad", "sgd", "rmsprop", "sparse_adam"])
+def test_a_training_step_never_waits_for_the_gpu(name):
+    from tests.test_optim_family import FAMILY
+
     bag = SparseBag(5_000, 16).cuda()
-    optimizer = Adagrad(bag.parameters(), lr=0.5)
+    optimizer = FAMILY[name](bag.parameters())
     ids, offsets = torch.randint(0, 5_000, (2_000,)).cuda(), torch.arange(0, 2_000, 50).cuda()
     for _ in range(2):
-        optimizer.zero_grad(set_to_none=True)
-        bag(ids, offsets).square().sum().backward()  # sizing the distinct ids syncs here
-        torch.cuda.set_sync_debug_mode("error")
+        torch.cuda.set_sync_debug_mode("error")  # any host read-back raises
         try:
+            optimizer.zero_grad(set_to_none=True)
+            bag(ids, offsets).square().sum().backward()  # zero-padded: no distinct-id count
             optimizer.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")

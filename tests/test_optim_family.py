@@ -181,3 +181,53 @@ def test_a_row_touched_only_by_zero_gradients_has_no_rate(name):
     rates = opt.effective_lr(p)
     assert torch.isfinite(rates[0]) and torch.isnan(rates[1])
     assert opt.row_updates(p)[1] == 1  # it was touched all the same
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_zero_padded_gradients_step_exactly_like_coalesced_ones(name, weight_decay):
+    # CUDA's layout (SparseBag pads there, so no step waits for the GPU), forced on CPU: the
+    # same weights, state and update counts, bit for bit, through accumulation and resume
+    from nlp_adagrad.sparse_bag import SparseBag
+
+    results = []
+    for padded in (False, True):
+        torch.manual_seed(0)
+        bag = SparseBag(60, 5, "mean")
+        bag.zero_padded_grad = padded
+        optimizer = FAMILY[name](bag.parameters())
+        for group in optimizer.param_groups:
+            group["weight_decay"] = weight_decay
+        rng = torch.Generator().manual_seed(1)
+        for step in range(12):
+            optimizer.zero_grad(set_to_none=True)
+            ids = torch.randint(0, 30, (40,), generator=rng)  # many repeats: long padding
+            offsets = torch.tensor([0, 9, 9, 25])  # an empty bag
+            bag(ids, offsets).square().sum().backward()
+            if padded and step == 0:
+                assert bag.weight.grad._nnz() == 40  # fixed size: one row per id position
+            optimizer.step()
+        results.append((bag.weight.detach(), optimizer.state[bag.weight]))
+    (w_a, s_a), (w_b, s_b) = results
+    assert torch.equal(w_a, w_b)
+    for key, value in s_a.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, s_b[key]), key
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_a_zero_padded_gradient_summed_with_another_is_stepped_as_plain_coo(name):
+    from nlp_adagrad.sparse_bag import ZERO_PADDED, SparseBag
+
+    results = []
+    for padded in (False, True):
+        torch.manual_seed(0)
+        bag = SparseBag(30, 3, "sum")
+        bag.zero_padded_grad = padded
+        optimizer = FAMILY[name](bag.parameters())
+        for ids in (torch.tensor([4, 9, 9, 2, 4]), torch.tensor([9, 1, 1, 7])):
+            bag(ids, torch.tensor([0])).square().sum().backward()  # no zero_grad: summed
+        assert not getattr(bag.weight.grad, ZERO_PADDED, False)
+        optimizer.step()
+        results.append(bag.weight.detach())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-7)

@@ -61,3 +61,35 @@ def test_the_gradient_arrives_flagged_coalesced_and_accumulation_stays_correct()
     expected = reference.weight.grad.coalesce()
     assert torch.equal(rows, expected._indices()[0])
     torch.testing.assert_close(values, expected._values())
+
+
+@pytest.mark.parametrize("mode", ["mean", "sum"])
+def test_the_zero_padded_gradient_is_the_same_gradient_at_a_fixed_size(mode):
+    from nlp_adagrad.sparse_bag import ZERO_PADDED
+
+    torch.manual_seed(0)
+    bag = SparseBag(200, 6, mode)
+    ids = torch.randint(0, 50, (300,))
+    offsets = torch.tensor([0, 10, 10, 150, 299])
+    weights = torch.randn(5, 6)
+    grads = []
+    for padded in (False, True):
+        bag.zero_padded_grad = padded
+        bag.weight.grad = None
+        (bag(ids, offsets) * weights).sum().backward()
+        grads.append(bag.weight.grad)
+    coalesced, padded = grads
+    assert getattr(padded, ZERO_PADDED, False) and padded._nnz() == 300
+    rows, values = padded._indices()[0], padded._values()
+    distinct = coalesced._nnz()
+    assert torch.equal(rows[:distinct], coalesced._indices()[0])
+    assert (rows[distinct:] == rows[distinct - 1]).all()  # padding repeats the largest id
+    assert torch.equal(values[:distinct], coalesced._values())
+    assert (values[distinct:] == 0).all()
+    torch.testing.assert_close(padded.to_dense(), coalesced.to_dense(), rtol=0, atol=0)
+    # a summed gradient loses the mark and is read as plain COO: still the same gradient
+    (bag(ids, offsets) * weights).sum().backward()
+    assert not getattr(bag.weight.grad, ZERO_PADDED, False)
+    rows2, values2 = unique_rows(bag.weight.grad)
+    assert torch.equal(rows2, coalesced._indices()[0])
+    torch.testing.assert_close(values2, 2 * coalesced._values())

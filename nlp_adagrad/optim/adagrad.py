@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, add_to_rows_, rate_per_row
+from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
 
 
 class Adagrad(RowOptimizer):
@@ -47,9 +47,9 @@ class Adagrad(RowOptimizer):
 
     def _sparse_step(self, p, rows, values, state, group) -> None:
         total = state["sum"].index_select(0, rows).addcmul_(values, values)
-        state["sum"].index_copy_(0, rows, total)
+        self._put_rows(state["sum"], rows, total)
         std = total.sqrt_().add_(group["eps"])
-        add_to_rows_(p, rows, values / std, alpha=-self._clr(state, group))
+        self._add_to_rows(p, rows, values / std, alpha=-self._clr(state, group))
 
     def _dense_step(self, p, grad, state, group) -> None:
         state["sum"].addcmul_(grad, grad, value=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, add_to_rows_, rate_per_row
+from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
 
 
 class RMSprop(RowOptimizer):
@@ -31,8 +31,8 @@ class RMSprop(RowOptimizer):
     def _sparse_step(self, p, rows, values, state, group) -> None:
         avg = state["square_avg"].index_select(0, rows).mul_(group["alpha"])
         avg.addcmul_(values, values, value=1 - group["alpha"])
-        state["square_avg"].index_copy_(0, rows, avg)
-        add_to_rows_(p, rows, values / avg.sqrt_().add_(group["eps"]), alpha=-group["lr"])
+        self._put_rows(state["square_avg"], rows, avg)
+        self._add_to_rows(p, rows, values / avg.sqrt_().add_(group["eps"]), alpha=-group["lr"])
 
     def _dense_step(self, p, grad, state, group) -> None:
         avg = state["square_avg"].mul_(group["alpha"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from nlp_adagrad.optim.adagrad import Adagrad
-from nlp_adagrad.optim.base import add_to_rows_, rate_per_row
+from nlp_adagrad.optim.base import rate_per_row
 
 
 def _row_shape(p: torch.Tensor) -> tuple[int, ...]:
@@ -31,9 +31,9 @@ class RowwiseAdagrad(Adagrad):
 
     def _sparse_step(self, p, rows, values, state, group) -> None:
         total = state["sum"].index_select(0, rows).add_(self._row_mean_square(values))
-        state["sum"].index_copy_(0, rows, total)
+        self._put_rows(state["sum"], rows, total)
         std = self._per_row(total.sqrt_().add_(group["eps"]), values)
-        add_to_rows_(p, rows, values / std, alpha=-self._clr(state, group))
+        self._add_to_rows(p, rows, values / std, alpha=-self._clr(state, group))
 
     def _dense_step(self, p, grad, state, group) -> None:
         state["sum"].add_(self._row_mean_square(grad))

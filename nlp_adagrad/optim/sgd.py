@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, add_to_rows_, num_selected
+from nlp_adagrad.optim.base import RowOptimizer, num_selected
 
 
 class SGD(RowOptimizer):
@@ -29,7 +29,7 @@ class SGD(RowOptimizer):
         return group["lr"] * max(0.0, 1.0 - (state.get("step", 1) - 1) / group["decay_steps"])
 
     def _sparse_step(self, p, rows, values, state, group) -> None:
-        add_to_rows_(p, rows, values, alpha=-self._lr(state, group))
+        self._add_to_rows(p, rows, values, alpha=-self._lr(state, group))
 
     def _dense_step(self, p, grad, state, group) -> None:
         p.add_(grad, alpha=-self._lr(state, group))

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, add_to_rows_, rate_per_row
+from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
 
 
 class SparseAdam(RowOptimizer):
@@ -46,10 +46,10 @@ class SparseAdam(RowOptimizer):
         m.add_(values.sub(m).mul_(1 - group["beta1"]))  # torch's form: m + (g - m)(1 - b1)
         v = state["exp_avg_sq"].index_select(0, rows)
         v.add_(values.square().sub_(v).mul_(1 - group["beta2"]))
-        state["exp_avg"].index_copy_(0, rows, m)
-        state["exp_avg_sq"].index_copy_(0, rows, v)
+        self._put_rows(state["exp_avg"], rows, m)
+        self._put_rows(state["exp_avg_sq"], rows, v)
         step = m / v.sqrt().add_(group["eps"])
-        add_to_rows_(p, rows, step, alpha=-self._step_size(state, group))
+        self._add_to_rows(p, rows, step, alpha=-self._step_size(state, group))
 
     def _dense_step(self, p, grad, state, group) -> None:
         m, v = state["exp_avg"], state["exp_avg_sq"]
