@@ -8,7 +8,9 @@ lets `embedding_bag` itself reduce the bag gradients into one row per distinct i
     grad[row] = sum over occurrences k of row:  grad_out[bag(k)] * (1 / len(bag(k)) if mean)
 
 The result is the same gradient (tested against EmbeddingBag's, coalesced) at a fraction of
-the cost, and the optimizer can skip deduplication because `grad.is_coalesced()`.
+the cost, and the optimizer can skip deduplication because `grad.is_coalesced()`. On CUDA the
+backward emits it zero-padded to a size fixed by the batch instead (`zero_padded_bag_grad`), so
+no step has to read the number of distinct ids back from the GPU.
 """
 
 from __future__ import annotations
@@ -110,8 +112,8 @@ class _Emitted:
     the coalesced flag and any attribute (torch 2.13). After accumulation, a `.grad` whose
     indices still sit at that address is exactly what was emitted, so its layout is marked
     again and the optimizer need not check or deduplicate (which, on CUDA, waits for the GPU).
-    A gradient summed with another is allocated while the emitted one is alive, so it never
-    shares its address, and is read as a plain COO gradient.
+    A gradient summed with another, in place or not, keeps its indices elsewhere (a new sum is
+    allocated while the emitted one is alive), so it is read as a plain COO gradient.
     """
 
     def __init__(self) -> None:
