@@ -58,20 +58,24 @@ def _sample_bags_and_weights(
     return bag_of, weights
 
 
-def coalesced_bag_grad(
-    ids: torch.Tensor, offsets: torch.Tensor, grad_out: torch.Tensor, mean: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sorted distinct ids, their summed gradient rows) for a bag forward's output grad."""
-    bag_of, weights = _sample_bags_and_weights(ids, offsets, grad_out, mean)
-    rows, order, starts = group_ids(ids)
-    values = F.embedding_bag(
+def _sum_groups(grad_out, bag_of, weights, order, starts) -> torch.Tensor:
+    """Row g: the weighted sum of the bag gradients of positions order[starts[g]:starts[g+1]]."""
+    return F.embedding_bag(
         bag_of[order],
         grad_out,
         starts,
         mode="sum",
         per_sample_weights=None if weights is None else weights[order],
     )
-    return rows, values
+
+
+def coalesced_bag_grad(
+    ids: torch.Tensor, offsets: torch.Tensor, grad_out: torch.Tensor, mean: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted distinct ids, their summed gradient rows) for a bag forward's output grad."""
+    bag_of, weights = _sample_bags_and_weights(ids, offsets, grad_out, mean)
+    rows, order, starts = group_ids(ids)
+    return rows, _sum_groups(grad_out, bag_of, weights, order, starts)
 
 
 def zero_padded_bag_grad(
@@ -94,14 +98,7 @@ def zero_padded_bag_grad(
     rows.scatter_(0, group, sorted_ids)  # every write to a group carries the same id
     starts = torch.full((n,), n, dtype=torch.long, device=ids.device)  # padding: empty bags
     starts.scatter_reduce_(0, group, torch.arange(n, device=ids.device), reduce="amin")
-    values = F.embedding_bag(
-        bag_of[order],
-        grad_out,
-        starts,
-        mode="sum",
-        per_sample_weights=None if weights is None else weights[order],
-    )
-    return rows, values
+    return rows, _sum_groups(grad_out, bag_of, weights, order, starts)
 
 
 class _Emitted:
