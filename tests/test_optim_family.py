@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nlp_adagrad.optim import SGD, Adagrad, RMSprop, RowwiseAdagrad, SparseAdam
+from nlp_adagrad.sparse_bag import ZERO_PADDED, SparseBag
 from nlp_adagrad.telemetry import binned_fit
 
 FAMILY = {
@@ -183,19 +184,22 @@ def test_a_row_touched_only_by_zero_gradients_has_no_rate(name):
     assert opt.row_updates(p)[1] == 1  # it was touched all the same
 
 
+def bag_and_optimizer(name: str, padded: bool, rows: int, dim: int, mode: str):
+    """A seeded SparseBag emitting zero-padded (or coalesced) gradients, and its optimizer."""
+    torch.manual_seed(0)
+    bag = SparseBag(rows, dim, mode)
+    bag.zero_padded_grad = padded
+    return bag, FAMILY[name](bag.parameters())
+
+
 @pytest.mark.parametrize("name", sorted(FAMILY))
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_zero_padded_gradients_step_exactly_like_coalesced_ones(name, weight_decay):
     # CUDA's layout (SparseBag pads there, so no step waits for the GPU), forced on CPU: the
-    # same weights, state and update counts, bit for bit, through accumulation and resume
-    from nlp_adagrad.sparse_bag import SparseBag
-
+    # same weights, state and update counts, bit for bit, over 12 steps
     results = []
     for padded in (False, True):
-        torch.manual_seed(0)
-        bag = SparseBag(60, 5, "mean")
-        bag.zero_padded_grad = padded
-        optimizer = FAMILY[name](bag.parameters())
+        bag, optimizer = bag_and_optimizer(name, padded, rows=60, dim=5, mode="mean")
         for group in optimizer.param_groups:
             group["weight_decay"] = weight_decay
         rng = torch.Generator().manual_seed(1)
@@ -217,14 +221,9 @@ def test_zero_padded_gradients_step_exactly_like_coalesced_ones(name, weight_dec
 
 @pytest.mark.parametrize("name", sorted(FAMILY))
 def test_a_zero_padded_gradient_summed_with_another_is_stepped_as_plain_coo(name):
-    from nlp_adagrad.sparse_bag import ZERO_PADDED, SparseBag
-
     results = []
     for padded in (False, True):
-        torch.manual_seed(0)
-        bag = SparseBag(30, 3, "sum")
-        bag.zero_padded_grad = padded
-        optimizer = FAMILY[name](bag.parameters())
+        bag, optimizer = bag_and_optimizer(name, padded, rows=30, dim=3, mode="sum")
         for ids in (torch.tensor([4, 9, 9, 2, 4]), torch.tensor([9, 1, 1, 7])):
             bag(ids, torch.tensor([0])).square().sum().backward()  # no zero_grad: summed
         assert not getattr(bag.weight.grad, ZERO_PADDED, False)
