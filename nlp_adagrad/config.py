@@ -185,18 +185,22 @@ class TrainerConfig:
 # ----------------------------------------------------------------------------------- telemetry
 @dataclass
 class TelemetryConfig:
-    # Steps between effective-learning-rate snapshots; 0 turns them off. A snapshot costs
-    # ~1 ms at any vocabulary size (3 ms with histograms), ~1-2 steps: every 50 keeps it ~3%.
+    # Steps between effective-learning-rate snapshots, after log-spaced ones at steps 1, 2,
+    # 3, 5, 10, 20, ... below it; 0 turns them off. A snapshot costs ~1 ms at any vocabulary
+    # size (3 ms with histograms), ~1-2 steps: every 50 keeps it ~3%.
     every: int = 50
     # Tokens a snapshot reads at most: larger vocabularies are sampled by count bucket
     # (seeded, weighted), so a snapshot's cost stays flat; final metrics read every token.
     sample_size: int = 5_000
-    histogram_every: int = 5  # histograms on every 5th snapshot (and the last): ~2 ms each
+    histogram_every: int = 5  # histograms on the early snapshots, every 5th after, the last
     tokens: list[str] = field(default_factory=list)  # extra tokens to follow by name
     follow_per_bucket: int = 6  # tokens sampled (seeded) from each count bucket to follow
     rare_max_count: int = 5  # rare: count <= this
     common_top_k: int = 100  # common: the k most frequent tokens
-    figure: bool = True  # eff_lr-vs-count figure at the end (also eff_lr_vs_count.png)
+    figure: bool = True  # eff_lr vs updates and vs count at the end (also eff_lr_vs_count.png)
+    # Most frequent tokens whose rows go to TensorBoard's Projector, with token, count,
+    # bucket and eff_lr as metadata (0: none)
+    projector_tokens: int = 5_000
 
 
 @dataclass
@@ -302,6 +306,7 @@ def check_config(c: Config) -> None:
     _require(m.rare_max_count >= 1, "telemetry.rare_max_count must be >= 1")
     _require(m.common_top_k >= 1, "telemetry.common_top_k must be >= 1")
     _require(m.follow_per_bucket >= 0, "telemetry.follow_per_bucket must be >= 0")
+    _require(m.projector_tokens >= 0, "telemetry.projector_tokens must be >= 0 (0: none)")
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:

@@ -1,15 +1,19 @@
 """Per-token effective learning rates: from the optimizer's state and token counts to metrics.
 
-Definitions (DESIGN §5): a token's effective learning rate is the mean over its row of
-clr / (sqrt(G) + eps), read from the optimizer (never re-derived from gradients); tokens never
-updated are missing. Buckets are decades of training count; `rare` is count <= rare_max_count;
-`common` the common_top_k most frequent tokens. Slopes are least-squares fits of log(eff_lr)
-on log(updates) or log(count), over log-spaced bins whose means weigh the same.
+Definitions (DESIGN §5): a token's effective learning rate is the coefficient on its row's
+newest gradient, summarised through the row's mean second moment (nlp_adagrad.optim.base),
+read from the optimizer, never re-derived from gradients; tokens never updated are missing.
+Buckets are decades of training count; `rare` is count <= rare_max_count; `common` the
+common_top_k most frequent tokens. Snapshots are log-spaced at the start (steps 1, 2, 3, 5,
+10, 20, 50, ...), then every `telemetry.every` steps, so the first points show the rates
+before rare and common separate. Slopes: nlp_adagrad.fits.
 """
 
 from __future__ import annotations
 
 import csv
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,14 +21,44 @@ import numpy as np
 import torch
 
 from nlp_adagrad.config import TelemetryConfig
+from nlp_adagrad.fits import binned_fit
 from nlp_adagrad.optim import RowOptimizer
 from nlp_adagrad.writer import MetricWriter
 
 UNSEEN = "unseen"  # tokens with no occurrence in the training split (the unknown token)
-NUM_FIT_BINS = 20
-NUM_BOOTSTRAP = 200
-MAX_SCATTER_POINTS = 50_000  # tokens drawn in the figure's cloud (the fit uses all)
-THEORY_SLOPE = -0.5  # stationary squared gradients: G ~ updates, eff_lr ~ updates^-1/2
+# Tokens whose coordinate rates a histogram reads per bucket: enough for its shape, while a
+# 5,000-token sample at dim 64 would be 320,000 values for TensorBoard to bin
+MAX_COORD_HISTOGRAM_TOKENS = 1_000
+COORD_CHUNK_ROWS = 65_536  # rows per read of per-coordinate rates (float64 rows x dim)
+TOKEN_STATS_COLUMNS = [
+    "id",
+    "token",
+    "count",
+    "updates",
+    "eff_lr",
+    "bucket",
+    "eff_lr_coord_min",
+    "eff_lr_coord_max",
+]
+
+
+def snapshot_due(step: int, every: int) -> bool:
+    """Steps 1, 2, 3, 5, 10, 20, 50, 100, ... below `every`, then every `every` steps.
+
+    Adagrad's rates change fastest at the start: evenly spaced snapshots would show lines
+    already flat at their first point.
+    """
+    if every <= 0 or step < 1:
+        return False
+    if step % every == 0:
+        return True
+    if step >= every:
+        return False
+    if step <= 3:
+        return True
+    while step % 10 == 0:
+        step //= 10
+    return step in (1, 2, 5)
 
 
 def count_buckets(counts: np.ndarray) -> np.ndarray:
@@ -49,6 +83,8 @@ class TelemetrySpec:
     rare: np.ndarray  # bool mask
     common: np.ndarray  # bool mask
     followed: dict[str, int]  # token -> id, for eff_lr/token/<token>
+    rare_max_count: int = 5
+    common_top_k: int = 100
     members: dict[str, np.ndarray] = field(default_factory=dict)  # bucket -> token ids
     full: TokenView = field(init=False)  # every token: final metrics, small vocabularies
     sample: TokenView = field(init=False)  # what a snapshot during training reads
@@ -160,7 +196,17 @@ def make_spec(
     index = {t: i for i, t in enumerate(tokens) if t in named} if named else {}
     missing = [t for t in cfg.tokens if t not in index]
     followed.update({t: index[t] for t in cfg.tokens if t in index})
-    spec = TelemetrySpec(tokens, counts, buckets, bucket_names, rare, common, followed)
+    spec = TelemetrySpec(
+        tokens,
+        counts,
+        buckets,
+        bucket_names,
+        rare,
+        common,
+        followed,
+        cfg.rare_max_count,
+        cfg.common_top_k,
+    )
     spec.sample = stratified_sample(spec, cfg.sample_size, seed)
     return spec, missing
 
@@ -206,100 +252,11 @@ def _median(values: np.ndarray, weights: np.ndarray | None = None) -> float:
     return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
-@dataclass
-class Fit:
-    slope: float
-    intercept: float
-    bin_x: np.ndarray  # bin means of log(x)
-    bin_y: np.ndarray  # bin means of log(eff_lr)
-
-
-def _on_log_scale(x: np.ndarray, eff_lr: np.ndarray) -> np.ndarray:
-    """Tokens a log-log fit or plot can use: x >= 1 and a finite, positive rate."""
-    return (x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)
-
-
-def _log_points(x: np.ndarray, eff_lr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keep = _on_log_scale(x, eff_lr)
-    return np.log(x[keep].astype(np.float64)), np.log(eff_lr[keep])
-
-
-def _bin_of(lx: np.ndarray, num_bins: int) -> np.ndarray:
-    """Log-spaced bin of each point: equal widths in log(x) between its min and max."""
-    span = lx.max() - lx.min()
-    return np.minimum(((lx - lx.min()) / span * num_bins).astype(np.int64), num_bins - 1)
-
-
-def _fit_bins(which, lx, ly, num_bins, weights=None) -> Fit | None:
-    n = np.bincount(which, weights=weights, minlength=num_bins)
-    full = n > 0
-    if full.sum() < 2:
-        return None
-    w = lx if weights is None else lx * weights
-    v = ly if weights is None else ly * weights
-    bin_x = np.bincount(which, weights=w, minlength=num_bins)[full] / n[full]
-    bin_y = np.bincount(which, weights=v, minlength=num_bins)[full] / n[full]
-    dx = bin_x - bin_x.mean()
-    slope = float(dx @ (bin_y - bin_y.mean()) / (dx @ dx))  # least squares, closed form
-    return Fit(slope, float(bin_y.mean() - slope * bin_x.mean()), bin_x, bin_y)
-
-
-def binned_fit(
-    x: np.ndarray,
-    eff_lr: np.ndarray,
-    num_bins: int = NUM_FIT_BINS,
-    weights: np.ndarray | None = None,
-) -> Fit | None:
-    """Least-squares line through log-binned means of log(eff_lr) against log(x).
-
-    Binning first gives every range of x the same weight: otherwise the many rare tokens
-    decide the slope alone. `weights` make a sample's bin means those of what it stands for.
-    None when fewer than two bins hold tokens.
-    """
-    if weights is not None:  # tokens standing for none (shown only) do not place the bins
-        keep = weights > 0
-        x, eff_lr, weights = x[keep], eff_lr[keep], weights[keep]
-        weights = weights[_on_log_scale(x, eff_lr)]
-    lx, ly = _log_points(x, eff_lr)
-    if len(lx) == 0 or lx.min() == lx.max():
-        return None
-    return _fit_bins(_bin_of(lx, num_bins), lx, ly, num_bins, weights=weights)
-
-
-def slope_interval(
-    x: np.ndarray, eff_lr: np.ndarray, seed: int, num_resamples: int = NUM_BOOTSTRAP
-) -> tuple[float, float]:
-    """Bootstrap 95% interval of the binned slope: tokens resampled with replacement, refit.
-
-    A resample is drawn as per-token multiplicities, so each refit is a few bincounts.
-    """
-    lx, ly = _log_points(x, eff_lr)
-    if len(lx) < 2 or lx.min() == lx.max():
-        return float("nan"), float("nan")
-    which = _bin_of(lx, NUM_FIT_BINS)
-    rng = np.random.default_rng(seed)
-    slopes = []
-    for _ in range(num_resamples):
-        times = np.bincount(rng.integers(0, len(lx), len(lx)), minlength=len(lx))
-        fit = _fit_bins(which, lx, ly, NUM_FIT_BINS, weights=times.astype(np.float64))
-        if fit is not None:
-            slopes.append(fit.slope)
-    if not slopes:
-        return float("nan"), float("nan")
-    low, high = np.percentile(slopes, [2.5, 97.5])
-    return float(low), float(high)
-
-
 def final_analysis(
-    spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray, seed: int
+    spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray
 ) -> dict[str, float]:
-    """End-of-run extras: the slope against count, slope intervals, the per-bucket table."""
-    fit = binned_fit(spec.counts, eff_lr)
-    out = {"eff_lr/slope_vs_count": fit.slope if fit else float("nan")}
-    for key, x in (("updates", updates), ("count", spec.counts)):
-        low, high = slope_interval(x, eff_lr, seed)
-        out[f"eff_lr/slope_vs_{key}_ci_low"] = low
-        out[f"eff_lr/slope_vs_{key}_ci_high"] = high
+    """End-of-run extras: the per-bucket table as flat metrics."""
+    out = {}
     for row in bucket_rows(spec, eff_lr, updates):
         name = row.pop("bucket")
         out.update({f"bucket/{name}/{k}": float(v) for k, v in row.items()})
@@ -309,21 +266,37 @@ def final_analysis(
 def summarize(
     spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray, view: TokenView | None = None
 ) -> dict[str, float]:
-    """Per-snapshot scalars: medians for rare, common and each bucket; slope vs updates.
+    """Per-snapshot scalars: medians for rare, common and each bucket, their ratio, and the
+    slopes against updates and against count.
 
     `eff_lr` and `updates` hold the view's tokens (all of them by default).
     """
     view = view or spec.full
     w = view.weights
+    counts = spec.counts if view.ids is None else spec.counts[view.ids]
 
     def median(positions: np.ndarray) -> float:
         return _median(eff_lr[positions], None if w is None else w[positions])
 
     out = {"eff_lr/rare": median(view.rare), "eff_lr/common": _median(eff_lr[view.common])}
+    common = out["eff_lr/common"]
+    out["eff_lr/rare_to_common"] = out["eff_lr/rare"] / common if common > 0 else float("nan")
     for name in spec.bucket_names:
         out[f"eff_lr/bucket/{name}"] = median(view.members[name])
-    fit = binned_fit(updates, eff_lr, weights=w)
-    out["eff_lr/slope_vs_updates"] = fit.slope if fit else float("nan")
+    for key, x in (("updates", updates), ("count", counts)):
+        fit = binned_fit(x, eff_lr, weights=w)
+        out[f"eff_lr/slope_vs_{key}"] = fit.slope if fit else float("nan")
+    return out
+
+
+def log10_tags(summary: dict[str, float]) -> dict[str, float]:
+    """eff_lr_log10/<name> for the medians: rates span decades, and TensorBoard's charts
+    start on a linear axis, where a common token's rate would sit on zero."""
+    out = {}
+    for key, value in summary.items():
+        name = key.removeprefix("eff_lr/")
+        if name in ("rare", "common") or name.startswith("bucket/"):
+            out[f"eff_lr_log10/{name}"] = math.log10(value) if value > 0 else float("nan")
     return out
 
 
@@ -349,31 +322,92 @@ def log_snapshot(
         torch.count_nonzero(optimizer.row_updates(table)[: spec.num_tokens])
     )
     followed = {f"eff_lr/token/{token}": float(eff_lr[k]) for token, k in view.followed.items()}
-    writer.scalars({**summary, **followed}, step)
-    for name in spec.bucket_names if histograms else []:
-        values = eff_lr[view.members[name]]
-        values = values[np.isfinite(values)]
-        if len(values):
-            writer.histogram(f"eff_lr_hist/{name}", values, step)
+    writer.scalars({**summary, **log10_tags(summary), **followed}, step)
+    if histograms:
+        write_histograms(writer, spec, optimizer, table, view, eff_lr, step)
     return summary, eff_lr, updates
 
 
+def write_histograms(
+    writer: MetricWriter,
+    spec: TelemetrySpec,
+    optimizer: RowOptimizer,
+    table: torch.Tensor,
+    view: TokenView,
+    eff_lr: np.ndarray,
+    step: int,
+) -> None:
+    """Per bucket, log10 of the row rates and, where an optimizer keeps a second moment per
+    coordinate, log10 of the coordinate rates: the spread the row summary hides."""
+    per_coordinate = optimizer.has_coordinate_rates(table)
+    for name in spec.bucket_names:
+        positions = view.members[name]
+        rates = eff_lr[positions]
+        rates = rates[np.isfinite(rates)]
+        if not len(rates):
+            continue
+        writer.histogram(f"eff_lr_log10_hist/{name}", np.log10(rates), step)
+        if per_coordinate:
+            if len(positions) > MAX_COORD_HISTOGRAM_TOKENS:  # evenly spaced: deterministic
+                positions = positions[:: -(-len(positions) // MAX_COORD_HISTOGRAM_TOKENS)]
+            ids = positions if view.ids is None else view.ids[positions]
+            coords = optimizer.effective_lr_coords(table, torch.from_numpy(ids).to(table.device))
+            coords = coords.cpu().numpy().ravel()
+            coords = coords[np.isfinite(coords)]
+            if len(coords):
+                writer.histogram(f"eff_lr_log10_coord_hist/{name}", np.log10(coords), step)
+
+
+def bucket_label(name: str) -> str:
+    """count_1e2 -> "count 100-999"."""
+    low = 10 ** int(name.rsplit("e", 1)[1])
+    return f"count {low}-{10 * low - 1}"
+
+
+def _exactly(*tags: str) -> list[str]:
+    """Custom-scalars tags are regexes matched at the start: anchor both ends."""
+    return [f"^{re.escape(tag)}$" for tag in tags]
+
+
 def custom_layout(spec: TelemetrySpec) -> dict:
-    """TensorBoard custom-scalars layout: rare vs common and the buckets in one chart."""
-    buckets = [f"eff_lr/bucket/{name}" for name in spec.bucket_names]
+    """TensorBoard custom-scalars layout: rare vs common first (two series, log10), then
+    the buckets, the ratio, the slopes, and the followed tokens grouped by bucket."""
+    rare, common = f"count <= {spec.rare_max_count}", f"{spec.common_top_k} most frequent"
+    followed: dict[str, list[str]] = {name: [] for name in spec.bucket_names}
+    for token, i in spec.followed.items():
+        if spec.buckets[i] in followed:
+            followed[spec.buckets[i]].append(f"eff_lr/token/{token}")
     return {
-        "Adagrad: per-token effective learning rate": {
-            "rare vs common (median eff_lr)": ["Multiline", ["eff_lr/rare", "eff_lr/common"]],
-            "by count bucket (median eff_lr)": [
+        "Per-token effective learning rate": {
+            f"log10 median eff_lr: rare ({rare}, top line) vs common ({common})": [
                 "Multiline",
-                ["eff_lr/rare", "eff_lr/common", *buckets],
+                _exactly("eff_lr_log10/rare", "eff_lr_log10/common"),
             ],
-            "followed tokens": ["Multiline", ["eff_lr/token/.*"]],
-            "slope of log eff_lr vs log updates": ["Multiline", ["eff_lr/slope_vs_updates"]],
+            "rare / common: ratio of the two medians": [
+                "Multiline",
+                _exactly("eff_lr/rare_to_common"),
+            ],
+            "log10 median eff_lr per training-count bucket (count_1e<k>: 10^k to 10^(k+1)-1)": [
+                "Multiline",
+                [f"^{re.escape('eff_lr_log10/bucket/')}"],
+            ],
+            "slope of log eff_lr against log updates and against log count": [
+                "Multiline",
+                _exactly("eff_lr/slope_vs_updates", "eff_lr/slope_vs_count"),
+            ],
+        },
+        "Followed tokens: eff_lr, by training-count bucket": {
+            f"followed tokens, {bucket_label(name)}": ["Multiline", _exactly(*tags)]
+            for name, tags in followed.items()
+            if tags
         },
         "Training": {
-            "loss": ["Multiline", ["train/loss", "test/loss"]],
-            "accuracy": ["Multiline", ["test/accuracy"]],
+            "loss (train: window mean; test: full split)": [
+                "Multiline",
+                _exactly("train/loss", "test/loss"),
+            ],
+            "test accuracy": ["Multiline", _exactly("test/accuracy")],
+            "training throughput (tokens/s)": ["Multiline", _exactly("train/tokens_per_sec")],
         },
     }
 
@@ -411,64 +445,68 @@ def bucket_table(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) -
     return "\n".join(lines)
 
 
-def eff_lr_figure(spec: TelemetrySpec, eff_lr: np.ndarray, title: str):
-    """Log-log figure of eff_lr against count: tokens, binned means, fitted and theory lines."""
-    import matplotlib
+def projector_data(
+    spec: TelemetrySpec, table: torch.Tensor, eff_lr: np.ndarray, max_tokens: int
+) -> tuple[np.ndarray, list[list[str]], list[str]]:
+    """(vectors, metadata rows, header) of the `max_tokens` most frequent tokens' rows for
+    TensorBoard's Projector: token, count, bucket and eff_lr to colour and search by."""
+    ids = np.argsort(-spec.counts, kind="stable")[:max_tokens]
+    ids = ids[spec.counts[ids] >= 1]
+    vectors = table.detach()[torch.from_numpy(ids).to(table.device)].float().cpu().numpy()
+    rows = [
+        [spec.tokens[i], str(int(spec.counts[i])), str(spec.buckets[i]), _rate_text(eff_lr[i])]
+        for i in ids
+    ]
+    return vectors, rows, ["token", "count", "bucket", "eff_lr"]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    shown = np.flatnonzero(_on_log_scale(spec.counts, eff_lr))
-    if len(shown) > MAX_SCATTER_POINTS:  # the cloud looks the same; drawing 10^6 dots takes 2 s
-        rng = np.random.default_rng(0)
-        shown = np.sort(rng.choice(shown, size=MAX_SCATTER_POINTS, replace=False))
-    ax.scatter(spec.counts[shown], eff_lr[shown], s=3, alpha=0.15, color="0.5", label="tokens")
-    fit = binned_fit(spec.counts, eff_lr)
-    if fit is not None:
-        ax.plot(np.exp(fit.bin_x), np.exp(fit.bin_y), "o", color="C0", label="binned mean")
-        xs = np.exp(np.array([fit.bin_x.min(), fit.bin_x.max()]))
-        ax.plot(
-            xs,
-            np.exp(fit.intercept) * xs**fit.slope,
-            "-",
-            color="C1",
-            label=f"fit: slope {fit.slope:.3f}",
+def coordinate_spread(
+    optimizer: RowOptimizer, table: torch.Tensor, num_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(min, max) over each token row's coordinate rates, NaN-free where defined; read in
+    chunks so a large vocabulary never materialises all its coordinates at once."""
+    low, high = np.full(num_tokens, np.nan), np.full(num_tokens, np.nan)
+    for start in range(0, num_tokens, COORD_CHUNK_ROWS):
+        stop = min(start + COORD_CHUNK_ROWS, num_tokens)
+        coords = optimizer.effective_lr_coords(table, slice(start, stop))
+        defined = ~torch.isnan(coords).all(dim=1)
+        inf = torch.tensor(float("inf"), dtype=coords.dtype, device=coords.device)
+        low[start:stop] = (
+            torch.where(defined, coords.nan_to_num(inf).amin(dim=1), torch.nan).cpu().numpy()
         )
-        ax.plot(
-            xs,
-            np.exp(fit.intercept) * xs**THEORY_SLOPE,
-            "--",
-            color="C2",
-            label=f"theory: slope {THEORY_SLOPE}",
+        high[start:stop] = (
+            torch.where(defined, coords.nan_to_num(-inf).amax(dim=1), torch.nan).cpu().numpy()
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training count of token")
-    ax.set_ylabel("effective learning rate")
-    ax.set_title(title)
-    ax.legend(loc="best")
-    ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return low, high
+
+
+def _rate_text(rate: float) -> str:
+    return f"{rate:.9g}" if np.isfinite(rate) else ""
 
 
 def write_token_stats(
-    path: Path, spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray
+    path: Path,
+    spec: TelemetrySpec,
+    eff_lr: np.ndarray,
+    updates: np.ndarray,
+    coord_spread: tuple[np.ndarray, np.ndarray],
 ) -> None:
-    """token_stats.csv: id, token, count, updates, eff_lr (empty when never updated), bucket."""
+    """token_stats.csv: id, token, count, updates, eff_lr, bucket, eff_lr_coord_min,
+    eff_lr_coord_max (rates empty when never updated)."""
+    low, high = coord_spread
     with open(path, "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
-        out.writerow(["id", "token", "count", "updates", "eff_lr", "bucket"])
+        out.writerow(TOKEN_STATS_COLUMNS)
         for i, token in enumerate(spec.tokens):
-            rate = eff_lr[i]
             out.writerow(
                 [
                     i,
                     token,
                     int(spec.counts[i]),
                     int(updates[i]),
-                    f"{rate:.9g}" if np.isfinite(rate) else "",
+                    _rate_text(eff_lr[i]),
                     spec.buckets[i],
+                    _rate_text(low[i]),
+                    _rate_text(high[i]),
                 ]
             )

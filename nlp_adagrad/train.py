@@ -28,13 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nlp_adagrad import distributed, telemetry
+from nlp_adagrad import distributed, run_info, telemetry
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
 from nlp_adagrad.checkpoint import load_for_resume, save_checkpoint
 from nlp_adagrad.config import CONF_DIR, Config, config_to_dict, register_configs, to_config
 from nlp_adagrad.data import load_corpus
 from nlp_adagrad.errors import EXIT_USER_ERROR, UserError
 from nlp_adagrad.evaluate import evaluate
+from nlp_adagrad.figures import eff_lr_figure
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
@@ -45,6 +46,7 @@ from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
 log = logging.getLogger("nlp_adagrad.train")  # not "__main__" under python -m
 
 TIMING_KEYS = ("train/seconds", "train/prepare_seconds", "train/tokens_per_sec")
+FIRST_SNAPSHOT_KEYS = ("eff_lr/rare", "eff_lr/common", "eff_lr/rare_to_common")
 RUN_LOCK = ".nlp_adagrad-run"
 
 
@@ -56,23 +58,6 @@ def resolve_device(name: str) -> torch.device:
             f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu"
         )
     return torch.device(name)
-
-
-def flat_hparams(c: Config) -> dict[str, float | int | str | bool]:
-    """Config as the flat scalar dict TensorBoard's HParams plugin accepts."""
-    flat: dict[str, float | int | str | bool] = {}
-
-    def visit(prefix: str, node) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                visit(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(node, (bool, int, float, str)):
-            flat[prefix] = node
-        else:
-            flat[prefix] = str(node)
-
-    visit("", config_to_dict(c))
-    return flat
 
 
 def check_resume_compatible(state: dict, cfg: Config, table: torch.Tensor, path: Path) -> None:
@@ -156,8 +141,10 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     start_epoch, start_batch = divmod(step, steps_per_epoch)
 
     # ---- outputs: only the main process writes
+    overrides = run_info.read_overrides(run_dir)
     if writer is None:
-        writer = TensorBoardWriter(run_dir / "tb") if is_main else NullWriter()
+        name = run_info.run_name(cfg, overrides)
+        writer = TensorBoardWriter(run_dir / "tb" / name) if is_main else NullWriter()
     spec, missing = telemetry.make_spec(tokens, counts, cfg.telemetry, cfg.trainer.seed)
     if missing:
         log.warning("telemetry.tokens not in the vocabulary: %s", ", ".join(missing))
@@ -201,6 +188,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                     "tokens": window_tokens,
                 },
                 "train_loss": train_loss,
+                "telemetry_first": first_snapshot,
                 "config": config_to_dict(cfg),
                 "class_names": list(class_names),
             },
@@ -211,10 +199,12 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     tele_every, log_every = cfg.telemetry.every, cfg.trainer.log_every
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     window_steps, window_tokens, train_loss = 0, 0, float("nan")
+    first_snapshot: dict[str, float] = {}  # the rates at the first snapshot, for metrics.json
     if resumed is not None:  # a window cut by the crash continues where it was
         loss_sum += resumed["window"]["loss_sum"]
         window_steps, window_tokens = resumed["window"]["steps"], resumed["window"]["tokens"]
         train_loss = resumed["train_loss"]
+        first_snapshot = dict(resumed.get("telemetry_first") or {})
     loop_seconds, window_start = 0.0, time.perf_counter()
     bar = tqdm(
         total=total_steps,
@@ -267,11 +257,19 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                     loss_sum.zero_()
                     window_steps, window_tokens = 0, 0
                     window_start = time.perf_counter()
-                if tele_every and step % tele_every == 0 and not last:
-                    hist_every = tele_every * cfg.telemetry.histogram_every
-                    telemetry.log_snapshot(
-                        writer, spec, optimizer, table, step, histograms=step % hist_every == 0
+                if telemetry.snapshot_due(step, tele_every) and not last:
+                    # histograms at every early snapshot, then every histogram_every-th
+                    periodic = step // tele_every if step >= tele_every else 0
+                    summary, _, _ = telemetry.log_snapshot(
+                        writer,
+                        spec,
+                        optimizer,
+                        table,
+                        step,
+                        histograms=periodic % cfg.telemetry.histogram_every == 0,
                     )
+                    if not first_snapshot:
+                        first_snapshot = first_snapshot_metrics(summary, step)
                 if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and not last:
                     result = evaluate(model, test_split, cfg.trainer.batch_size, device)
                     writer.scalar("test/loss", result.loss, step)
@@ -296,6 +294,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     summary, eff_lr, updates = telemetry.log_snapshot(
         writer, spec, optimizer, table, step, exact=True
     )
+    first_snapshot = first_snapshot or first_snapshot_metrics(summary, step)
     metrics = {
         "test/accuracy": result.accuracy,
         "test/loss": result.loss,
@@ -306,45 +305,63 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         "train/prepare_seconds": prepare_seconds,
         "train/tokens_per_sec": tokens_seen / max(loop_seconds, 1e-9),
         **summary,
-        **telemetry.final_analysis(spec, eff_lr, updates, cfg.trainer.seed),
+        **first_snapshot,
+        **telemetry.final_analysis(spec, eff_lr, updates),
     }
     if device.type == "cuda":
         metrics["train/peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     table_md = telemetry.bucket_table(spec, eff_lr, updates)
     log.info("effective learning rate by count bucket (%s):\n%s", cfg.optim.name, table_md)
     log.info(
-        "test/accuracy %.4f  eff_lr rare %.4g  common %.4g (ratio %.1fx)  "
-        "slope vs updates %.3f [%.3f, %.3f]  vs count %.3f [%.3f, %.3f] (95%% bootstrap)",
+        "test/accuracy %.4f  eff_lr rare / common: %.1fx at step %d, %.1fx at the end "
+        "(rare %.4g, common %.4g)  slope vs updates %.3f, vs count %.3f",
         metrics["test/accuracy"],
+        metrics["eff_lr/rare_to_common_first"],
+        metrics["eff_lr/first_snapshot_step"],
+        metrics["eff_lr/rare_to_common"],
         metrics["eff_lr/rare"],
         metrics["eff_lr/common"],
-        metrics["eff_lr/rare"] / metrics["eff_lr/common"],
-        *(
-            metrics[f"eff_lr/slope_vs_{x}{part}"]
-            for x in ("updates", "count")
-            for part in ("", "_ci_low", "_ci_high")
-        ),
+        metrics["eff_lr/slope_vs_updates"],
+        metrics["eff_lr/slope_vs_count"],
     )
     if is_main:
         writer.text("eff_lr/buckets", table_md, step)
         if cfg.telemetry.figure:
             import matplotlib.pyplot as plt
 
-            fig = telemetry.eff_lr_figure(
-                spec, eff_lr, f"{cfg.optim.name} on {cfg.data.name}: eff_lr vs count"
+            fig = eff_lr_figure(
+                spec.counts,
+                updates,
+                eff_lr,
+                steps_per_epoch,
+                f"{cfg.optim.name} on {cfg.data.name}: per-token effective learning rate",
             )
             fig.savefig(run_dir / "eff_lr_vs_count.png")
-            writer.figure("eff_lr/vs_count", fig, step)
+            writer.figure("eff_lr/vs_updates_and_count", fig, step)
             plt.close(fig)
+        if cfg.telemetry.projector_tokens:
+            vectors, rows, header = telemetry.projector_data(
+                spec, table, eff_lr, cfg.telemetry.projector_tokens
+            )
+            writer.embedding(vectors, rows, header, "token_table", step)
+        shown, varied = run_info.hparams(cfg, overrides)
         writer.hparams(
-            flat_hparams(cfg), {k: float(v) for k, v in metrics.items() if k not in TIMING_KEYS}
+            shown, {k: float(metrics[k]) for k in run_info.HPARAM_METRICS if k in metrics}, varied
         )
         writer.close()
-        telemetry.write_token_stats(run_dir / "token_stats.csv", spec, eff_lr, updates)
+        spread = telemetry.coordinate_spread(optimizer, table, spec.num_tokens)
+        telemetry.write_token_stats(run_dir / "token_stats.csv", spec, eff_lr, updates, spread)
         write_json(run_dir / "metrics.json", metrics)
         checkpoint()
     distributed.teardown(topology)
     return metrics
+
+
+def first_snapshot_metrics(summary: dict[str, float], step: int) -> dict[str, float]:
+    """eff_lr/rare_first, ...: the rates before they separate, beside the final ones."""
+    out = {f"{key}_first": summary[key] for key in FIRST_SNAPSHOT_KEYS}
+    out["eff_lr/first_snapshot_step"] = step
+    return out
 
 
 def claim_run_dir(run_dir: Path) -> None:

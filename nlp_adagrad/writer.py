@@ -21,7 +21,12 @@ class MetricWriter(Protocol):
     def figure(self, tag: str, figure: Any, step: int) -> None: ...
     def text(self, tag: str, text: str, step: int) -> None: ...
     def custom_layout(self, layout: dict) -> None: ...
-    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None: ...
+    def hparams(
+        self, hparams: dict[str, Any], metrics: dict[str, float], varied: set[str]
+    ) -> None: ...
+    def embedding(
+        self, vectors: np.ndarray, metadata: list[list[str]], header: list[str], tag: str, step: int
+    ) -> None: ...
     def close(self) -> None: ...
 
 
@@ -46,7 +51,10 @@ class NullWriter:
     def custom_layout(self, layout):
         pass
 
-    def hparams(self, hparams, metrics):
+    def hparams(self, hparams, metrics, varied):
+        pass
+
+    def embedding(self, vectors, metadata, header, tag, step):
         pass
 
     def close(self):
@@ -94,17 +102,34 @@ class TensorBoardWriter:
     def custom_layout(self, layout: dict) -> None:
         self._writer.add_custom_scalars(layout)
 
-    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float], varied: set[str]) -> None:
         """HParams in this run's own event file; the metrics are scalar tags it already has.
 
-        SummaryWriter.add_hparams would open a sibling run folder per call, which splits one
-        run in two in TensorBoard's run list.
+        `varied` (the keys the user set) are marked `differs`, which TensorBoard sorts first
+        and ticks (its table shows the first five hparams and metrics). SummaryWriter's
+        add_hparams would open a sibling run folder per call, splitting one run in two.
         """
+        from tensorboard.plugins.hparams import plugin_data_pb2
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        for summary in hparams_summary(hparams, finite):
+        experiment, start, end = hparams_summary(hparams, finite)
+        value = experiment.value[0]
+        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        for info in data.experiment.hparam_infos:
+            info.differs = info.name in varied
+        value.metadata.plugin_data.content = data.SerializeToString()
+        for summary in (experiment, start, end):
             self._writer.file_writer.add_summary(summary)
+
+    def embedding(
+        self, vectors: np.ndarray, metadata: list[list[str]], header: list[str], tag: str, step: int
+    ) -> None:
+        """Vectors for the Projector, one metadata row per vector. The header must name 2+
+        columns: with one, torch writes it as a data row (pytorch issue 38564)."""
+        self._writer.add_embedding(
+            vectors, metadata=metadata, metadata_header=header, tag=tag, global_step=step
+        )
 
     def close(self) -> None:
         self._writer.close()

@@ -489,6 +489,7 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
 from nlp_adagrad.optim import build_optimizer
+from nlp_adagrad.optim.base import ROW_COUNTERS
 from nlp_adagrad.config import AdagradConfig, RowwiseAdagradConfig
 from nlp_adagrad.sparse_bag import SparseBag
 torch.set_num_threads(1)
@@ -502,7 +503,7 @@ for _ in range(5):
     bag(ids, torch.arange(0, 51200, 200)).sum().backward()
     opt.step(); opt.zero_grad()
 state = sum(t.numel() * t.element_size() for s in opt.state.values()
-            for k, t in s.items() if torch.is_tensor(t) and k != "updates")
+            for k, t in s.items() if torch.is_tensor(t) and k not in ROW_COUNTERS)
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the (large) parent
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]
 print(int(hwm) * 1024 - before, state)
@@ -637,8 +638,8 @@ def markdown(results: dict, command: str, machine: str) -> str:
     if "memory" in results:
         lines += _table(
             "**Peak memory** (RSS added by building the table and optimizer and taking 5 "
-            "steps; state: the optimizer's accumulators, without the 4-byte per-row update "
-            "counts telemetry keeps):",
+            "steps; state: the optimizer's accumulators, without the two 4-byte per-row counters "
+            "(updates, last step) telemetry keeps):",
             ["optimizer", "table", "weights MB", "state MB", "peak MB", "above weights+state"],
             [
                 [

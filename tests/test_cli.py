@@ -46,15 +46,20 @@ def test_sweep_runs_each_optimizer_under_multirun(tmp_path):
     assert len(dirs) == 2
     assert "optim=adagrad" in dirs[0].name and "optim=sgd" in dirs[1].name
     table = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "compare_optimizers.py"), str(tmp_path)],
+        [sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(tmp_path)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.splitlines()
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["adagrad", "sgd"]
+    assert table[0].startswith("| optim.lr | optim.name | seeds | test accuracy |")
+    assert [row.split("|")[2].strip() for row in table[2:]] == ["adagrad", "sgd"]
     sgd = json.loads((dirs[1] / "metrics.json").read_text())
-    assert f"| {sgd['test/accuracy']:.4f} |" in table[3]
-    assert all((d / "tb").is_dir() for d in dirs)
+    assert f"| 1 | {sgd['test/accuracy']:.4f} |" in table[3]  # one seed: the value itself
+    # TensorBoard names each run by what it is, not by its timestamp
+    assert [next((d / "tb").iterdir()).name for d in dirs] == [
+        "bbc_news,logreg,adagrad,lr=5,data.max_examples=120,trainer.epochs=1,telemetry.every=2",
+        "bbc_news,logreg,sgd,lr=1,data.max_examples=120,trainer.epochs=1,telemetry.every=2",
+    ]
 
 
 def test_help_lists_the_groups(tmp_path):

@@ -15,16 +15,21 @@ from nlp_adagrad.optim import SGD, Adagrad, unique_rows
 
 
 class NumpyAdagrad:
-    """DESIGN §5 written out: G += g*g; clr = lr/(1+(t-1)*decay); w -= clr*g/(sqrt(G)+eps)."""
+    """DESIGN §5 written out: G += g*g; clr = lr/(1+(t-1)*decay); w -= clr*g/(sqrt(G)+eps).
+
+    A row's rate: clr at its last update / (sqrt(mean_j G_ij) + eps); a coordinate's:
+    that clr / (sqrt(G_ij) + eps).
+    """
 
     def __init__(self, w, lr, lr_decay=0.0, eps=1e-10, init=0.0):
         self.w, self.lr, self.lr_decay, self.eps = w.astype(np.float64), lr, lr_decay, eps
         self.G = np.full_like(self.w, init)
         self.t = 0
         self.updates = np.zeros(len(w), dtype=np.int64)
+        self.last = np.zeros(len(w), dtype=np.int64)
 
-    def clr(self):
-        return self.lr / (1 + (self.t - 1) * self.lr_decay)
+    def clr(self, t=None):
+        return self.lr / (1 + ((self.t if t is None else t) - 1) * self.lr_decay)
 
     def step(self, rows, grads):
         """rows may repeat: the gradient of a row is the sum of its entries (a sparse grad)."""
@@ -35,10 +40,15 @@ class NumpyAdagrad:
         self.G[touched] += g[touched] ** 2
         self.w[touched] -= self.clr() * g[touched] / (np.sqrt(self.G[touched]) + self.eps)
         self.updates[touched] += 1
+        self.last[touched] = self.t
 
     def effective_lr(self):
-        rates = (self.clr() / (np.sqrt(self.G) + self.eps)).mean(axis=1)
+        rates = self.clr(self.last) / (np.sqrt(self.G.mean(axis=1)) + self.eps)
         return np.where(self.updates > 0, rates, np.nan)
+
+    def effective_lr_coords(self):
+        rates = self.clr(self.last)[:, None] / (np.sqrt(self.G) + self.eps)
+        return np.where((self.updates[:, None] > 0) & (self.G > 0), rates, np.nan)
 
 
 def sparse_grad(rows, values, shape):
@@ -63,6 +73,8 @@ def test_adagrad_matches_numpy_reference(lr_decay, init):
         np.testing.assert_allclose(param.detach().numpy(), ref.w, rtol=1e-6, atol=1e-6)
         ours_lr = ours.effective_lr(param).numpy()
         np.testing.assert_allclose(ours_lr, ref.effective_lr(), rtol=1e-6)
+        coords = ours.effective_lr_coords(param).numpy()
+        np.testing.assert_allclose(coords, ref.effective_lr_coords(), rtol=1e-6)
         np.testing.assert_array_equal(ours.row_updates(param).numpy(), ref.updates)
     # never-touched rows: bit-for-bit unchanged, and reported as missing, not lr/eps
     np.testing.assert_array_equal(param.detach().numpy()[8:], w0[8:])

@@ -71,25 +71,87 @@ def test_rmsprop_matches_torch_on_dense_gradients():
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-def test_sparse_adam_matches_torch_and_reports_bias_corrected_rate():
+def test_sparse_adam_matches_torch_and_reports_the_rate_on_the_newest_gradient():
     torch.manual_seed(0)
     a = nn.Parameter(torch.randn(12, 3))
     b = nn.Parameter(a.detach().clone())
     ours, theirs = SparseAdam([a], lr=0.01), torch.optim.SparseAdam([b], lr=0.01)
-    for rows, vals in random_sparse_grads(12, 3, steps=6, seed=2, high=9):
+    last = np.zeros(12)
+    for t, (rows, vals) in enumerate(random_sparse_grads(12, 3, steps=6, seed=2, high=9), 1):
         a.grad = sparse(rows, vals, (12, 3))
         b.grad = a.grad.clone()
         ours.step()
         with torch.sparse.check_sparse_tensor_invariants(enable=False):
             theirs.step()
+        last[rows] = t
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    v = theirs.state[b]["exp_avg_sq"]
-    v_hat = v / (1 - 0.999 ** theirs.state[b]["step"])
-    expected = (0.01 / (v_hat.sqrt() + 1e-8)).mean(dim=1)
-    got = ours.effective_lr(a)
-    touched = ours.row_updates(a) > 0
-    torch.testing.assert_close(got[touched], expected[touched].float(), rtol=1e-6, atol=0)
-    assert torch.isnan(got[~touched]).all()
+    # lr (1 - b1) sqrt(1 - b2^s) / (1 - b1^s) / (sqrt(mean_j v_ij) + eps), s the row's last step
+    v = theirs.state[b]["exp_avg_sq"].double().mean(dim=1).numpy()
+    with np.errstate(invalid="ignore"):  # rows never touched: 0 / 0
+        scale = 0.01 * 0.1 * np.sqrt(1 - 0.999**last) / (1 - 0.9**last)
+    got = ours.effective_lr(a).numpy()
+    touched = last > 0
+    scale[~touched] = 0
+    np.testing.assert_allclose(got[touched], (scale / (np.sqrt(v) + 1e-8))[touched], rtol=1e-6)
+    assert np.isnan(got[~touched]).all()
+
+
+# Each optimizer with a step-dependent rate too: decays and SparseAdam's bias corrections are
+# read at the row's last update, not at the optimizer's current step
+EXACT_STEP = {
+    **FAMILY,
+    "adagrad_lr_decay": lambda ps: Adagrad(ps, lr=0.1, lr_decay=0.01),
+    "sgd_linear_decay": lambda ps: SGD(ps, lr=0.1, decay_steps=2000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_STEP))
+@pytest.mark.parametrize("first_step", [1, 1001])
+def test_a_row_touched_for_the_first_time_moves_by_its_effective_rate_times_the_gradient(
+    name, first_step
+):
+    """The definition, checked against the step itself: eff_lr is the coefficient on the
+    row's newest gradient. Coordinate-wise for every optimizer; and the row's summary rate
+    for a gradient whose coordinates have equal magnitudes (where the two must agree)."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(8, 4)).astype(np.float32)
+    w[:2] = 0  # the move is then the float32 step itself, not a difference of large weights
+    p = nn.Parameter(torch.from_numpy(w))
+    opt = EXACT_STEP[name]([p])
+    for _ in range(first_step - 1):  # other rows only: rows 0 and 1 are fresh
+        p.grad = sparse([5, 6], rng.normal(size=(2, 4)).astype(np.float32), p.shape)
+        opt.step()
+    unequal = rng.normal(size=4)
+    equal = 0.7 * rng.choice([-1.0, 1.0], size=4)
+    before = p.detach().double().clone()
+    p.grad = sparse([0, 1], np.stack([unequal, equal]).astype(np.float32), p.shape)
+    opt.step()
+    moved = (p.detach().double() - before).numpy()
+    g = p.grad.to_dense().double().numpy()
+    coords = opt.effective_lr_coords(p).numpy()
+    np.testing.assert_allclose(moved[:2], -coords[:2] * g[:2], rtol=1e-6)
+    row_rate = opt.effective_lr(p).numpy()
+    np.testing.assert_allclose(moved[1], -row_rate[1] * g[1], rtol=1e-6)
+    # read later, after steps that did not touch them, the rates stay those of that update
+    for _ in range(20):
+        p.grad = sparse([5], rng.normal(size=(1, 4)).astype(np.float32), p.shape)
+        opt.step()
+    np.testing.assert_allclose(opt.effective_lr(p).numpy()[:2], row_rate[:2], rtol=1e-12)
+
+
+def test_the_row_rate_summarises_coordinates_through_the_mean_second_moment():
+    """Not the mean of coordinate rates: a coordinate that got 1e-4 of the gradient would
+    set that mean alone (its rate is 1e4 times the others')."""
+    p = nn.Parameter(torch.zeros(3, 5))
+    opt = Adagrad([p], lr=1.0, eps=0.0)
+    g = np.array([[1.0, 1.0, 1.0, 1.0, 1e-4]], np.float32)
+    p.grad = sparse([0], g, p.shape)
+    opt.step()
+    rate = opt.effective_lr(p).numpy()[0]
+    assert rate == pytest.approx(1 / np.sqrt((4 + 1e-8) / 5), rel=1e-6)
+    coords = opt.effective_lr_coords(p).numpy()[0]
+    assert coords.mean() > 1000 * rate  # what the old summary would have reported
+    assert coords.min() == pytest.approx(1.0) and coords.max() == pytest.approx(1e4, rel=1e-3)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY))

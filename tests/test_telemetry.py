@@ -1,13 +1,28 @@
-"""Telemetry math: slopes, buckets and rare/common summaries on data with known answers."""
+"""Telemetry math: slopes, buckets, rare/common summaries, the snapshot schedule, the
+custom-scalars layout and the coordinate spread, on data with known answers."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from nlp_adagrad.config import TelemetryConfig
-from nlp_adagrad.telemetry import binned_fit, count_buckets, log_snapshot, make_spec, summarize
+from nlp_adagrad.fits import binned_fit
+from nlp_adagrad.optim import Adagrad
+from nlp_adagrad.telemetry import (
+    bucket_label,
+    coordinate_spread,
+    count_buckets,
+    custom_layout,
+    log_snapshot,
+    make_spec,
+    snapshot_due,
+    summarize,
+)
 from nlp_adagrad.writer import NullWriter
 
 
@@ -54,6 +69,7 @@ def test_summary_separates_rare_from_common():
     updates = np.where(counts > 0, 1, 0)
     out = summarize(spec, eff_lr, updates)
     assert out["eff_lr/rare"] == 10.0 and out["eff_lr/common"] == 0.5
+    assert out["eff_lr/rare_to_common"] == 20.0
     assert out["eff_lr/bucket/count_1e0"] == 10.0
     # followed tokens: seeded sample per bucket, the same every time
     assert make_spec(tokens, counts, cfg, seed=0)[0].followed == spec.followed
@@ -74,6 +90,9 @@ class RowsRecorder:
 
     def row_updates(self, p):
         return self.updates
+
+    def has_coordinate_rates(self, p):
+        return False
 
 
 def zipf_vocabulary(num_tokens: int, seed: int = 0):
@@ -124,3 +143,70 @@ def test_weighted_bins_give_a_stratified_sample_the_population_slope():
         population, abs=0.02
     )
     assert abs(binned_fit(x[keep], y[keep]).slope - population) > 0.1  # what weights prevent
+
+
+def test_snapshots_are_log_spaced_at_the_start_then_every_n_steps():
+    due = [step for step in range(1, 301) if snapshot_due(step, every=50)]
+    assert due == [1, 2, 3, 5, 10, 20, 50, 100, 150, 200, 250, 300]
+    early = [s for s in range(1, 2001) if snapshot_due(s, every=1000)]
+    assert early == [1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+    assert not any(snapshot_due(s, every=0) for s in range(1, 100))  # 0: off
+
+
+class Recorder(NullWriter):
+    def __init__(self):
+        self.tags = {}
+
+    def scalars(self, values, step):
+        self.tags.update(values)
+
+    def histogram(self, tag, values, step):
+        self.tags[tag] = np.asarray(values)
+
+
+def test_snapshot_writes_log10_medians_and_coordinate_histograms_per_bucket():
+    tokens = ["[UNK]"] + [f"t{i}" for i in range(1, 41)]
+    counts = np.array([0] + [1000] * 20 + [2] * 20)
+    spec, _ = make_spec(tokens, counts, TelemetryConfig(common_top_k=20), seed=0)
+    table = nn.Parameter(torch.zeros(41, 3))
+    opt = Adagrad([table], lr=1.0, eps=0.0)
+    g = np.zeros((41, 3), np.float32)
+    g[1:21] = [1.0, 2.0, 2.0]  # common rows: mean square 3, coordinate rates 1, 1/2, 1/2
+    g[21:] = [0.1, 0.0, 0.0]  # rare rows: one coordinate only
+    table.grad = torch.from_numpy(g).to_sparse(1)  # rows 1-40: one sparse row each
+    opt.step()
+    writer = Recorder()
+    summary, _, _ = log_snapshot(writer, spec, opt, table, step=1)
+    assert summary["eff_lr/common"] == pytest.approx(1 / 3**0.5)
+    assert summary["eff_lr/rare"] == pytest.approx(1 / (0.01 / 3) ** 0.5)
+    assert writer.tags["eff_lr_log10/common"] == pytest.approx(np.log10(1 / 3**0.5))
+    coords = writer.tags["eff_lr_log10_coord_hist/count_1e3"]
+    assert sorted(set(np.round(coords, 6))) == pytest.approx([np.log10(0.5), 0.0])
+    # a coordinate that never got a gradient has no rate: not in the histogram
+    assert np.allclose(writer.tags["eff_lr_log10_coord_hist/count_1e0"], 1.0)
+    low, high = coordinate_spread(opt, table, spec.num_tokens)
+    assert low[1] == pytest.approx(0.5) and high[1] == pytest.approx(1.0)
+    assert low[21] == high[21] == pytest.approx(10.0)
+    assert np.isnan(low[0]) and np.isnan(high[0])
+
+
+def test_custom_layout_charts_exactly_rare_and_common_and_groups_followed_tokens():
+    tokens, counts, _ = zipf_vocabulary(3000)
+    spec, _ = make_spec(tokens, counts, TelemetryConfig(tokens=["t5"]), seed=0)
+    layout = custom_layout(spec)
+    charts = {title: tags for charts in layout.values() for title, (_, tags) in charts.items()}
+    titles = list(layout["Per-token effective learning rate"])
+    assert "rare" in titles[0] and "common" in titles[0] and "log10" in titles[0]
+    scalar_tags = [
+        "eff_lr_log10/rare", "eff_lr_log10/common", "eff_lr/rare", "eff_lr/rare_to_common",
+        "eff_lr_log10/bucket/count_1e0", *(f"eff_lr/token/{t}" for t in spec.followed),
+    ]  # fmt: skip
+    # custom scalars match a chart's regexes at the start of each tag: exactly two series
+    first = [t for t in scalar_tags if any(re.match(r, t) for r in charts[titles[0]])]
+    assert first == ["eff_lr_log10/rare", "eff_lr_log10/common"]
+    assert len(set(charts)) == sum(len(c) for c in layout.values())  # distinct titles
+    followed = layout["Followed tokens: eff_lr, by training-count bucket"]
+    shown = [re.sub(r"\\", "", tag)[1:-1] for (_, tags) in followed.values() for tag in tags]
+    assert sorted(shown) == sorted(f"eff_lr/token/{t}" for t in spec.followed)
+    t5_charts = [title for title, (_, tags) in followed.items() if any("t5$" in t for t in tags)]
+    assert t5_charts == [f"followed tokens, {bucket_label(spec.buckets[5])}"]

@@ -18,6 +18,7 @@ from nlp_adagrad.batching import batch_indices, epoch_order, make_batch
 from nlp_adagrad.data import load_corpus
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
+from nlp_adagrad.telemetry import TOKEN_STATS_COLUMNS
 from nlp_adagrad.train import TIMING_KEYS, train
 from nlp_adagrad.vocab import encode_split, token_counts
 from tests.helpers import make_config
@@ -41,11 +42,17 @@ METRIC_KEYS = [
     "eff_lr/common",
     "eff_lr/slope_vs_updates",
     "eff_lr/slope_vs_count",
+    "eff_lr/rare_first",
+    "eff_lr/common_first",
+    "eff_lr/rare_to_common",
+    "eff_lr/rare_to_common_first",
 ]
 BBC_SMALL = ["data.max_examples=300", "trainer.epochs=2", "telemetry.every=5"]
 
 
-def read_tb(logdir: Path) -> EventAccumulator:
+def read_tb(run_dir: Path) -> EventAccumulator:
+    """The run's TensorBoard events: tb/<run name>/, the one folder under tb/."""
+    (logdir,) = (run_dir / "tb").iterdir()
     acc = EventAccumulator(
         str(logdir), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0, "images": 0}
     )
@@ -65,7 +72,7 @@ def check_run_dir(run_dir: Path, metrics: dict) -> None:
     assert ckpt["step"] == saved["train/steps"]
     with open(run_dir / "token_stats.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "token", "count", "updates", "eff_lr", "bucket"]
+    assert list(rows[0]) == TOKEN_STATS_COLUMNS
     tokens = json.loads((run_dir / "tokenizer.json").read_text())["model"]["vocab"]
     assert len(rows) == len(tokens)
     for row in rows:
@@ -73,36 +80,52 @@ def check_run_dir(run_dir: Path, metrics: dict) -> None:
         # exactly zero (a saturated softmax), which these smoke runs do not reach
         assert (row["eff_lr"] == "") == (int(row["updates"]) == 0)
         assert int(row["updates"]) <= saved["train/steps"]
+        if row["eff_lr"]:  # the row rate lies within its coordinates' rates
+            low, rate, high = (
+                float(row[k]) for k in ("eff_lr_coord_min", "eff_lr", "eff_lr_coord_max")
+            )
+            assert low * (1 - 1e-6) <= rate <= high * (1 + 1e-6)
 
 
 def test_bbc_news_slice_writes_every_file_and_tag(tmp_path):
     cfg = make_config(*BBC_SMALL, "telemetry.tokens=[the]")
     metrics = train(cfg, tmp_path)
     check_run_dir(tmp_path, metrics)
-    acc = read_tb(tmp_path / "tb")
+    acc = read_tb(tmp_path)
+    assert acc.path.endswith("tb/bbc_news,logreg,adagrad,lr=5")  # a name that says what ran
     scalars = set(acc.Tags()["scalars"])
     for tag in [
         "train/loss",
         "test/accuracy",
         "eff_lr/rare",
         "eff_lr/common",
+        "eff_lr_log10/rare",
+        "eff_lr_log10/common",
+        "eff_lr/rare_to_common",
         "eff_lr/slope_vs_updates",
+        "eff_lr/slope_vs_count",
         "train/tokens_per_sec",
         "eff_lr/token/the",
     ]:
         assert tag in scalars, tag
-    buckets = {t for t in scalars if t.startswith("eff_lr/bucket/")}
+    buckets = {t.rsplit("/", 1)[1] for t in scalars if t.startswith("eff_lr/bucket/")}
     tokens = {t for t in scalars if t.startswith("eff_lr/token/")}
     assert len(buckets) >= 3 and 12 <= len(tokens) <= 60  # a few dozen, never the vocabulary
-    assert {f"eff_lr_hist/{b.rsplit('/', 1)[1]}" for b in buckets} == set(acc.Tags()["histograms"])
-    assert "eff_lr/vs_count" in acc.Tags()["images"]
+    assert {f"eff_lr_log10/bucket/{b}" for b in buckets} <= scalars
+    assert set(acc.Tags()["histograms"]) == {
+        f"eff_lr_log10{kind}_hist/{b}" for b in buckets for kind in ("", "_coord")
+    }
+    assert "eff_lr/vs_updates_and_count" in acc.Tags()["images"]
     assert "custom_scalars__config__" in acc.PluginTagToContent("custom_scalars")
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
-    # the story the product tells: rare tokens keep larger rates than common ones
+    # snapshots catch the adaptation: log-spaced from step 1 (telemetry.every=5 here)
+    steps = [e.step for e in acc.Scalars("eff_lr/rare")]
+    assert steps[:4] == [1, 2, 3, 5] and steps[-1] == metrics["train/steps"]
+    assert metrics["eff_lr/first_snapshot_step"] == 1
+    # the story the product tells: rare tokens keep larger rates than common ones, and the
+    # gap opens during training
     assert metrics["eff_lr/rare"] > 10 * metrics["eff_lr/common"]
-    for key in ("updates", "count"):
-        low, high = (metrics[f"eff_lr/slope_vs_{key}_ci_{end}"] for end in ("low", "high"))
-        assert low <= metrics[f"eff_lr/slope_vs_{key}"] <= high
+    assert metrics["eff_lr/rare_to_common"] > 2 * metrics["eff_lr/rare_to_common_first"]
     bucket_tokens = sum(
         v for k, v in metrics.items() if k.startswith("bucket/") and k.endswith("/tokens")
     )

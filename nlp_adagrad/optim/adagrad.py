@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
+from nlp_adagrad.optim.base import RowOptimizer
 
 
 class Adagrad(RowOptimizer):
@@ -42,19 +42,23 @@ class Adagrad(RowOptimizer):
         return torch.full_like(p, value, memory_format=torch.preserve_format)
 
     @staticmethod
-    def _clr(state: dict, group: dict) -> float:
-        return group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
+    def _clr(step, group: dict):
+        """lr decayed to `step` (an int, or a tensor of steps)."""
+        return group["lr"] / (1 + (step - 1) * group["lr_decay"])
 
     def _sparse_step(self, p, rows, values, state, group) -> None:
         total = state["sum"].index_select(0, rows).addcmul_(values, values)
         self._put_rows(state["sum"], rows, total)
         std = total.sqrt_().add_(group["eps"])
-        self._add_to_rows(p, rows, values / std, alpha=-self._clr(state, group))
+        self._add_to_rows(p, rows, values / std, alpha=-self._clr(state["step"], group))
 
     def _dense_step(self, p, grad, state, group) -> None:
         state["sum"].addcmul_(grad, grad, value=1)
         std = state["sum"].sqrt().add_(group["eps"])
-        p.addcdiv_(grad, std, value=-self._clr(state, group))
+        p.addcdiv_(grad, std, value=-self._clr(state["step"], group))
 
-    def _row_lr(self, p, rows, state, group) -> torch.Tensor:
-        return rate_per_row(self._clr(state, group), state["sum"][rows], group["eps"])
+    def _rate_scale(self, steps, state, group):
+        return self._clr(steps, group) if group["lr_decay"] else group["lr"]
+
+    def _second_moment(self, state):
+        return state["sum"]

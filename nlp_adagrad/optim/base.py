@@ -1,5 +1,13 @@
 """What every optimizer here shares: sparse gradients reduced to unique rows, per-row update
-counts, and the `effective_lr(param)` accessor that telemetry reads.
+counts and last-update steps, and the `effective_lr` accessors that telemetry reads.
+
+A row's effective learning rate is one definition for every optimizer: the coefficient that
+multiplied the row's newest gradient in its last update, `scale / (sqrt(mean_j S_ij) + eps)`,
+where S is the optimizer's second-moment state (Adagrad's G, RMSprop's v, SparseAdam's v) and
+`scale` the step's numerator at that update. The mean runs over the row's coordinates inside
+the square root, so a coordinate that got almost no gradient cannot dominate the summary (the
+arithmetic mean of coordinate rates did: DESIGN section 5). `effective_lr_coords` keeps the
+per-coordinate rates for the spread.
 
 A sparse gradient from `EmbeddingBag(sparse=True)` holds one row per token occurrence. We sum
 duplicates with one sort and an `embedding_bag` instead of a COO `coalesce`, then gather,
@@ -8,12 +16,18 @@ update and scatter only those rows: a step costs what the batch touches, never t
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
 from nlp_adagrad.sparse_bag import ZERO_PADDED, group_ids
 
+log = logging.getLogger(__name__)
+
 ALL_ROWS = slice(None)
+# int32 per row: steps whose gradient touched the row, and the step of its latest such update
+ROW_COUNTERS = ("updates", "last_step")
 
 
 def num_selected(p: torch.Tensor, rows: slice | torch.Tensor) -> int:
@@ -21,16 +35,33 @@ def num_selected(p: torch.Tensor, rows: slice | torch.Tensor) -> int:
     return torch.empty(p.shape[0], device="meta")[rows].shape[0]
 
 
-def rate_per_row(scale: float, accumulator: torch.Tensor, eps: float) -> torch.Tensor:
-    """Mean over each row of scale / (sqrt(accumulator) + eps): an adaptive optimizer's rate.
+def rate_per_row(
+    scale: float | torch.Tensor, second_moment: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """scale / (sqrt(mean_j S_ij) + eps) per row, in float64: a row's effective rate.
 
-    A row whose accumulator is all zero was only ever touched by exactly-zero gradients (a
+    A row whose second moment is all zero was only ever touched by exactly-zero gradients (a
     saturated softmax does that): its "rate" would be scale / eps, which measures eps, not
     the row. It is reported missing (NaN), as rows never touched are.
     """
-    acc = accumulator.reshape(accumulator.shape[0], -1)
-    rate = (scale / (acc.sqrt() + eps)).mean(dim=1)
-    return rate.masked_fill((acc == 0).all(dim=1), float("nan"))
+    # reduce in the state's dtype first: a float64 copy of a 10^7 x 64 table would be 5 GB
+    mean_square = second_moment.reshape(second_moment.shape[0], -1).mean(dim=1).double()
+    rate = scale / (mean_square.sqrt() + eps)
+    return rate.masked_fill(mean_square == 0, float("nan"))
+
+
+def rate_per_coordinate(
+    scale: float | torch.Tensor, second_moment: torch.Tensor, eps: float, width: int
+) -> torch.Tensor:
+    """scale / (sqrt(S_ij) + eps) per coordinate, (rows, width) float64; NaN where S_ij = 0.
+
+    A one-column S (row-wise Adagrad) gives every coordinate of its row the row's rate.
+    """
+    s = second_moment.reshape(second_moment.shape[0], -1).double()
+    if isinstance(scale, torch.Tensor):
+        scale = scale.reshape(-1, 1)
+    rate = (scale / (s.sqrt() + eps)).masked_fill(s == 0, float("nan"))
+    return rate.expand(s.shape[0], width) if s.shape[1] == 1 else rate
 
 
 def first_occurrences(rows: torch.Tensor) -> torch.Tensor:
@@ -100,13 +131,13 @@ class RowOptimizer(torch.optim.Optimizer):
                         self._sparse_step(p, rows, values, state, group)
                     finally:
                         self._source = None
-                    updates = state.get("updates")
-                    if updates is None:
+                    if "updates" not in state:
                         # int32: 2^31 steps is plenty, and half the memory of int64 per row
-                        updates = state["updates"] = torch.zeros(
-                            p.shape[0], dtype=torch.int32, device=p.device
-                        )
-                    updates.index_add_(0, rows, first.to(torch.int32))
+                        for key in ROW_COUNTERS:
+                            state[key] = torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)
+                    state["updates"].index_add_(0, rows, first.to(torch.int32))
+                    # repeated rows of a zero-padded gradient all write the same step
+                    state["last_step"].index_fill_(0, rows, state["step"])
                 else:
                     if group["maximize"]:
                         grad = -grad
@@ -116,12 +147,27 @@ class RowOptimizer(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """torch casts every state tensor but `step` to the parameter's dtype; keep counts int."""
-        counts = {i: s["updates"] for i, s in state_dict["state"].items() if "updates" in s}
+        """torch casts every state tensor but `step` to the parameter's dtype; keep counts int.
+
+        Checkpoints written before `last_step` existed get the checkpoint's step for every
+        updated row: exact for rates that do not depend on the step (Adagrad and RMSprop at
+        their defaults), the latest possible step for the others.
+        """
+        counters = {
+            i: {key: s[key] for key in ROW_COUNTERS if key in s}
+            for i, s in state_dict["state"].items()
+            if "updates" in s
+        }
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
-        for i, updates in counts.items():
-            self.state[params[i]]["updates"] = updates.to(params[i].device, torch.int32)
+        for i, saved in counters.items():
+            state, device = self.state[params[i]], params[i].device
+            if "last_step" not in saved:
+                log.warning("checkpoint predates per-row last steps; using its step for each row")
+                updated = saved["updates"] > 0
+                saved["last_step"] = updated.to(torch.int32) * int(state["step"])
+            for key, value in saved.items():
+                state[key] = value.to(device, torch.int32)
 
     _source: torch.Tensor | None = None  # set while stepping a zero-padded gradient
 
@@ -146,9 +192,14 @@ class RowOptimizer(torch.optim.Optimizer):
     def _dense_step(self, p, grad, state, group) -> None:
         raise NotImplementedError
 
-    def _row_lr(self, p: torch.Tensor, rows, state: dict, group: dict) -> torch.Tensor:
-        """The effective learning rate of `p[rows]`, one per row (before masking untouched rows)."""
+    def _rate_scale(self, steps: torch.Tensor, state: dict, group: dict):
+        """Numerator of the step at each row's last update (`steps`, float64): a float when it
+        does not depend on the step, else one value per row."""
         raise NotImplementedError
+
+    def _second_moment(self, state: dict) -> torch.Tensor | None:
+        """The state the step divides by (sqrt(.) + eps), or None (SGD)."""
+        return None
 
     def _group_of(self, p: torch.Tensor) -> dict:
         for group in self.param_groups:
@@ -163,18 +214,66 @@ class RowOptimizer(torch.optim.Optimizer):
             return torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)
         return updates
 
+    def has_coordinate_rates(self, p: torch.Tensor) -> bool:
+        """Whether the coordinates of a row of `p` can have rates of their own."""
+        second = self._second_moment(self.state.get(p, {}))
+        return second is not None and second[:1].numel() > 1
+
+    def _rate_parts(self, p: torch.Tensor, rows):
+        """(scale, second moment rows or None, eps, never-updated mask or None) for `p[rows]`."""
+        state = self.state.get(p, {})
+        group = self._group_of(p)
+        if "last_step" in state:  # sparse gradients: each row's own last update
+            steps = state["last_step"][rows].double()
+            never = state["updates"][rows] == 0
+        else:  # dense gradients: every row was updated at every step
+            steps = torch.full((num_selected(p, rows),), float(state["step"]), device=p.device)
+            steps = steps.double()
+            never = None
+        second = self._second_moment(state)
+        return (
+            self._rate_scale(steps, state, group),
+            None if second is None else second[rows],
+            group.get("eps", 0.0),
+            never,
+        )
+
     @torch.no_grad()
     def effective_lr(self, p: torch.Tensor, rows: slice | torch.Tensor = ALL_ROWS) -> torch.Tensor:
-        """Effective learning rate of each row of `p` in `rows`, from the optimizer's own state.
+        """Effective learning rate of each row of `p` in `rows` (float64), from the optimizer's
+        own state: the coefficient on the row's newest gradient, summarised over its columns
+        through the mean second moment (the module docstring).
 
         Rows never updated are NaN: they have no rate of their own yet. The cost is that of
         the rows asked for, so telemetry on the vocabulary never pays for bigram buckets.
         """
-        state = self.state.get(p, {})
-        if state.get("step", 0) == 0:
-            return torch.full((num_selected(p, rows),), float("nan"), device=p.device)
-        rates = self._row_lr(p, rows, state, self._group_of(p)).to(torch.float32)
-        updates = state.get("updates")
-        if updates is not None:
-            rates = rates.masked_fill(updates[rows] == 0, float("nan"))
+        n = num_selected(p, rows)
+        if self.state.get(p, {}).get("step", 0) == 0:
+            return torch.full((n,), float("nan"), dtype=torch.float64, device=p.device)
+        scale, second, eps, never = self._rate_parts(p, rows)
+        if second is None:
+            rates = torch.as_tensor(scale, dtype=torch.float64, device=p.device).expand(n).clone()
+        else:
+            rates = rate_per_row(scale, second, eps)
+        return rates if never is None else rates.masked_fill(never, float("nan"))
+
+    @torch.no_grad()
+    def effective_lr_coords(
+        self, p: torch.Tensor, rows: slice | torch.Tensor = ALL_ROWS
+    ) -> torch.Tensor:
+        """Per-coordinate effective rates of `p[rows]`, (rows, columns) float64: the exact
+        coefficient on each coordinate's newest gradient. NaN for rows never updated and for
+        coordinates whose second moment is still zero (they never got a non-zero gradient).
+        """
+        n, width = num_selected(p, rows), p[:1].numel()
+        if self.state.get(p, {}).get("step", 0) == 0:
+            return torch.full((n, width), float("nan"), dtype=torch.float64, device=p.device)
+        scale, second, eps, never = self._rate_parts(p, rows)
+        if second is None:
+            scale = torch.as_tensor(scale, dtype=torch.float64, device=p.device)
+            rates = scale.reshape(-1, 1).expand(n, width).clone()
+        else:
+            rates = rate_per_coordinate(scale, second, eps, width)
+        if never is not None:
+            rates = rates.masked_fill(never.reshape(-1, 1), float("nan"))
         return rates

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
+from nlp_adagrad.optim.base import RowOptimizer
 
 
 class RMSprop(RowOptimizer):
@@ -39,5 +39,8 @@ class RMSprop(RowOptimizer):
         avg.addcmul_(grad, grad, value=1 - group["alpha"])
         p.addcdiv_(grad, avg.sqrt().add_(group["eps"]), value=-group["lr"])
 
-    def _row_lr(self, p, rows, state, group) -> torch.Tensor:
-        return rate_per_row(group["lr"], state["square_avg"][rows], group["eps"])
+    def _rate_scale(self, steps, state, group):
+        return group["lr"]
+
+    def _second_moment(self, state):
+        return state["square_avg"]

@@ -1,8 +1,8 @@
 """Row-wise Adagrad: one accumulator per row, as FBGEMM's EXACT_ROWWISE_ADAGRAD keeps.
 
 G_row += mean_j g_ij^2; w_i -= clr * g_i / (sqrt(G_row) + eps). The state is 1/dim of
-element-wise Adagrad's, and a row's effective learning rate is exact, not a mean. Vectors
-(biases) keep one accumulator per element.
+element-wise Adagrad's, and a row's effective learning rate is exact: every coordinate gets
+it. Vectors (biases) keep one accumulator per element.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from nlp_adagrad.optim.adagrad import Adagrad
-from nlp_adagrad.optim.base import rate_per_row
 
 
 def _row_shape(p: torch.Tensor) -> tuple[int, ...]:
@@ -33,12 +32,9 @@ class RowwiseAdagrad(Adagrad):
         total = state["sum"].index_select(0, rows).add_(self._row_mean_square(values))
         self._put_rows(state["sum"], rows, total)
         std = self._per_row(total.sqrt_().add_(group["eps"]), values)
-        self._add_to_rows(p, rows, values / std, alpha=-self._clr(state, group))
+        self._add_to_rows(p, rows, values / std, alpha=-self._clr(state["step"], group))
 
     def _dense_step(self, p, grad, state, group) -> None:
         state["sum"].add_(self._row_mean_square(grad))
         std = self._per_row(state["sum"].sqrt().add_(group["eps"]), grad)
-        p.add_(grad / std, alpha=-self._clr(state, group))
-
-    def _row_lr(self, p, rows, state, group) -> torch.Tensor:
-        return rate_per_row(self._clr(state, group), state["sum"][rows], group["eps"])
+        p.add_(grad / std, alpha=-self._clr(state["step"], group))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, num_selected
+from nlp_adagrad.optim.base import RowOptimizer
 
 
 class SGD(RowOptimizer):
@@ -23,16 +23,18 @@ class SGD(RowOptimizer):
         super().__init__(params, defaults)
 
     @staticmethod
-    def _lr(state: dict, group: dict) -> float:
+    def _lr(step: int, group: dict) -> float:
         if group["decay_steps"] is None:
             return group["lr"]
-        return group["lr"] * max(0.0, 1.0 - (state.get("step", 1) - 1) / group["decay_steps"])
+        return group["lr"] * max(0.0, 1.0 - (step - 1) / group["decay_steps"])
 
     def _sparse_step(self, p, rows, values, state, group) -> None:
-        self._add_to_rows(p, rows, values, alpha=-self._lr(state, group))
+        self._add_to_rows(p, rows, values, alpha=-self._lr(state["step"], group))
 
     def _dense_step(self, p, grad, state, group) -> None:
-        p.add_(grad, alpha=-self._lr(state, group))
+        p.add_(grad, alpha=-self._lr(state["step"], group))
 
-    def _row_lr(self, p, rows, state, group) -> torch.Tensor:
-        return torch.full((num_selected(p, rows),), self._lr(state, group), device=p.device)
+    def _rate_scale(self, steps: torch.Tensor, state, group):
+        if group["decay_steps"] is None:
+            return group["lr"]
+        return group["lr"] * (1.0 - (steps - 1) / group["decay_steps"]).clamp(min=0.0)

@@ -2,8 +2,10 @@
 
 On touched rows: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps), t the parameter's step count.
-The effective rate of a row is lr / (sqrt(v_hat) + eps) with v_hat = v / (1 - b2^t): the scale
-applied to the bias-corrected first moment m_hat = m / (1 - b1^t).
+The effective rate is the coefficient on the newest gradient g, which enters m with weight
+(1 - b1): lr (1 - b1) sqrt(1 - b2^t) / (1 - b1^t) / (sqrt(v) + eps) at the row's last update
+t, i.e. lr (1 - b1) / (1 - b1^t) / (sqrt(v_hat) + eps / sqrt(1 - b2^t)), v_hat = v / (1 - b2^t).
+(Scaling m_hat as if it were the gradient overstates the rate 1 / (1 - b1) = 10x.)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 
 import torch
 
-from nlp_adagrad.optim.base import RowOptimizer, rate_per_row
+from nlp_adagrad.optim.base import RowOptimizer
 
 
 class SparseAdam(RowOptimizer):
@@ -57,6 +59,9 @@ class SparseAdam(RowOptimizer):
         v.add_(grad.square().sub_(v).mul_(1 - group["beta2"]))
         p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-self._step_size(state, group))
 
-    def _row_lr(self, p, rows, state, group) -> torch.Tensor:
-        v_hat = state["exp_avg_sq"][rows] / (1 - group["beta2"] ** state["step"])
-        return rate_per_row(group["lr"], v_hat, group["eps"])
+    def _rate_scale(self, steps: torch.Tensor, state, group):
+        b1, b2 = group["beta1"], group["beta2"]
+        return group["lr"] * (1 - b1) * (1 - b2**steps).sqrt() / (1 - b1**steps)
+
+    def _second_moment(self, state):
+        return state["exp_avg_sq"]

@@ -1,0 +1,83 @@
+"""The end-of-run figure: effective learning rate against updates and against count.
+
+Two log-log panels of every token (a sample of the cloud when there are many), the binned
+means, the least-squares line through them, and the stationary-gradient theory for each axis
+(nlp_adagrad.fits), anchored at the first bin (the rarest tokens), so the gap that opens to
+the right is what real text adds to the theory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nlp_adagrad.fits import THEORY_SLOPE_VS_UPDATES, Fit, binned_fit, on_log_scale, theory_vs_count
+
+MAX_SCATTER_POINTS = 50_000  # tokens drawn in each cloud (fits use all): 10^6 dots take 2 s
+
+
+def _cloud(ax, x: np.ndarray, eff_lr: np.ndarray) -> None:
+    shown = np.flatnonzero(on_log_scale(x, eff_lr))
+    if len(shown) > MAX_SCATTER_POINTS:
+        shown = np.sort(np.random.default_rng(0).choice(shown, MAX_SCATTER_POINTS, replace=False))
+    ax.scatter(x[shown], eff_lr[shown], s=3, alpha=0.15, color="0.5", label="tokens")
+
+
+def _fit_lines(ax, fit: Fit, theory, theory_label: str) -> None:
+    ax.plot(np.exp(fit.bin_x), np.exp(fit.bin_y), "o", color="C0", label="binned mean")
+    lx = np.linspace(fit.bin_x.min(), fit.bin_x.max(), 100)
+    ax.plot(
+        np.exp(lx),
+        np.exp(fit.intercept + fit.slope * lx),
+        "-",
+        color="C1",
+        label=f"least-squares fit: slope {fit.slope:.2f}",
+    )
+    shape = theory(lx)
+    anchor = fit.bin_y[0] - theory(fit.bin_x[:1])[0]
+    ax.plot(np.exp(lx), np.exp(anchor + shape), "--", color="C2", label=theory_label)
+
+
+def eff_lr_figure(
+    counts: np.ndarray,
+    updates: np.ndarray,
+    eff_lr: np.ndarray,
+    steps_per_epoch: int,
+    title: str,
+):
+    """A matplotlib figure with the two panels; the caller saves and closes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100, sharey=True)
+    panels = (
+        (
+            left,
+            updates,
+            "updates (optimizer steps that touched the row)",
+            lambda lx: THEORY_SLOPE_VS_UPDATES * lx,
+            "theory (stationary gradients): slope -0.5",
+        ),
+        (
+            right,
+            counts,
+            "count (occurrences in the training split)",
+            lambda lx: theory_vs_count(lx, steps_per_epoch),
+            f"theory: (c (1 + c/S))^-1/2, S = {steps_per_epoch} steps/epoch",
+        ),
+    )
+    for ax, x, xlabel, theory, theory_label in panels:
+        _cloud(ax, x, eff_lr)
+        fit = binned_fit(x, eff_lr)
+        if fit is not None:
+            _fit_lines(ax, fit, theory, theory_label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+    left.set_ylabel("effective learning rate")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

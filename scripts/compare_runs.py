@@ -1,0 +1,103 @@
+"""Markdown table comparing runs from their run dirs, seeds pooled: mean and spread over seeds.
+
+    python -m nlp_adagrad.train -m optim=adagrad,sgd trainer.seed=0,1,2
+    python scripts/compare_runs.py outputs/multirun/<date>/<time>
+
+Runs are grouped by their config without `trainer.seed`; the first columns name each group by
+the config keys whose values differ between groups. A number is the mean over the group's
+seeds, followed, when there are several, by the sample standard deviation and [min, max]:
+the spread a rerun with another seed shows, which a bootstrap over one run's tokens
+understates 2-3x (DESIGN section 5). Reads each run's metrics.json and config.yaml; prints
+nothing it did not read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+# Keys that say how a run was carried out, not what it computes
+NOT_A_GROUP = {"trainer.seed", "trainer.progress", "trainer.num_threads", "trainer.resume"}
+COLUMNS = [  # (header, metric key, format)
+    ("test accuracy", "test/accuracy", ".4f"),
+    ("rare / common, first snapshot", "eff_lr/rare_to_common_first", ".1f"),
+    ("rare / common, end", "eff_lr/rare_to_common", ".1f"),
+    ("eff_lr/rare", "eff_lr/rare", ".3g"),
+    ("eff_lr/common", "eff_lr/common", ".3g"),
+    ("slope vs updates", "eff_lr/slope_vs_updates", ".2f"),
+    ("slope vs count", "eff_lr/slope_vs_count", ".2f"),
+]
+
+
+def flatten(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    flat = {}
+    for key, value in node.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def natural(path: Path) -> list:
+    """Sort key that puts sweep job 2_... before 10_...."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def summary(values: list[float], spec: str) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = format(statistics.fmean(values), spec)
+    if len(values) == 1:
+        return mean
+    sd = format(statistics.stdev(values), spec)
+    return f"{mean} ± {sd} [{format(min(values), spec)}, {format(max(values), spec)}]"
+
+
+def table(run_dirs: list[Path]) -> str:
+    runs = []
+    for run in run_dirs:
+        config = flatten(yaml.safe_load((run / "config.yaml").read_text()))
+        runs.append((config, json.loads((run / "metrics.json").read_text())))
+    keys = sorted({k for config, _ in runs for k in config} - NOT_A_GROUP)
+    # a key varies when runs that have it disagree (optimizer-specific keys exist in some only)
+    varying = [k for k in keys if len({json.dumps(c[k]) for c, _ in runs if k in c}) > 1]
+    groups: dict[str, tuple[list, list[dict]]] = {}
+    for config, metrics in runs:
+        values = [config.get(k) for k in varying]
+        groups.setdefault(json.dumps(values), (values, []))[1].append(metrics)
+    label_headers = varying or ["runs"]
+    lines = [
+        "| " + " | ".join([*label_headers, "seeds", *(h for h, _, _ in COLUMNS)]) + " |",
+        "| " + " | ".join(["---"] * (len(label_headers) + 1 + len(COLUMNS))) + " |",
+    ]
+    for values, members in groups.values():
+        names = [str(v) for v in values] or ["all"]
+        cells = [summary([m.get(key) for m in members], spec) for _, key, spec in COLUMNS]
+        lines.append("| " + " | ".join([*names, str(len(members)), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or folders holding them")
+    args = parser.parse_args()
+    runs = sorted({p.parent for d in args.dirs for p in d.rglob("metrics.json")}, key=natural)
+    if not runs:
+        print(
+            f"no run dirs (with metrics.json) under {', '.join(map(str, args.dirs))}",
+            file=sys.stderr,
+        )
+        return 2
+    print(table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
