@@ -1,9 +1,10 @@
 """The end-of-run figure: effective learning rate against updates and against count.
 
 Two log-log panels of every token (a sample of the cloud when there are many), the binned
-means, the least-squares line through them, and the stationary-gradient theory for each axis
-(nlp_adagrad.fits), anchored at the first bin (the rarest tokens), so the gap that opens to
-the right is what real text adds to the theory.
+means and the least-squares line through them. For Adagrad (whose accumulator is a sum) each
+panel also draws the stationary-gradient theory for its axis (nlp_adagrad.fits), anchored at
+the first bin (the rarest tokens), so the gap that opens to the right is what real text adds
+to the theory. Other optimizers' rates follow other laws: no theory line is drawn for them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def _cloud(ax, x: np.ndarray, eff_lr: np.ndarray) -> None:
     ax.scatter(x[shown], eff_lr[shown], s=3, alpha=0.15, color="0.5", label="tokens")
 
 
-def _fit_lines(ax, fit: Fit, theory, theory_label: str) -> None:
+def _fit_lines(ax, fit: Fit, theory, theory_label: str | None) -> None:
     ax.plot(np.exp(fit.bin_x), np.exp(fit.bin_y), "o", color="C0", label="binned mean")
     lx = np.linspace(fit.bin_x.min(), fit.bin_x.max(), 100)
     ax.plot(
@@ -32,9 +33,9 @@ def _fit_lines(ax, fit: Fit, theory, theory_label: str) -> None:
         color="C1",
         label=f"least-squares fit: slope {fit.slope:.2f}",
     )
-    shape = theory(lx)
-    anchor = fit.bin_y[0] - theory(fit.bin_x[:1])[0]
-    ax.plot(np.exp(lx), np.exp(anchor + shape), "--", color="C2", label=theory_label)
+    if theory_label is not None:
+        anchor = fit.bin_y[0] - theory(fit.bin_x[:1])[0]
+        ax.plot(np.exp(lx), np.exp(anchor + theory(lx)), "--", color="C2", label=theory_label)
 
 
 def eff_lr_figure(
@@ -43,8 +44,10 @@ def eff_lr_figure(
     eff_lr: np.ndarray,
     steps_per_epoch: int,
     title: str,
+    theory: bool,
 ):
-    """A matplotlib figure with the two panels; the caller saves and closes it."""
+    """A matplotlib figure with the two panels (theory lines if `theory`); the caller saves
+    and closes it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,11 +70,11 @@ def eff_lr_figure(
             f"theory: (c (1 + c/S))^-1/2, S = {steps_per_epoch} steps/epoch",
         ),
     )
-    for ax, x, xlabel, theory, theory_label in panels:
+    for ax, x, xlabel, curve, label in panels:
         _cloud(ax, x, eff_lr)
         fit = binned_fit(x, eff_lr)
         if fit is not None:
-            _fit_lines(ax, fit, theory, theory_label)
+            _fit_lines(ax, fit, curve, label if theory else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)

@@ -295,7 +295,7 @@ def log10_tags(summary: dict[str, float]) -> dict[str, float]:
     out = {}
     for key, value in summary.items():
         name = key.removeprefix("eff_lr/")
-        if name in ("rare", "common") or name.startswith("bucket/"):
+        if name in ("rare", "common", "rare_to_common") or name.startswith("bucket/"):
             out[f"eff_lr_log10/{name}"] = math.log10(value) if value > 0 else float("nan")
     return out
 
@@ -383,17 +383,21 @@ def custom_layout(spec: TelemetrySpec) -> dict:
                 "Multiline",
                 _exactly("eff_lr_log10/rare", "eff_lr_log10/common"),
             ],
-            "rare / common: ratio of the two medians": [
+            "log10 (rare / common): the gap between the two lines above": [
                 "Multiline",
-                _exactly("eff_lr/rare_to_common"),
+                _exactly("eff_lr_log10/rare_to_common"),
             ],
             "log10 median eff_lr per training-count bucket (count_1e<k>: 10^k to 10^(k+1)-1)": [
                 "Multiline",
                 [f"^{re.escape('eff_lr_log10/bucket/')}"],
             ],
-            "slope of log eff_lr against log updates and against log count": [
+            "slope of log eff_lr against log updates (theory: -0.5)": [
                 "Multiline",
-                _exactly("eff_lr/slope_vs_updates", "eff_lr/slope_vs_count"),
+                _exactly("eff_lr/slope_vs_updates"),
+            ],
+            "slope of log eff_lr against log count": [
+                "Multiline",
+                _exactly("eff_lr/slope_vs_count"),
             ],
         },
         "Followed tokens: eff_lr, by training-count bucket": {

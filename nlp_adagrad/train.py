@@ -38,7 +38,7 @@ from nlp_adagrad.evaluate import evaluate
 from nlp_adagrad.figures import eff_lr_figure
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.models import build_model
-from nlp_adagrad.optim import build_optimizer
+from nlp_adagrad.optim import Adagrad, build_optimizer
 from nlp_adagrad.token_cache import tokenize_corpus
 from nlp_adagrad.vocab import token_counts, vocabulary, warn_unusual_documents
 from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
@@ -335,6 +335,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                 eff_lr,
                 steps_per_epoch,
                 f"{cfg.optim.name} on {cfg.data.name}: per-token effective learning rate",
+                theory=isinstance(optimizer, Adagrad),  # row-wise Adagrad included
             )
             fig.savefig(run_dir / "eff_lr_vs_count.png")
             writer.figure("eff_lr/vs_updates_and_count", fig, step)
