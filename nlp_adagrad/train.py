@@ -268,7 +268,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                         step,
                         histograms=periodic % cfg.telemetry.histogram_every == 0,
                     )
-                    if not first_snapshot:
+                    if not first_snapshot and math.isfinite(summary["eff_lr/rare_to_common"]):
                         first_snapshot = first_snapshot_metrics(summary, step)
                 if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and not last:
                     result = evaluate(model, test_split, cfg.trainer.batch_size, device)
@@ -359,7 +359,8 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
 
 
 def first_snapshot_metrics(summary: dict[str, float], step: int) -> dict[str, float]:
-    """eff_lr/rare_first, ...: the rates before they separate, beside the final ones."""
+    """eff_lr/rare_first, ...: the rates before they separate, beside the final ones (from
+    the first snapshot with both a rare and a common token updated)."""
     out = {f"{key}_first": summary[key] for key in FIRST_SNAPSHOT_KEYS}
     out["eff_lr/first_snapshot_step"] = step
     return out

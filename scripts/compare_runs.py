@@ -49,15 +49,17 @@ def natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def summary(values: list[float], spec: str) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
+def summary(values: list[float | None], spec: str) -> str:
+    """mean ± sd [min, max] of the defined values; `(n of N)` when some runs lack one."""
+    defined = [v for v in values if v is not None]
+    missing = f" (n={len(defined)} of {len(values)})" if len(defined) < len(values) else ""
+    if not defined:
         return "n/a"
-    mean = format(statistics.fmean(values), spec)
-    if len(values) == 1:
-        return mean
-    sd = format(statistics.stdev(values), spec)
-    return f"{mean} ± {sd} [{format(min(values), spec)}, {format(max(values), spec)}]"
+    mean = format(statistics.fmean(defined), spec)
+    if len(defined) == 1:
+        return mean + missing
+    sd = format(statistics.stdev(defined), spec)
+    return f"{mean} ± {sd} [{format(min(defined), spec)}, {format(max(defined), spec)}]{missing}"
 
 
 def table(run_dirs: list[Path]) -> str:

@@ -9,6 +9,9 @@ Skipped, with TensorBoard's own reason, where it cannot start.
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -23,15 +26,21 @@ from nlp_adagrad.tensorboard_server import (
     serve,
 )
 from nlp_adagrad.train import train
-from tests.helpers import make_config
+from tests.helpers import REPO, make_config
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(base URL, run name, metrics) of a BBC News slice trained with early snapshots."""
+def trained(tmp_path_factory):
+    """(run dir, metrics) of a BBC News slice trained with early snapshots."""
     run_dir = tmp_path_factory.mktemp("run")
     cfg = make_config("data.max_examples=300", "trainer.epochs=3", "telemetry.every=10")
-    metrics = train(cfg, run_dir)
+    return run_dir, train(cfg, run_dir)
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    """(base URL, run name, metrics) of that run, served by TensorBoard."""
+    run_dir, metrics = trained
     try:
         with serve(run_dir / "tb") as base:
             (run,) = get_json(base, "/data/runs")
@@ -42,7 +51,12 @@ def served(tmp_path_factory):
 
 def test_every_plugin_the_readme_names_is_active(served):
     base, _, _ = served
-    listing = get_json(base, "/data/plugins_listing")
+    # the Projector decides it is active in a background thread started by the first listing
+    deadline = time.monotonic() + 30
+    while not (listing := get_json(base, "/data/plugins_listing"))["projector"]["enabled"]:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for plugin, name in [
         ("custom_scalars", "Custom Scalars"),
@@ -122,3 +136,17 @@ def test_images_text_hparams_and_projector_read_back(served):
     )
     lines = metadata.decode().splitlines()
     assert lines[0] == "token\tcount\tbucket\teff_lr" and len(lines) == rows + 1
+
+
+def test_rare_common_over_steps_reads_the_separation_from_the_events(trained):
+    run_dir, metrics = trained
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "rare_common_over_steps.py"), str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out[3:]]
+    assert [row[0] for row in rows[:4]] == ["1", "2", "3", "5"]
+    assert rows[0][3] == f"{metrics['eff_lr/rare_to_common_first']:.1f}"
+    assert rows[-1][3] == f"{metrics['eff_lr/rare_to_common']:.1f}"

@@ -1,0 +1,44 @@
+"""scripts/compare_runs.py: runs grouped by config without the seed, each number the mean over
+seeds with its sample standard deviation and range, read from run dirs written here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from tests.helpers import REPO
+
+
+def write_run(folder, optim: str, lr: float, seed: int, metrics: dict) -> None:
+    folder.mkdir(parents=True)
+    config = {"optim": {"name": optim, "lr": lr}, "trainer": {"seed": seed, "progress": False}}
+    if optim == "adagrad":
+        config["optim"]["lr_decay"] = 0.0  # a key only some runs have does not name a group
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_seeds_are_pooled_into_mean_sd_and_range(tmp_path):
+    slopes = {"adagrad": [-1.0, -1.2, -1.1], "sgd": [0.0, 0.0, 0.0]}
+    for job, (optim, lr) in enumerate([("adagrad", 5.0), ("sgd", 1.0)]):
+        for seed, slope in enumerate(slopes[optim]):
+            metrics = {"test/accuracy": 0.9, "eff_lr/slope_vs_updates": slope}
+            if not (optim == "adagrad" and seed == 2):
+                metrics["eff_lr/rare_to_common_first"] = 10.0 + seed
+            write_run(tmp_path / f"{job * 3 + seed}_run", optim, lr, seed, metrics)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    header = [cell.strip() for cell in out[0].strip("|").split("|")]
+    assert header[:3] == ["optim.lr", "optim.name", "seeds"]  # what varies, not the seed
+    adagrad = dict(zip(header, (cell.strip() for cell in out[2].strip("|").split("|"))))
+    assert adagrad["optim.name"] == "adagrad" and adagrad["seeds"] == "3"
+    assert adagrad["slope vs updates"] == "-1.10 ± 0.10 [-1.20, -1.00]"
+    assert adagrad["rare / common, first snapshot"] == "10.5 ± 0.7 [10.0, 11.0] (n=2 of 3)"
+    assert len(out) == 4  # header, rule, two groups
