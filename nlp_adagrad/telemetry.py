@@ -358,10 +358,15 @@ def write_histograms(
                 writer.histogram(f"eff_lr_log10_coord_hist/{name}", np.log10(coords), step)
 
 
+def bucket_range(name: str) -> tuple[int, int]:
+    """count_1e2 -> (100, 999): the training counts a bucket holds."""
+    low = 10 ** int(name.rsplit("e", 1)[1])
+    return low, 10 * low - 1
+
+
 def bucket_label(name: str) -> str:
     """count_1e2 -> "count 100-999"."""
-    low = 10 ** int(name.rsplit("e", 1)[1])
-    return f"count {low}-{10 * low - 1}"
+    return "count {}-{}".format(*bucket_range(name))
 
 
 def _exactly(*tags: str) -> list[str]:
@@ -421,12 +426,12 @@ def bucket_rows(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) ->
     rows = []
     for name in spec.bucket_names:
         mask = spec.members[name]
-        low = 10 ** int(name.rsplit("e", 1)[1])
+        low, high = bucket_range(name)
         rows.append(
             {
                 "bucket": name,
                 "count_min": low,
-                "count_max": 10 * low - 1,
+                "count_max": high,
                 "tokens": len(mask),
                 "median_eff_lr": _median(eff_lr[mask]),
                 "median_updates": _median(updates[mask].astype(np.float64)),

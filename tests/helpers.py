@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: the real `conf/` composed with overrides, the CLI in a
-subprocess, and a tiny two-class corpus."""
+"""Helpers shared by the tests: the real `conf/` composed with overrides, the CLI and the
+scripts in a subprocess, and a tiny two-class corpus."""
 
 from __future__ import annotations
 
@@ -35,6 +35,22 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300
         text=True,
         timeout=timeout,
     )
+
+
+def run_script(name: str, *args: str) -> list[str]:
+    """`python scripts/NAME ARGS`; its standard output's lines (it must exit 0)."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.splitlines()
+
+
+def table_cells(line: str) -> list[str]:
+    """The cells of one Markdown table row."""
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
 SPORT = [

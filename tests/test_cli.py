@@ -4,13 +4,11 @@ one clear line and exit code 2, never a traceback or a hang."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from nlp_adagrad.data import load_corpus
-from tests.helpers import REPO, make_config, run_cli, tiny_rows
+from tests.helpers import make_config, run_cli, run_script, tiny_rows
 
 SMALL = ["data.max_examples=120", "trainer.epochs=1", "telemetry.every=2"]
 
@@ -45,12 +43,7 @@ def test_sweep_runs_each_optimizer_under_multirun(tmp_path):
     dirs = run_dirs(tmp_path / "outputs" / "multirun")
     assert len(dirs) == 2
     assert "optim=adagrad" in dirs[0].name and "optim=sgd" in dirs[1].name
-    table = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    table = run_script("compare_runs.py", str(tmp_path))
     assert table[0].startswith("| optim.lr | optim.name | seeds | test accuracy |")
     assert [row.split("|")[2].strip() for row in table[2:]] == ["adagrad", "sgd"]
     sgd = json.loads((dirs[1] / "metrics.json").read_text())

@@ -4,12 +4,10 @@ seeds with its sample standard deviation and range, read from run dirs written h
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import run_script, table_cells
 
 
 def write_run(folder, optim: str, lr: float, seed: int, metrics: dict) -> None:
@@ -29,15 +27,10 @@ def test_seeds_are_pooled_into_mean_sd_and_range(tmp_path):
             if not (optim == "adagrad" and seed == 2):
                 metrics["eff_lr/rare_to_common_first"] = 10.0 + seed
             write_run(tmp_path / f"{job * 3 + seed}_run", optim, lr, seed, metrics)
-    out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    header = [cell.strip() for cell in out[0].strip("|").split("|")]
+    out = run_script("compare_runs.py", str(tmp_path))
+    header = table_cells(out[0])
     assert header[:3] == ["optim.lr", "optim.name", "seeds"]  # what varies, not the seed
-    adagrad = dict(zip(header, (cell.strip() for cell in out[2].strip("|").split("|"))))
+    adagrad = dict(zip(header, table_cells(out[2])))
     assert adagrad["optim.name"] == "adagrad" and adagrad["seeds"] == "3"
     assert adagrad["slope vs updates"] == "-1.10 ± 0.10 [-1.20, -1.00]"
     assert adagrad["rare / common, first snapshot"] == "10.5 ± 0.7 [10.0, 11.0] (n=2 of 3)"

@@ -9,8 +9,6 @@ Skipped, with TensorBoard's own reason, where it cannot start.
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -26,7 +24,7 @@ from nlp_adagrad.tensorboard_server import (
     serve,
 )
 from nlp_adagrad.train import train
-from tests.helpers import REPO, make_config
+from tests.helpers import make_config, run_script, table_cells
 
 
 @pytest.fixture(scope="module")
@@ -140,13 +138,7 @@ def test_images_text_hparams_and_projector_read_back(served):
 
 def test_rare_common_over_steps_reads_the_separation_from_the_events(trained):
     run_dir, metrics = trained
-    out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "rare_common_over_steps.py"), str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in out[3:]]
+    rows = [table_cells(line) for line in run_script("rare_common_over_steps.py", str(run_dir))[3:]]
     assert [row[0] for row in rows[:4]] == ["1", "2", "3", "5"]
     assert rows[0][3] == f"{metrics['eff_lr/rare_to_common_first']:.1f}"
     assert rows[-1][3] == f"{metrics['eff_lr/rare_to_common']:.1f}"
