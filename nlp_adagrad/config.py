@@ -192,7 +192,8 @@ class TelemetryConfig:
     # Tokens a snapshot reads at most: larger vocabularies are sampled by count bucket
     # (seeded, weighted), so a snapshot's cost stays flat; final metrics read every token.
     sample_size: int = 5_000
-    histogram_every: int = 5  # histograms on the early snapshots, every 5th after, the last
+    # Histograms at steps 1, 10, 100 below `every`, then on every 5th snapshot, and the last
+    histogram_every: int = 5
     tokens: list[str] = field(default_factory=list)  # extra tokens to follow by name
     follow_per_bucket: int = 6  # tokens sampled (seeded) from each count bucket to follow
     rare_max_count: int = 5  # rare: count <= this

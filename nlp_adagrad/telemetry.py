@@ -61,6 +61,16 @@ def snapshot_due(step: int, every: int) -> bool:
     return step in (1, 2, 5)
 
 
+def histograms_due(step: int, every: int, histogram_every: int) -> bool:
+    """Whether a snapshot at `step` carries histograms: at steps 1, 10, 100, ... below
+    `every` (a histogram costs ~10 scalar snapshots), then on every histogram_every-th."""
+    if step < every:
+        while step % 10 == 0:
+            step //= 10
+        return step == 1
+    return (step // every) % histogram_every == 0
+
+
 def count_buckets(counts: np.ndarray) -> np.ndarray:
     """Decade bucket of each training count: 1-9 -> count_1e0, 10-99 -> count_1e1, ...
 
@@ -339,23 +349,28 @@ def write_histograms(
 ) -> None:
     """Per bucket, log10 of the row rates and, where an optimizer keeps a second moment per
     coordinate, log10 of the coordinate rates: the spread the row summary hides."""
-    per_coordinate = optimizer.has_coordinate_rates(table)
+    shown = {}  # bucket -> positions in the view of the tokens whose coordinates are read
     for name in spec.bucket_names:
         positions = view.members[name]
         rates = eff_lr[positions]
         rates = rates[np.isfinite(rates)]
-        if not len(rates):
-            continue
-        writer.histogram(f"eff_lr_log10_hist/{name}", np.log10(rates), step)
-        if per_coordinate:
-            if len(positions) > MAX_COORD_HISTOGRAM_TOKENS:  # evenly spaced: deterministic
-                positions = positions[:: -(-len(positions) // MAX_COORD_HISTOGRAM_TOKENS)]
-            ids = positions if view.ids is None else view.ids[positions]
-            coords = optimizer.effective_lr_coords(table, torch.from_numpy(ids).to(table.device))
-            coords = coords.cpu().numpy().ravel()
-            coords = coords[np.isfinite(coords)]
-            if len(coords):
-                writer.histogram(f"eff_lr_log10_coord_hist/{name}", np.log10(coords), step)
+        if len(rates):
+            writer.histogram(f"eff_lr_log10_hist/{name}", np.log10(rates), step)
+            # evenly spaced when there are more: deterministic, and the shape is kept
+            shown[name] = positions[:: -(-len(positions) // MAX_COORD_HISTOGRAM_TOKENS)]
+    if not shown or not optimizer.has_coordinate_rates(table):
+        return
+    positions = np.concatenate(list(shown.values()))
+    ids = positions if view.ids is None else view.ids[positions]
+    coords = optimizer.effective_lr_coords(table, torch.from_numpy(ids).to(table.device))
+    coords = coords.cpu().numpy()
+    start = 0
+    for name, chosen in shown.items():  # one read for every bucket, then split
+        values = coords[start : start + len(chosen)].ravel()
+        start += len(chosen)
+        values = values[np.isfinite(values)]
+        if len(values):
+            writer.histogram(f"eff_lr_log10_coord_hist/{name}", np.log10(values), step)
 
 
 def bucket_range(name: str) -> tuple[int, int]:
@@ -458,15 +473,22 @@ def projector_data(
     spec: TelemetrySpec, table: torch.Tensor, eff_lr: np.ndarray, max_tokens: int
 ) -> tuple[np.ndarray, list[list[str]], list[str]]:
     """(vectors, metadata rows, header) of the `max_tokens` most frequent tokens' rows for
-    TensorBoard's Projector: token, count, bucket and eff_lr to colour and search by."""
+    TensorBoard's Projector: token, count, bucket, eff_lr and its log10 (colour by that one:
+    the rates span decades) to colour and search by."""
     ids = np.argsort(-spec.counts, kind="stable")[:max_tokens]
     ids = ids[spec.counts[ids] >= 1]
     vectors = table.detach()[torch.from_numpy(ids).to(table.device)].float().cpu().numpy()
     rows = [
-        [spec.tokens[i], str(int(spec.counts[i])), str(spec.buckets[i]), _rate_text(eff_lr[i])]
+        [
+            spec.tokens[i],
+            str(int(spec.counts[i])),
+            str(spec.buckets[i]),
+            _rate_text(eff_lr[i]),
+            f"{np.log10(eff_lr[i]):.4f}" if np.isfinite(eff_lr[i]) and eff_lr[i] > 0 else "",
+        ]
         for i in ids
     ]
-    return vectors, rows, ["token", "count", "bucket", "eff_lr"]
+    return vectors, rows, ["token", "count", "bucket", "eff_lr", "log10_eff_lr"]
 
 
 def coordinate_spread(

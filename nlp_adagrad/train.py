@@ -45,7 +45,12 @@ from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
 
 log = logging.getLogger("nlp_adagrad.train")  # not "__main__" under python -m
 
-TIMING_KEYS = ("train/seconds", "train/prepare_seconds", "train/tokens_per_sec")
+TIMING_KEYS = (
+    "train/seconds",
+    "train/prepare_seconds",
+    "train/tokens_per_sec",
+    "train/telemetry_seconds",
+)
 FIRST_SNAPSHOT_KEYS = ("eff_lr/rare", "eff_lr/common", "eff_lr/rare_to_common")
 RUN_LOCK = ".nlp_adagrad-run"
 
@@ -205,7 +210,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         window_steps, window_tokens = resumed["window"]["steps"], resumed["window"]["tokens"]
         train_loss = resumed["train_loss"]
         first_snapshot = dict(resumed.get("telemetry_first") or {})
-    loop_seconds, window_start = 0.0, time.perf_counter()
+    loop_seconds, telemetry_seconds, window_start = 0.0, 0.0, time.perf_counter()
     bar = tqdm(
         total=total_steps,
         initial=step,
@@ -258,18 +263,20 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                     window_steps, window_tokens = 0, 0
                     window_start = time.perf_counter()
                 if telemetry.snapshot_due(step, tele_every) and not last:
-                    # histograms at every early snapshot, then every histogram_every-th
-                    periodic = step // tele_every if step >= tele_every else 0
+                    snapshot_start = time.perf_counter()
                     summary, _, _ = telemetry.log_snapshot(
                         writer,
                         spec,
                         optimizer,
                         table,
                         step,
-                        histograms=periodic % cfg.telemetry.histogram_every == 0,
+                        histograms=telemetry.histograms_due(
+                            step, tele_every, cfg.telemetry.histogram_every
+                        ),
                     )
                     if not first_snapshot and math.isfinite(summary["eff_lr/rare_to_common"]):
                         first_snapshot = first_snapshot_metrics(summary, step)
+                    telemetry_seconds += time.perf_counter() - snapshot_start
                 if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and not last:
                     result = evaluate(model, test_split, cfg.trainer.batch_size, device)
                     writer.scalar("test/loss", result.loss, step)
@@ -304,6 +311,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         "train/seconds": loop_seconds,
         "train/prepare_seconds": prepare_seconds,
         "train/tokens_per_sec": tokens_seen / max(loop_seconds, 1e-9),
+        "train/telemetry_seconds": telemetry_seconds,  # in-loop snapshots, within train/seconds
         **summary,
         **first_snapshot,
         **telemetry.final_analysis(spec, eff_lr, updates),

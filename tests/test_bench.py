@@ -52,10 +52,12 @@ def test_end_to_end_and_telemetry_sections(tmp_path):
         if r["tool"].startswith("nlp_adagrad") and "VW's accuracy" not in r["tool"]
     ]
     assert len(ours) == 13 and all(r["accuracy"] > 0.5 for r in ours)
-    to_vw = [r for r in results["e2e"] if "VW's accuracy" in r["tool"]]
-    assert [r["corpus"] for r in to_vw] == ["bbc_news", "synthetic"]
     vw = {r["corpus"]: r for r in results["e2e"] if r["tool"].startswith("Vowpal")}
-    assert all("error" in r or r["accuracy"] >= vw[r["corpus"]]["accuracy"] for r in to_vw)
+    # without the bench extra (pip install -e .[bench]) there is no VW to compare with
+    if all(r.get("error") != "not installed" for r in vw.values()):
+        to_vw = [r for r in results["e2e"] if "VW's accuracy" in r["tool"]]
+        assert [r["corpus"] for r in to_vw] == ["bbc_news", "synthetic"]
+        assert all("error" in r or r["accuracy"] >= vw[r["corpus"]]["accuracy"] for r in to_vw)
     for corpus in ("bbc_news", "synthetic"):  # the cached run ends where a fresh one does
         runs = [r for r in ours if r["corpus"] == corpus and "logreg (adagrad)" in r["tool"]]
         assert len({r["accuracy"] for r in runs if "batch" not in r["tool"]}) == 1

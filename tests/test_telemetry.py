@@ -18,6 +18,7 @@ from nlp_adagrad.telemetry import (
     coordinate_spread,
     count_buckets,
     custom_layout,
+    histograms_due,
     log_snapshot,
     make_spec,
     snapshot_due,
@@ -151,6 +152,8 @@ def test_snapshots_are_log_spaced_at_the_start_then_every_n_steps():
     early = [s for s in range(1, 2001) if snapshot_due(s, every=1000)]
     assert early == [1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
     assert not any(snapshot_due(s, every=0) for s in range(1, 100))  # 0: off
+    with_histograms = [s for s in due if histograms_due(s, every=50, histogram_every=2)]
+    assert with_histograms == [1, 10, 100, 200, 300]
 
 
 class Recorder(NullWriter):

@@ -133,7 +133,7 @@ def test_images_text_hparams_and_projector_read_back(served):
         f"{base}/data/plugin/projector/metadata?run={urllib.parse.quote(run)}&name={name}"
     )
     lines = metadata.decode().splitlines()
-    assert lines[0] == "token\tcount\tbucket\teff_lr" and len(lines) == rows + 1
+    assert lines[0] == "token\tcount\tbucket\teff_lr\tlog10_eff_lr" and len(lines) == rows + 1
 
 
 def test_rare_common_over_steps_reads_the_separation_from_the_events(trained):

@@ -31,8 +31,10 @@ ROW_COUNTERS = ("updates", "last_step")
 
 
 def num_selected(p: torch.Tensor, rows: slice | torch.Tensor) -> int:
-    """How many rows of `p` the selection `rows` picks (no data touched)."""
-    return torch.empty(p.shape[0], device="meta")[rows].shape[0]
+    """How many rows of `p` the selection `rows` (a slice or 1-D ids) picks."""
+    if isinstance(rows, slice):
+        return len(range(*rows.indices(p.shape[0])))
+    return rows.numel()
 
 
 def rate_per_row(
