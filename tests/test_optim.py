@@ -142,3 +142,22 @@ def test_effective_lr_of_a_row_range_costs_only_those_rows():
     assert head.shape == (10,)
     assert head[0] == head[5] == pytest.approx(1.0)  # lr / sqrt(1)
     assert np.isnan(head[1])
+
+
+def test_a_checkpoint_without_last_steps_still_loads(caplog):
+    """Optimizer states saved before per-row last steps existed: updated rows get the
+    checkpoint's step (exact for Adagrad without lr_decay), with a warning."""
+    p = nn.Parameter(torch.zeros(6, 2))
+    opt = Adagrad([p], lr=1.0)
+    for rows in ([0, 1], [1, 2]):
+        p.grad = sparse_grad(rows, np.ones((2, 2), np.float32), (6, 2))
+        opt.step()
+    saved = opt.state_dict()
+    del saved["state"][0]["last_step"]
+    fresh = Adagrad([p], lr=1.0)
+    with caplog.at_level("WARNING"):
+        fresh.load_state_dict(saved)
+    assert "predates per-row last steps" in caplog.text
+    assert fresh.state[p]["last_step"].tolist() == [2, 2, 2, 0, 0, 0]
+    assert fresh.state[p]["last_step"].dtype == torch.int32
+    np.testing.assert_array_equal(fresh.effective_lr(p).numpy(), opt.effective_lr(p).numpy())
