@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import datasets
 import numpy as np
 import pyarrow.compute as pc
+import xxhash
 from datasets.utils.stratify import stratified_shuffle_split_generate_indices
 
 from nlp_adagrad.config import (
@@ -52,6 +53,21 @@ def load_corpus(cfg: DataConfig) -> datasets.DatasetDict:
             f"the training split of data={cfg.name} has a single class; a classifier needs two"
         )
     return corpus
+
+
+def split_digest(ds: datasets.Dataset) -> str:
+    """A content hash (xxh3-128) of a split: its documents' texts and label names, in order.
+
+    A run records its test split's, so `evaluate` can tell when the data no longer gives the
+    split the run held out (a changed file re-splits, and training documents leak in).
+    """
+    names = ds.features["label"].names
+    digest = xxhash.xxh3_128()
+    for batch in ds.with_format("arrow").iter(batch_size=10_000):
+        digest.update("\0".join(batch["text"].to_pylist()).encode("utf-8", "surrogatepass"))
+        digest.update(b"\1" + "\0".join(names[i] for i in batch["label"].to_pylist()).encode())
+        digest.update(b"\2")
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------- BBC News
@@ -162,6 +178,10 @@ def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
         for path in [*files["train"], *files.get("test", [])]:
             _refuse_binary(path, cfg.format)
     options = {} if cfg.format is DataFormat.parquet else {"encoding": cfg.encoding}
+    # datasets keys its cache of a local file by path and modification time: a file rewritten
+    # with its old mtime (cp -p, touch -d) would be read stale. A cache folder per content
+    # hash cannot be.
+    options["cache_dir"] = str(local_cache_dir([*files["train"], *files.get("test", [])]))
     try:
         with _quiet_datasets():
             raw = datasets.load_dataset(_BUILDER[cfg.format], data_files=files, **options)
@@ -193,6 +213,18 @@ def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
                     f"(columns: {', '.join(ds.column_names)}); set data.{key}"
                 )
     return raw, text_column, label_column
+
+
+def local_cache_dir(paths: list[str]) -> Path:
+    """datasets' cache folder for these files: keyed by a hash of every byte (xxh3-128 reads
+    ~10 GB/s; sizes, modification times or sampled blocks all miss some edits)."""
+    digest = xxhash.xxh3_128()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        digest.update(b"\0" + str(Path(path).name).encode() + b"\0")
+    return Path(datasets.config.HF_DATASETS_CACHE) / "nlp_adagrad" / "local" / digest.hexdigest()
 
 
 def _refuse_binary(path: str, fmt: DataFormat) -> None:
@@ -241,7 +273,8 @@ def _split_fasttext_labels(batch: dict, prefix: str) -> dict:
 def _standardize(
     raw: datasets.DatasetDict, text_column: str, label_column: str
 ) -> datasets.DatasetDict:
-    """Keep text and label only; label names come from the training split, sorted naturally.
+    """Keep text and label only; label names come from the training split, normalised
+    (`normalize_label`) and sorted naturally (2 before 10).
 
     Rows whose label is missing or absent from training are dropped with a warning: the model
     could never predict them.
@@ -254,9 +287,10 @@ def _standardize(
     train_labels = label_strings(raw["train"])
     feature = raw["train"].features["label"]
     if isinstance(feature, datasets.ClassLabel):
-        names = list(feature.names)
+        names = [normalize_label(name) for name in feature.names]
     else:
-        names = [str(v) for v in sorted(set(raw["train"]["label"]) - {None}, key=_natural_key)]
+        names = sorted(set(train_labels) - {None}, key=_natural_key)
+    _warn_case_variants(train_labels)
     index = {name: i for i, name in enumerate(names)}
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
@@ -280,19 +314,53 @@ def _standardize(
     return datasets.DatasetDict(out)
 
 
+def normalize_label(value: object) -> str | None:
+    """A label as its class name: text stripped of surrounding whitespace, whole numbers as
+    integers (a CSV column of ints with one blank cell is read as floats: 3.0 is class 3),
+    None for a missing or blank label."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else str(value)
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return None
+        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
 def label_strings(ds: datasets.Dataset, column: str = "label") -> list[str | None]:
-    """Labels as strings (ClassLabel ids by name); None where missing."""
+    """Labels as normalised class names (ClassLabel ids by name); None where missing."""
     feature = ds.features[column]
     if isinstance(feature, datasets.ClassLabel):
-        return [feature.int2str(v) if v is not None and v >= 0 else None for v in ds[column]]
-    return [None if v is None else str(v) for v in ds[column]]
+        return [
+            normalize_label(feature.int2str(v)) if v is not None and v >= 0 else None
+            for v in ds[column]
+        ]
+    return [normalize_label(v) for v in ds[column]]
 
 
-def _natural_key(v: object) -> tuple:
-    """Sort numbers numerically and before strings, so labels 2 < 10."""
-    if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
-        return (0, float(v), "")
-    return (1, 0.0, str(v))
+def _warn_case_variants(labels: list[str | None]) -> None:
+    """One warning naming classes that differ only by case: likely one class typed twice."""
+    variants: dict[str, set[str]] = {}
+    for label in set(labels) - {None}:
+        variants.setdefault(label.casefold(), set()).add(label)
+    clashes = [" / ".join(sorted(names)) for names in variants.values() if len(names) > 1]
+    if clashes:
+        log.warning(
+            "labels that differ only by case are separate classes: %s; if they are one class, "
+            "write them alike in the data",
+            "; ".join(sorted(clashes)),
+        )
+
+
+def _natural_key(name: str) -> tuple:
+    """Sort numeric class names numerically and before the others, so 2 < 10."""
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
 
 
 # ------------------------------------------------------------------------------ Hub corpora

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_adagrad.config import DataFormat, LocalDataConfig
-from nlp_adagrad.data import label_strings, load_corpus, read_local
+from nlp_adagrad.data import (
+    label_strings,
+    load_corpus,
+    normalize_label,
+    read_local,
+    split_digest,
+)
 from nlp_adagrad.errors import UserError
 from nlp_adagrad.inference import batched_logits, load_run
 from nlp_adagrad.vocab import EncodedSplit
@@ -127,6 +133,7 @@ def _labelled_texts(run, args) -> tuple[list[str], np.ndarray]:
         names = test.features["label"].names
         if list(names) != run.class_names:
             raise UserError("the run's data now has other classes than it was trained on")
+        check_same_test_split(run, test)
         return test["text"], np.asarray(test["label"], dtype=np.int64)
     suffix = Path(args.data).suffix.lstrip(".").lower()
     fmt = args.format or {"jsonl": "json", "txt": "text"}.get(suffix, suffix)
@@ -143,7 +150,8 @@ def _labelled_texts(run, args) -> tuple[list[str], np.ndarray]:
         )
     )
     ds = raw["train"]
-    index = {name: i for i, name in enumerate(run.class_names)}
+    # runs from before label normalisation may hold names such as "3.0"
+    index = {normalize_label(name): i for i, name in enumerate(run.class_names)}
     texts, labels, unknown = [], [], 0
     for text, label in zip(ds[text_column], label_strings(ds, label_column)):
         if label in index:
@@ -160,6 +168,25 @@ def _labelled_texts(run, args) -> tuple[list[str], np.ndarray]:
     if not texts:
         raise UserError(f"{args.data} has no row with a label the run knows")
     return texts, np.asarray(labels, dtype=np.int64)
+
+
+def check_same_test_split(run, test: datasets.Dataset) -> None:
+    """Refuse to score a run on a test split other than the one it held out: a data file
+    edited since training re-splits, and documents it trained on would count as test."""
+    recorded = run.test_split
+    if recorded is None:
+        log.warning(
+            "this run predates test-split records: cannot check that its data still gives "
+            "the test split it held out"
+        )
+        return
+    if split_digest(test) != recorded["digest"]:
+        raise UserError(
+            f"the run's data no longer gives the test split it held out ({recorded['documents']} "
+            f"documents then, {len(test)} now, different content): the data changed since "
+            f"training, and its new split would score documents the run trained on; "
+            f"evaluate held-out data with --data FILE"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

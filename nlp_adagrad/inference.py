@@ -30,6 +30,7 @@ class LoadedRun:
     tokenizer: Tokenizer
     model: nn.Module
     class_names: list[str]
+    test_split: dict | None  # {"documents", "digest"} of the split it held out (newer runs)
 
     def encode(self, texts: list[str], labels: list[int] | None = None) -> EncodedSplit:
         features = datasets.Features(
@@ -82,7 +83,7 @@ def load_run(run_dir_str: str) -> LoadedRun:
     table_rows = state["model"]["embedding.weight"].shape[0]
     model = build_model(config.model, table_rows, len(class_names))
     model.load_state_dict(state["model"])
-    return LoadedRun(run_dir, config, tokenizer, model, class_names)
+    return LoadedRun(run_dir, config, tokenizer, model, class_names, state.get("test_split"))
 
 
 def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import datasets
 import hydra
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -32,7 +33,7 @@ from nlp_adagrad import distributed, run_info, telemetry
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
 from nlp_adagrad.checkpoint import load_for_resume, save_checkpoint
 from nlp_adagrad.config import CONF_DIR, Config, config_to_dict, register_configs, to_config
-from nlp_adagrad.data import load_corpus
+from nlp_adagrad.data import load_corpus, split_digest
 from nlp_adagrad.errors import EXIT_USER_ERROR, UserError
 from nlp_adagrad.evaluate import evaluate
 from nlp_adagrad.figures import eff_lr_figure
@@ -65,24 +66,59 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_resume_compatible(state: dict, cfg: Config, table: torch.Tensor, path: Path) -> None:
-    """Refuse a checkpoint whose table cannot fit; warn about config sections that differ."""
-    shape = tuple(state["model"]["embedding.weight"].shape)
-    if shape != tuple(table.shape):
+def check_resume_compatible(state: dict, cfg: Config, model: torch.nn.Module, path: Path) -> None:
+    """Refuse, in one line, a checkpoint this config cannot continue (another optimizer, model
+    or table shape); warn about data, tokenizer and model settings that differ."""
+    then = state["config"]
+    if then["optim"]["name"] != cfg.optim.name:
         raise UserError(
-            f"{path} holds a token table of shape {shape} but this config builds "
-            f"{tuple(table.shape)}; resume with the run's own data, tokenizer and model config"
+            f"{path} was trained with optim={then['optim']['name']}, whose state "
+            f"optim={cfg.optim.name} cannot continue; resume with optim={then['optim']['name']} "
+            f"(its keys, optim.lr included, may change)"
+        )
+    saved, built = state["model"], model.state_dict()
+    table = tuple(saved["embedding.weight"].shape)
+    if then["model"]["name"] == cfg.model.name and table != tuple(built["embedding.weight"].shape):
+        raise UserError(
+            f"{path} holds a token table of shape {table} but this config builds "
+            f"{tuple(built['embedding.weight'].shape)}; resume with the run's own data, "
+            f"tokenizer and model config"
+        )
+    if set(saved) != set(built) or any(saved[k].shape != built[k].shape for k in saved):
+        dim = f" model.dim={then['model']['dim']}" if "dim" in then["model"] else ""
+        raise UserError(
+            f"{path} holds a model=" + then["model"]["name"] + dim + " that this config's "
+            f"model={cfg.model.name} cannot load; resume with model={then['model']['name']}{dim}"
         )
     now = config_to_dict(cfg)
-    for section in ("data", "tokenizer", "model", "optim"):
-        then = dict(state["config"].get(section) or {})
+    for section in ("data", "tokenizer", "model"):
+        before = dict(then.get(section) or {})
         if section == "tokenizer":  # where ids come from, not what they are
-            then.pop("cache", None)
+            before.pop("cache", None)
             now[section] = {k: v for k, v in now[section].items() if k != "cache"}
-        if then != now[section]:
+        if before != now[section]:
             log.warning(
                 "resuming with a different %s config than %s was trained with", section, path
             )
+
+
+def resume_optimizer(optimizer: torch.optim.Optimizer, saved: dict, step: int) -> None:
+    """Load the optimizer's state, keeping this config's hyperparameters: `trainer.resume=...
+    optim.lr=50` trains on at 50 (torch's load_state_dict would restore the old values while
+    config.yaml said 50). Each changed value is logged."""
+    configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, wanted in zip(optimizer.param_groups, configured):
+        for key, value in wanted.items():
+            if group.get(key) != value:
+                log.info(
+                    "resume: optim.%s %s -> %s from step %d on (this run's config)",
+                    key,
+                    group.get(key),
+                    value,
+                    step + 1,
+                )
+                group[key] = value
 
 
 def write_json(path: Path, values: dict) -> None:
@@ -114,6 +150,8 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     counts = token_counts(train_split, num_rows)
     prepare_seconds = time.perf_counter() - prepare_start
     class_names = corpus["train"].features["label"].names
+    # what `evaluate` checks before it scores the run on "its" test split again
+    held_out = {"documents": len(corpus["test"]), "digest": split_digest(corpus["test"])}
     log.info(
         "data=%s: %d train / %d test documents, %d classes, %d words (+%d bigram buckets), "
         "%d training tokens",
@@ -137,11 +175,11 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     step, tokens_seen, resumed = 0, 0, None
     if cfg.trainer.resume:
         path, resumed = load_for_resume(cfg.trainer.resume, map_location=device)
-        check_resume_compatible(resumed, cfg, table, path)
+        check_resume_compatible(resumed, cfg, model, path)
         model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        torch.set_rng_state(resumed["rng_state"])
         step, tokens_seen = resumed["step"], resumed["tokens"]
+        resume_optimizer(optimizer, resumed["optimizer"], step)
+        torch.set_rng_state(resumed["rng_state"])
         log.info("resumed from %s at step %d", path, step)
     start_epoch, start_batch = divmod(step, steps_per_epoch)
 
@@ -196,6 +234,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                 "telemetry_first": first_snapshot,
                 "config": config_to_dict(cfg),
                 "class_names": list(class_names),
+                "test_split": held_out,
             },
             keep=cfg.trainer.keep_checkpoints,
         )
@@ -298,6 +337,9 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     result = evaluate(model, test_split, cfg.trainer.batch_size, device)
     writer.scalar("test/loss", result.loss, step)
     writer.scalar("test/accuracy", result.accuracy, step)
+    predicted_classes = len(np.unique(result.predictions))
+    if predicted_classes == 1 and len(class_names) > 1:
+        warn_collapsed(cfg, class_names[int(result.predictions[0])], result.accuracy)
     summary, eff_lr, updates = telemetry.log_snapshot(
         writer, spec, optimizer, table, step, exact=True
     )
@@ -305,6 +347,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     metrics = {
         "test/accuracy": result.accuracy,
         "test/loss": result.loss,
+        "test/predicted_classes": predicted_classes,
         "train/loss": train_loss,
         "train/steps": step,
         "train/tokens": tokens_seen,
@@ -364,6 +407,26 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         checkpoint()
     distributed.teardown(topology)
     return metrics
+
+
+def warn_collapsed(cfg: Config, predicted: str, accuracy: float) -> None:
+    """One warning when every test prediction is the same class: an accuracy that looks like
+    a result but is the class's share of the split."""
+    if cfg.optim.name == "sgd" and cfg.model.mode.value == "mean":
+        hint = (
+            "with optim=sgd and model.mode=mean a token's gradient is ~1/document length of "
+            "the bias's, so no single lr serves both: try model.mode=sum optim.lr=0.01, or "
+            "optim=adagrad"
+        )
+    else:
+        hint = f"try another optim.lr (now {cfg.optim.lr:g}) or more trainer.epochs"
+    log.warning(
+        "every test prediction is class %r: test/accuracy %.4f is that class's share of the "
+        "test split, not something learned; %s",
+        predicted,
+        accuracy,
+        hint,
+    )
 
 
 def first_snapshot_metrics(summary: dict[str, float], step: int) -> dict[str, float]:
