@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +80,18 @@ def save_checkpoint(folder: Path, payload: dict[str, Any], keep: int) -> Path:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load one checkpoint with weights_only=True; UserError naming the file if it is bad."""
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load checkpoint {path}: {reason[:300]}") from None
+        if "Weights only load failed" in str(e):
+            reason = (
+                "it holds Python objects beyond tensors, which loading with weights_only=True "
+                "refuses (such a file can run code); it is not an nlp_adagrad checkpoint"
+            )
+        else:
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load checkpoint {path}: {reason}") from None
     if not isinstance(payload, dict) or any(k not in payload for k in REQUIRED_KEYS):
         raise UserError(f"{path} is not an nlp_adagrad checkpoint (needs {REQUIRED_KEYS})")
     return payload
@@ -112,16 +121,21 @@ def resume_candidates(resume: str) -> list[Path]:
 
 
 def load_for_resume(resume: str, map_location: str | torch.device) -> tuple[Path, dict]:
-    """The newest loadable checkpoint for `trainer.resume`, warning about each damaged one."""
-    failures = []
-    for path in resume_candidates(resume):
+    """The newest loadable checkpoint for `trainer.resume`, warning about each damaged one
+    that an older one replaces."""
+    candidates = resume_candidates(resume)
+    for k, path in enumerate(candidates):
         try:
             payload = load_checkpoint(path, map_location)
         except UserError as e:
-            failures.append(str(e))
+            if k + 1 == len(candidates):
+                more = f" (nor do {k} newer ones)" if k else ""
+                raise UserError(
+                    f"no loadable checkpoint for trainer.resume={resume}: {e}{more}"
+                ) from None
             log.warning("%s; trying the previous checkpoint", e)
             continue
-        if failures:
+        if k:
             log.warning("resuming from %s, the newest checkpoint that loads", path)
         return path, payload
-    raise UserError(f"no loadable checkpoint for trainer.resume={resume}: {failures[-1]}")
+    raise AssertionError("resume_candidates never returns an empty list")

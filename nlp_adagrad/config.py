@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from nlp_adagrad.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -278,7 +279,9 @@ def check_config(c: Config) -> None:
         _require(c.model.dim >= 1, "model.dim must be >= 1")
     o = c.optim
     _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    _require(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
+    # the weights are float32: a larger rate overflows the update itself
+    _require(o.lr <= FLOAT32_MAX, f"optim.lr={o.lr:g} is beyond float32's range (3.4e38)")
+    _require(0 <= o.weight_decay <= FLOAT32_MAX, "optim.weight_decay must lie in [0, 3.4e38]")
     if isinstance(o, (AdagradConfig, RowwiseAdagradConfig)):
         _require(o.lr_decay >= 0, "optim.lr_decay must be >= 0")
         _require(o.initial_accumulator_value >= 0, "optim.initial_accumulator_value must be >= 0")
@@ -289,6 +292,7 @@ def check_config(c: Config) -> None:
     if hasattr(o, "eps"):
         _require(o.eps >= 0, "optim.eps must be >= 0")
     r = c.trainer
+    _require(0 <= r.seed < 2**63, f"trainer.seed must lie in [0, 2^63), got {r.seed}")
     _require(r.epochs >= 1, "trainer.epochs must be >= 1")
     _require(r.max_steps is None or r.max_steps >= 1, "trainer.max_steps must be >= 1")
     _require(r.batch_size >= 1, "trainer.batch_size must be >= 1")

@@ -39,13 +39,31 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"-k must be >= 1, got {args.k}")
         run = load_run(args.run_dir)
         lines = read_lines(args.file)
-        probabilities = run.probabilities(run.encode(lines))
+        if not lines:
+            source = args.file or "standard input"
+            raise UserError(f"{source} holds no lines to classify; give one document per line")
+        encoded = run.encode(lines)
+        probabilities = run.probabilities(encoded)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     for row, best in zip(probabilities, top_k(probabilities, args.k)):
         print(" ".join(f"{run.class_names[c]} {row[c]:.4f}" for c in best))
+    warn_unknown_lines(encoded.lengths)
     return 0
+
+
+def warn_unknown_lines(lengths, shown: int = 5) -> None:
+    """Name the lines with no known token: their labels are the class prior (the bias alone),
+    which would otherwise read like any other answer."""
+    empty = [i + 1 for i, n in enumerate(lengths) if n == 0]
+    if empty:
+        listed = ", ".join(map(str, empty[:shown])) + (", ..." if len(empty) > shown else "")
+        print(
+            f"warning: {len(empty)} of {len(lengths)} lines have no known token (line "
+            f"{listed}); their labels are the training prior, not a reading of the text",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -34,12 +34,19 @@ from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_bat
 from nlp_adagrad.checkpoint import load_for_resume, save_checkpoint
 from nlp_adagrad.config import CONF_DIR, Config, config_to_dict, register_configs, to_config
 from nlp_adagrad.data import load_corpus, split_digest
-from nlp_adagrad.errors import EXIT_USER_ERROR, UserError
+from nlp_adagrad.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    TrainingInterrupted,
+    UserError,
+    os_error_line,
+)
 from nlp_adagrad.evaluate import evaluate
 from nlp_adagrad.figures import eff_lr_figure
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
+from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.models import build_model
-from nlp_adagrad.optim import Adagrad, build_optimizer
+from nlp_adagrad.optim import Adagrad, build_optimizer, table_bytes
 from nlp_adagrad.token_cache import tokenize_corpus
 from nlp_adagrad.vocab import token_counts, vocabulary, warn_unusual_documents
 from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
@@ -64,6 +71,32 @@ def resolve_device(name: str) -> torch.device:
             f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu"
         )
     return torch.device(name)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on the device (None where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_memory(cfg: Config, num_rows: int, num_classes: int, device: torch.device) -> None:
+    """Refuse in one line, before allocating, a token table and optimizer state larger than
+    the memory available (not an allocator traceback after asking for 36 GB)."""
+    width = getattr(cfg.model, "dim", num_classes)  # logreg: one column per class
+    need = table_bytes(cfg.optim, num_rows, width) + 8 * num_rows  # + int64 training counts
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise UserError(
+            f"the token table and {cfg.optim.name} state need ~{need / 2**30:.1f} GiB "
+            f"({num_rows:,} rows x {width} floats) but {device.type} has "
+            f"{free / 2**30:.1f} GiB available; lower model.dim or tokenizer.buckets"
+        )
 
 
 def check_resume_compatible(state: dict, cfg: Config, model: torch.nn.Module, path: Path) -> None:
@@ -147,9 +180,10 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     warn_unusual_documents(train_split, "train")
     warn_unusual_documents(test_split, "test")
     num_rows = len(tokens) + (cfg.tokenizer.buckets if cfg.tokenizer.ngrams == 2 else 0)
+    class_names = corpus["train"].features["label"].names
+    check_memory(cfg, num_rows, len(class_names), device)
     counts = token_counts(train_split, num_rows)
     prepare_seconds = time.perf_counter() - prepare_start
-    class_names = corpus["train"].features["label"].names
     # what `evaluate` checks before it scores the run on "its" test split again
     held_out = {"documents": len(corpus["test"]), "digest": split_digest(corpus["test"])}
     log.info(
@@ -260,7 +294,8 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     )
     doc_lengths = train_split.lengths
     model.train()
-    with logging_redirect_tqdm():
+    log.info("training: steps %d to %d", step + 1, total_steps)
+    with logging_redirect_tqdm(), stop_requests(topology.world_size == 1) as stop:
         for epoch in range(start_epoch, cfg.trainer.epochs):
             if step >= total_steps:
                 break
@@ -328,6 +363,11 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                     )
                 if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0:
                     last_checkpoint = checkpoint()
+                if stop.requested and not last:
+                    bar.close()
+                    saved = checkpoint()
+                    writer.close()
+                    raise TrainingInterrupted(step, saved)
                 if last:
                     break
     bar.close()
@@ -467,6 +507,27 @@ def main(cfg: DictConfig) -> dict[str, float]:
     except UserError as e:
         log.error("%s", e)
         sys.exit(e.exit_code)
+    except TrainingInterrupted as e:
+        log.warning(
+            "%s; checkpoint %s; resume with: python -m nlp_adagrad.train %s trainer.resume=%s",
+            e,
+            e.checkpoint,
+            overrides,
+            run_dir,
+        )
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # outside the steps, where the loop's handler does not run
+        log.warning(
+            "interrupted while preparing or finishing the run; checkpoints written so far, "
+            "if any, are in %s",
+            run_dir / "checkpoints",
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as e:
+        if (line := os_error_line(e)) is None:
+            raise
+        log.error("%s", line)
+        sys.exit(EXIT_USER_ERROR)
     log.info("run dir: %s  (tensorboard --logdir %s)", run_dir, run_dir / "tb")
     return metrics
 
@@ -486,6 +547,11 @@ def cli() -> None:
             "hydra/job_logging=disabled",
             "hydra/hydra_logging=disabled",
         ]
+    for override in sys.argv[1:]:  # Hydra would make the folder first and fail with a traceback
+        key, _, value = override.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and Path(value).is_file():
+            print(f"error: {key}={value} is a file; name a folder (new or empty)", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR)
     try:
         main()
     except SystemExit as e:

@@ -32,6 +32,7 @@ __all__ = [
     "RowwiseAdagrad",
     "SparseAdam",
     "build_optimizer",
+    "table_bytes",
     "unique_rows",
 ]
 
@@ -77,6 +78,25 @@ _BUILDERS: dict[type, Callable[[OptimConfig, Params, int], RowOptimizer]] = {
         maximize=c.maximize,
     ),
 }
+
+
+# Optimizer state per weight of a sparse table (row-wise Adagrad: one float per row instead)
+_STATE_PER_WEIGHT: dict[type, float] = {
+    AdagradConfig: 1.0,
+    RowwiseAdagradConfig: 0.0,
+    SGDConfig: 0.0,
+    RMSpropConfig: 1.0,
+    SparseAdamConfig: 2.0,
+}
+
+
+def table_bytes(cfg: OptimConfig, rows: int, width: int) -> int:
+    """Bytes a float32 table of rows x width takes with this optimizer's state and the two
+    int32 per-row counters telemetry keeps (updates, last step)."""
+    per_row = 4 * width * (1 + _STATE_PER_WEIGHT[type(cfg)]) + 8
+    if isinstance(cfg, RowwiseAdagradConfig):
+        per_row += 4
+    return int(rows * per_row)
 
 
 def build_optimizer(cfg: OptimConfig, params: Params, total_steps: int) -> RowOptimizer:
