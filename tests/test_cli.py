@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from nlp_adagrad.data import load_corpus
 from tests.helpers import make_config, run_cli, run_script, tiny_rows
 
@@ -37,6 +39,7 @@ def test_cli_run_writes_a_microsecond_run_dir(tmp_path):
     assert "reproduce with: python -m nlp_adagrad.train" in log and "test/accuracy" in log
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_optimizer_under_multirun(tmp_path):
     proc = run_cli("-m", "optim=adagrad,sgd", *SMALL, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,6 +16,8 @@ import torch
 
 from tests.helpers import QUIET
 
+pytestmark = pytest.mark.slow  # torchrun starts 2-4 processes a test: ~80 s in all
+
 ARGS = [
     "data.max_examples=400",
     "trainer.epochs=2",

@@ -160,6 +160,7 @@ def start_and_signal(run_dir, sig) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines) + out, "")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
     stopped = tmp_path / "stopped"
     proc = start_and_signal(stopped, signal.SIGINT)
@@ -176,6 +177,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
     assert "resumed from" in (tmp_path / "resumed" / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_same_way(tmp_path):
     proc = start_and_signal(tmp_path / "stopped", signal.SIGTERM)
     assert proc.returncode == 130 and "resume with:" in proc.stdout

@@ -39,6 +39,7 @@ def metrics_without_timing(run_dir: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     whole, killed, resumed = tmp_path / "whole", tmp_path / "killed", tmp_path / "resumed"
     proc = subprocess.Popen(
@@ -155,6 +156,7 @@ def test_adagrad_never_produces_nan_on_bbc_news_from_lr_001_to_100(tmp_path, lr)
     assert torch.isfinite(torch.tensor(metrics["test/loss"]))
 
 
+@pytest.mark.slow
 def test_runs_started_together_get_their_own_run_dirs(tmp_path):
     procs = [
         subprocess.Popen(
