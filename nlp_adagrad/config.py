@@ -7,7 +7,10 @@ into plain dataclasses and runs the cross-field checks; code below the entry poi
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import enum
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 # ---------------------------------------------------------------------------------------- data
 class DataFormat(enum.Enum):
+    auto = "auto"  # from the file name: .csv .tsv .json .jsonl .parquet .txt (+ .gz .bz2 .xz .zst)
     csv = "csv"
     json = "json"
     parquet = "parquet"
@@ -47,7 +51,8 @@ class LocalDataConfig(DataConfig):
     name: str = "local"
     path: str = MISSING  # a file, or a folder of files of one format
     test_path: str | None = None  # a separate test file; otherwise split off test_fraction
-    format: DataFormat = DataFormat.csv
+    format: DataFormat = DataFormat.auto
+    delimiter: str | None = None  # csv only; None: tab for .tsv / .tab files, else a comma
     encoding: str = "utf-8"  # of csv, json and text files
     text_column: str = "text"
     label_column: str = "label"
@@ -247,9 +252,67 @@ def register_configs() -> None:
 
 def to_config(cfg: DictConfig) -> Config:
     """Convert the composed config to dataclasses and check what no single field can."""
+    for group in SCHEMAS:  # `+optim.lrr=1` gets past Hydra into an untyped group node
+        node = cfg.get(group)
+        schema = OmegaConf.get_type(node) if node is not None else None
+        if dataclasses.is_dataclass(schema):
+            for key in node:
+                if key not in {f.name for f in dataclasses.fields(schema)}:
+                    raise UserError(unknown_key_message(group, str(node.get("name")), key, schema))
     config: Config = OmegaConf.to_object(cfg)
     check_config(config)
     return config
+
+
+def unknown_key_message(group: str, option: str, key: str, schema: type) -> str:
+    """`optim.lrr is not a key of optim=adagrad; did you mean optim.lr? ...` (one line)."""
+    names = [f.name for f in dataclasses.fields(schema)]
+    close = difflib.get_close_matches(key, names, n=1)
+    guess = f"did you mean {group}.{close[0]}? " if close else ""
+    return (
+        f"{group}.{key} is not a key of {group}={option}; {guess}"
+        f"its keys: {', '.join(names)} (python -m nlp_adagrad.train --help lists them all)"
+    )
+
+
+def schema_of_option(group: str, option: str) -> type | None:
+    """The dataclass behind conf/<group>/<option>.yaml, read from its defaults line."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        return None
+    found = re.search(rf"/schema/{group}/(\w+)@_here_", path.read_text())
+    return SCHEMAS[group].get(found.group(1)) if found else None
+
+
+def check_override_keys(overrides: list[str]) -> str | None:
+    """The first command-line override naming a key no chosen option of its group has, as one
+    line with the closest real key; None when all are known.
+
+    Read from the overrides and conf/ without composing (milliseconds): Hydra's own message
+    for `optim.lrr=1` is five lines ending in a hint, `+optim.lrr=1`, that used to run with
+    the key silently ignored.
+    """
+    chosen = {group: [default_option(group)] for group in SCHEMAS}
+    settings = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key in SCHEMAS:
+            chosen[key] = value.split(",")  # a sweep may list several options
+        elif "." in key and key.split(".", 1)[0] in SCHEMAS:
+            settings.append(key.split(".", 1))
+    for group, key in settings:
+        for option in chosen[group]:
+            schema = schema_of_option(group, option)
+            if schema is not None and key not in {f.name for f in dataclasses.fields(schema)}:
+                return unknown_key_message(group, option, key, schema)
+    return None
+
+
+def default_option(group: str) -> str:
+    """The option conf/config.yaml's defaults list picks for a group."""
+    found = re.search(rf"^\s*- {group}: (\w+)", (CONF_DIR / "config.yaml").read_text(), re.M)
+    return found.group(1) if found else "default"
 
 
 def _require(ok: bool, message: str) -> None:
@@ -259,6 +322,7 @@ def _require(ok: bool, message: str) -> None:
 
 def check_config(c: Config) -> None:
     _require(0.0 < c.data.test_fraction < 1.0, "data.test_fraction must lie in (0, 1)")
+    _require(0 <= c.data.seed < 2**63, f"data.seed must lie in [0, 2^63), got {c.data.seed}")
     _require(
         c.data.max_examples is None or c.data.max_examples > 0, "data.max_examples must be > 0"
     )

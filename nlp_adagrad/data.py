@@ -7,9 +7,12 @@ file or column, an empty corpus, no route to the Hub) raise `UserError` with one
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import importlib.resources
 import logging
+import lzma
 import math
 import os
 import socket
@@ -123,17 +126,25 @@ def _split(full: datasets.Dataset, cfg: DataConfig) -> datasets.DatasetDict:
             f"data={cfg.name} is too small to split with test_fraction "
             f"{cfg.test_fraction}: {len(labels)} examples"
         )
-    try:
-        train_idx, test_idx = next(
-            stratified_shuffle_split_generate_indices(
-                labels, n_train, n_test, rng=np.random.default_rng(cfg.seed)
-            )
-        )
-    except Exception as e:  # "Minimum class count error", or too few per class
+    classes, sizes = np.unique(labels, return_counts=True)
+    if sizes.min() < 2:
+        name = full.features["label"].int2str(int(classes[sizes.argmin()]))
         raise UserError(
-            f"cannot split data={cfg.name} into train and test: {e}; every class needs at "
-            f"least two examples"
-        ) from None
+            f"cannot split data={cfg.name} into train and test: class {name!r} has a single "
+            f"example and a stratified split needs two of each; add examples or drop the class"
+        )
+    if min(n_train, n_test) < len(classes):
+        raise UserError(
+            f"data.test_fraction={cfg.test_fraction:g} holds out {n_test} of {len(labels)} "
+            f"documents, but a stratified split needs at least one per class in both parts "
+            f"({len(classes)} classes); choose data.test_fraction between "
+            f"{len(classes) / len(labels):.2g} and {1 - len(classes) / len(labels):.2g}"
+        )
+    train_idx, test_idx = next(
+        stratified_shuffle_split_generate_indices(
+            labels, n_train, n_test, rng=np.random.default_rng(cfg.seed)
+        )
+    )
     return datasets.DatasetDict(train=full.select(train_idx), test=full.select(test_idx))
 
 
@@ -168,23 +179,82 @@ def _local(cfg: LocalDataConfig) -> datasets.DatasetDict:
     return corpus
 
 
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}  # datasets reads .zst too
+_BY_SUFFIX = {
+    ".csv": DataFormat.csv,
+    ".tsv": DataFormat.csv,
+    ".tab": DataFormat.csv,
+    ".json": DataFormat.json,
+    ".jsonl": DataFormat.json,
+    ".ndjson": DataFormat.json,
+    ".parquet": DataFormat.parquet,
+    ".pq": DataFormat.parquet,
+    ".txt": DataFormat.text,
+}
+
+
+def _suffixes(path: str) -> tuple[str, str]:
+    """(format suffix, compression suffix): data.tsv.gz -> (".tsv", ".gz")."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in (*COMPRESSED, ".zst"):
+        return (suffixes[-2] if len(suffixes) > 1 else ""), suffixes[-1]
+    return (suffixes[-1] if suffixes else ""), ""
+
+
+def infer_format(paths: list[str], key: str) -> DataFormat:
+    """data.format=auto: the format the file names say (all alike)."""
+    found = {_BY_SUFFIX.get(_suffixes(p)[0]) for p in paths}
+    if len(found) != 1 or None in found:
+        names = ", ".join(Path(p).name for p in paths[:3])
+        raise UserError(
+            f"cannot tell the format of {key}={names} from its name (.csv, .tsv, .json, "
+            f".jsonl, .parquet or .txt, optionally .gz/.bz2/.xz/.zst); "
+            f"set data.format=csv|json|parquet|text"
+        )
+    return found.pop()
+
+
+def _first_line(path: str, encoding: str) -> str:
+    opener = COMPRESSED.get(_suffixes(path)[1], open)
+    try:
+        with opener(path, "rt", encoding=encoding, errors="replace") as f:
+            return next((line for line in f if line.strip()), "")
+    except OSError:  # .zst, or not really compressed: datasets will say what is wrong
+        return ""
+
+
 def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
     """The file(s) as read, with the text and label columns checked: (raw, text, label)."""
     files = {"train": _data_files(cfg.path, "data.path")}
     if cfg.test_path is not None:
         files["test"] = _data_files(cfg.test_path, "data.test_path")
+    every_file = [*files["train"], *files.get("test", [])]
+    fmt = cfg.format
+    if fmt is DataFormat.auto:
+        fmt = infer_format(every_file, "data.path")
+        first = _first_line(every_file[0], cfg.encoding).lstrip()
+        if fmt is DataFormat.text and not first.startswith(cfg.label_prefix):
+            raise UserError(
+                f"{every_file[0]} is read as fastText text (.txt) but its first line has no "
+                f"{cfg.label_prefix} tag; tag each line ({cfg.label_prefix}sport some words), "
+                f"set data.label_prefix, or give a csv/json file"
+            )
     wide = cfg.encoding.lower().replace("-", "").startswith(("utf16", "utf32"))  # NULs are text
-    if cfg.format is not DataFormat.parquet and not wide:
-        for path in [*files["train"], *files.get("test", [])]:
-            _refuse_binary(path, cfg.format)
-    options = {} if cfg.format is DataFormat.parquet else {"encoding": cfg.encoding}
+    if fmt is not DataFormat.parquet and not wide:
+        for path in every_file:
+            if not _suffixes(path)[1]:  # compressed files are binary; datasets unpacks them
+                _refuse_binary(path, fmt)
+    options = {} if fmt is DataFormat.parquet else {"encoding": cfg.encoding}
+    if fmt is DataFormat.csv:
+        tab = _suffixes(every_file[0])[0] in (".tsv", ".tab")
+        options["sep"] = cfg.delimiter if cfg.delimiter is not None else ("\t" if tab else ",")
     # datasets keys its cache of a local file by path and modification time: a file rewritten
     # with its old mtime (cp -p, touch -d) would be read stale. A cache folder per content
     # hash cannot be.
     options["cache_dir"] = str(local_cache_dir([*files["train"], *files.get("test", [])]))
     try:
         with _quiet_datasets():
-            raw = datasets.load_dataset(_BUILDER[cfg.format], data_files=files, **options)
+            raw = datasets.load_dataset(_BUILDER[fmt], data_files=files, **options)
     except Exception as e:  # datasets wraps the parser's error; the first cause says most
         cause = _first_cause(e)
         if "corresponds to no data" in str(e):
@@ -195,11 +265,12 @@ def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
                 f"if it is text in another encoding set data.encoding (e.g. latin-1), "
                 f"if it is binary point data.path at the data file"
             ) from None
+        hint = "; a TSV needs data.delimiter='\\t'" if fmt is DataFormat.csv else ""
         raise UserError(
-            f"cannot read {cfg.path} as {cfg.format.value}: {one_line(cause)}; "
-            f"check data.format (csv, json, parquet or text)"
+            f"cannot read {cfg.path} as {fmt.value}: {one_line(cause)}; "
+            f"check data.format (csv, json, parquet or text){hint}"
         ) from None
-    if cfg.format is DataFormat.text:
+    if fmt is DataFormat.text:
         raw = raw.map(_split_fasttext_labels, batched=True, fn_kwargs={"prefix": cfg.label_prefix})
         text_column, label_column = "text", "label"
     else:

@@ -7,7 +7,6 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -119,10 +118,11 @@ def format_report(report: Report, class_names: list[str]) -> str:
     lines += [
         "",
         "confusion matrix (rows: true class, columns: predicted class)",
-        " " * width + "  " + " ".join(f"{c[:8]:>8}" for c in class_names),
+        " " * width + "  " + " ".join(f"{c:>{max(8, len(c))}}" for c in class_names),
     ]
     for i, name in enumerate(class_names):
-        lines.append(f"{name:<{width}}  " + " ".join(f"{v:8d}" for v in report.confusion[i]))
+        cells = (f"{v:{max(8, len(c))}d}" for v, c in zip(report.confusion[i], class_names))
+        lines.append(f"{name:<{width}}  " + " ".join(cells))
     return "\n".join(lines)
 
 
@@ -135,16 +135,10 @@ def _labelled_texts(run, args) -> tuple[list[str], np.ndarray]:
             raise UserError("the run's data now has other classes than it was trained on")
         check_same_test_split(run, test)
         return test["text"], np.asarray(test["label"], dtype=np.int64)
-    suffix = Path(args.data).suffix.lstrip(".").lower()
-    fmt = args.format or {"jsonl": "json", "txt": "text"}.get(suffix, suffix)
-    if fmt not in {f.value for f in DataFormat}:
-        raise UserError(
-            f"cannot tell the format of {args.data}; pass --format csv|json|parquet|text"
-        )
     raw, text_column, label_column = read_local(
         LocalDataConfig(
             path=args.data,
-            format=DataFormat(fmt),
+            format=DataFormat(args.format or "auto"),  # auto: from the file name
             text_column=args.text_column,
             label_column=args.label_column,
         )

@@ -68,7 +68,10 @@ def tokenize_corpus(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> Token
     """The tokenizer and both splits' ids, from the cache when an entry matches."""
     if cfg.cache:
         entry = cache_root() / cache_key(corpus, cfg)
-        for attempt in ("read", "rebuild"):
+        # an entry that exists and fails was damaged: rebuild it; one that did not exist
+        # failed while being written: go on without the cache
+        attempts = ("read", "rebuild") if entry.exists() else ("rebuild",)
+        for attempt in attempts:
             try:
                 return _through_cache(corpus, cfg, entry)
             except UserError:

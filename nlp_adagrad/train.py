@@ -9,6 +9,7 @@ the identical step (nlp_adagrad.distributed); only the main process writes files
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -32,7 +33,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nlp_adagrad import distributed, run_info, telemetry
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
 from nlp_adagrad.checkpoint import load_for_resume, save_checkpoint
-from nlp_adagrad.config import CONF_DIR, Config, config_to_dict, register_configs, to_config
+from nlp_adagrad.config import (
+    CONF_DIR,
+    Config,
+    check_override_keys,
+    config_to_dict,
+    register_configs,
+    to_config,
+)
 from nlp_adagrad.data import load_corpus, split_digest
 from nlp_adagrad.errors import (
     EXIT_INTERRUPTED,
@@ -403,18 +411,7 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         metrics["train/peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     table_md = telemetry.bucket_table(spec, eff_lr, updates)
     log.info("effective learning rate by count bucket (%s):\n%s", cfg.optim.name, table_md)
-    log.info(
-        "test/accuracy %.4f  eff_lr rare / common: %.1fx at step %d, %.1fx at the end "
-        "(rare %.4g, common %.4g)  slope vs updates %.3f, vs count %.3f",
-        metrics["test/accuracy"],
-        metrics["eff_lr/rare_to_common_first"],
-        metrics["eff_lr/first_snapshot_step"],
-        metrics["eff_lr/rare_to_common"],
-        metrics["eff_lr/rare"],
-        metrics["eff_lr/common"],
-        metrics["eff_lr/slope_vs_updates"],
-        metrics["eff_lr/slope_vs_count"],
-    )
+    log.info("test/accuracy %.4f  %s", metrics["test/accuracy"], rates_line(metrics, cfg))
     if is_main:
         writer.text("eff_lr/buckets", table_md, step)
         if cfg.telemetry.figure:
@@ -469,6 +466,28 @@ def warn_collapsed(cfg: Config, predicted: str, accuracy: float) -> None:
     )
 
 
+def rates_line(metrics: dict[str, float], cfg: Config) -> str:
+    """The end-of-run summary of the rates, saying why a number is missing instead of `nan`."""
+    rare, common = metrics["eff_lr/rare"], metrics["eff_lr/common"]
+    if not math.isfinite(rare):
+        return (
+            f"eff_lr common {common:.4g}; rare n/a: no token seen <= "
+            f"{cfg.telemetry.rare_max_count} times (telemetry.rare_max_count) was updated, "
+            f"so there is no rare / common ratio"
+        )
+    slopes = ", ".join(
+        f"vs {x} {metrics[f'eff_lr/slope_vs_{x}']:.3f}"
+        if math.isfinite(metrics[f"eff_lr/slope_vs_{x}"])
+        else f"vs {x} n/a (all tokens alike)"
+        for x in ("updates", "count")
+    )
+    return (
+        f"eff_lr rare / common: {metrics['eff_lr/rare_to_common_first']:.1f}x at step "
+        f"{metrics['eff_lr/first_snapshot_step']:.0f}, {metrics['eff_lr/rare_to_common']:.1f}x "
+        f"at the end (rare {rare:.4g}, common {common:.4g})  slope {slopes}"
+    )
+
+
 def first_snapshot_metrics(summary: dict[str, float], step: int) -> dict[str, float]:
     """eff_lr/rare_first, ...: the rates before they separate, beside the final ones (from
     the first snapshot with both a rare and a common token updated)."""
@@ -487,6 +506,37 @@ def claim_run_dir(run_dir: Path) -> None:
         ) from None
 
 
+def detach_file_logs(run_dir: Path) -> None:
+    """Stop the log handlers Hydra opened on files in `run_dir` (its train.log)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(
+            run_dir.resolve()
+        ):
+            root.removeHandler(handler)
+            handler.close()
+
+
+SCAFFOLDING = (".hydra", "config.yaml", "train.log", "tokenizer.json", "tb", RUN_LOCK)
+
+
+def discard_unstarted_run(run_dir: Path) -> None:
+    """Remove the folder of a run refused before it trained (the error is on the console), so
+    outputs/ keeps no run that holds only its config and log. A run with checkpoints, or a
+    folder holding anything else, is left as it is."""
+    if (run_dir / "checkpoints").exists():
+        return
+    detach_file_logs(run_dir)
+    for name in SCAFFOLDING:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: something of the user's is in it
+        run_dir.rmdir()
+
+
 register_configs()
 _task_started = False  # set once Hydra hands over a composed config
 
@@ -498,14 +548,21 @@ def main(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     datasets.disable_progress_bars()  # our own bar is the one that matters
     overrides = " ".join(HydraConfig.get().overrides.task)
-    log.info("reproduce with: python -m nlp_adagrad.train %s", overrides)
     try:
         claim_run_dir(run_dir)
+    except UserError as e:  # another run's dir: write nothing more into its train.log
+        detach_file_logs(run_dir)
+        log.error("%s", e)
+        sys.exit(e.exit_code)
+    log.info("reproduce with: python -m nlp_adagrad.train %s", overrides)
+    try:
         config = to_config(cfg)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         metrics = train(config, run_dir)
     except UserError as e:
         log.error("%s", e)
+        if e.exit_code == EXIT_USER_ERROR:  # bad input: no run to keep (a divergence keeps its)
+            discard_unstarted_run(run_dir)
         sys.exit(e.exit_code)
     except TrainingInterrupted as e:
         log.warning(
@@ -547,10 +604,21 @@ def cli() -> None:
             "hydra/job_logging=disabled",
             "hydra/hydra_logging=disabled",
         ]
-    for override in sys.argv[1:]:  # Hydra would make the folder first and fail with a traceback
+    unknown = check_override_keys([a for a in sys.argv[1:] if not a.startswith("-")])
+    if unknown is not None:
+        print(f"error: {unknown}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+    for override in sys.argv[1:]:  # Hydra writes .hydra/ into the folder before main() runs
         key, _, value = override.partition("=")
         if key in ("hydra.run.dir", "hydra.sweep.dir") and Path(value).is_file():
             print(f"error: {key}={value} is a file; name a folder (new or empty)", file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR)
+        if key == "hydra.run.dir" and (Path(value) / RUN_LOCK).exists():
+            print(
+                f"error: {value} already holds a run; pick a new hydra.run.dir "
+                f"(the default never repeats)",
+                file=sys.stderr,
+            )
             raise SystemExit(EXIT_USER_ERROR)
     try:
         main()

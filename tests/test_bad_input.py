@@ -36,10 +36,13 @@ def test_wrong_format(tiny_csv):
 
 
 def test_binary_file(tmp_path):
-    binary = tmp_path / "model.bin"
+    binary = tmp_path / "data.csv"  # named like text, holding bytes
     binary.write_bytes(bytes(range(256)) * 40)
     with pytest.raises(UserError, match="looks binary .* point data.path at the data file"):
         load_corpus(local(binary))
+    binary.rename(tmp_path / "model.bin")
+    with pytest.raises(UserError, match="cannot tell the format of data.path=model.bin"):
+        load_corpus(local(tmp_path / "model.bin"))
 
 
 def test_non_utf8_text_names_the_fix_and_the_fix_works(tmp_path):

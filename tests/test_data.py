@@ -62,3 +62,52 @@ def test_synthetic_corpus_is_seeded_and_its_planted_labels_are_learnable():
     assert (votes.argmax(axis=1)[decided] == labels[decided]).all()
     rare_signal = class_of_type[150:] >= 0  # rare types carry signal too
     assert 0.1 < rare_signal.mean() < 0.3
+
+
+def _write_formats(folder):
+    """The tiny corpus as csv, tsv, fastText text and json lines, each also gzip- and xz-packed."""
+    import gzip
+    import json
+    import lzma
+
+    from tests.helpers import tiny_rows
+
+    rows = tiny_rows()
+    texts = {
+        "d.csv": "text,label\n" + "".join(f'"{r["text"]}",{r["label"]}\n' for r in rows),
+        "d.tsv": "text\tlabel\n" + "".join(f"{r['text']}\t{r['label']}\n" for r in rows),
+        "d.txt": "".join(f"__label__{r['label']} {r['text']}\n" for r in rows),
+        "d.jsonl": "".join(json.dumps(r) + "\n" for r in rows),
+    }
+    paths = []
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+        (folder / f"{name}.gz").write_bytes(gzip.compress(text.encode()))
+        (folder / f"{name}.xz").write_bytes(lzma.compress(text.encode()))
+        paths += [folder / name, folder / f"{name}.gz", folder / f"{name}.xz"]
+    return paths
+
+
+def test_the_format_comes_from_the_file_name_compressed_or_not(tmp_path):
+    from nlp_adagrad.config import LocalDataConfig
+
+    reference = None
+    for path in _write_formats(tmp_path):
+        corpus = load_corpus(LocalDataConfig(path=str(path)))  # data.format=auto
+        got = (corpus["train"]["text"], corpus["train"]["label"], corpus["test"]["text"])
+        reference = reference or got
+        assert got == reference, path.name  # every file gives the same corpus
+
+
+def test_a_name_that_says_no_format_and_an_untagged_txt_say_what_to_do(tmp_path):
+    import pytest
+
+    from nlp_adagrad.config import LocalDataConfig
+    from nlp_adagrad.errors import UserError
+
+    (tmp_path / "data.dat").write_text("text,label\na,b\n")
+    with pytest.raises(UserError, match="cannot tell the format .* set data.format="):
+        load_corpus(LocalDataConfig(path=str(tmp_path / "data.dat")))
+    (tmp_path / "plain.txt").write_text("just words, no tags\n")
+    with pytest.raises(UserError, match="first line has no __label__ tag"):
+        load_corpus(LocalDataConfig(path=str(tmp_path / "plain.txt")))

@@ -79,6 +79,7 @@ def test_resume_with_another_optimizer_or_model_is_refused(small_run, tmp_path, 
     [
         ("trainer.seed=-1", r"trainer.seed must lie in \[0, 2\^63\)"),
         ("optim.lr=1e300", "beyond float32's range"),
+        ("data.seed=-1", r"data.seed must lie in \[0, 2\^63\)"),
     ],
 )
 def test_out_of_range_settings(override, message):
@@ -182,3 +183,63 @@ def test_sigterm_stops_the_same_way(tmp_path):
     proc = start_and_signal(tmp_path / "stopped", signal.SIGTERM)
     assert proc.returncode == 130 and "resume with:" in proc.stdout
     assert (tmp_path / "stopped" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("plus", ["", "+"])
+def test_an_unknown_key_names_the_closest_real_one_even_with_plus(tmp_path, plus):
+    proc = run_cli(f"{plus}optim.lrr=1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: optim.lrr is not a key of optim=adagrad; did you mean optim.lr? its keys: name, "
+        "lr, weight_decay, maximize, lr_decay, initial_accumulator_value, eps "
+        "(python -m nlp_adagrad.train --help lists them all)"
+    ]
+    assert not (tmp_path / "outputs").exists()
+    with pytest.raises(UserError, match="did you mean optim.lr"):
+        make_config("+optim.lrr=1")  # past the command line too (tests, other entry points)
+
+
+def test_a_key_of_another_option_of_the_group(tmp_path):
+    proc = run_cli("-m", "optim=adagrad,sgd", "optim.lr_decay=0.1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "optim.lr_decay is not a key of optim=sgd; did you mean optim.linear_decay?" in (
+        proc.stderr
+    )
+
+
+def test_a_run_refused_for_bad_input_leaves_no_run_dir_behind(tmp_path):
+    proc = run_cli("data=local", "data.path=nope.csv", cwd=tmp_path)
+    assert proc.returncode == 2 and "no such file" in proc.stdout + proc.stderr
+    assert list((tmp_path / "outputs").rglob("*.yaml")) == []  # no config.yaml, no .hydra/
+    assert list((tmp_path / "outputs").rglob("train.log")) == []
+
+
+def test_a_test_fraction_too_small_for_the_classes_says_so(tmp_path):
+    from nlp_adagrad.data import load_corpus
+
+    with pytest.raises(UserError, match=r"holds out 1 of .* choose data.test_fraction between"):
+        load_corpus(make_config("data.test_fraction=0.0001").data)
+
+
+def test_a_missing_rare_group_is_explained_not_printed_as_nan(tmp_path, tiny_csv, caplog):
+    import logging
+
+    cfg = make_config(
+        "data=local", f"data.path={tiny_csv}", "data.text_column=body",
+        "data.label_column=topic", "telemetry.rare_max_count=1", "trainer.epochs=2",
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="nlp_adagrad.train"):
+        train(cfg, tmp_path)
+    (line,) = [r.getMessage() for r in caplog.records if "test/accuracy" in r.getMessage()]
+    assert "rare n/a: no token seen <= 1 times" in line and "nan" not in line
+
+
+def test_evaluate_prints_whole_class_names_in_the_confusion_matrix():
+    import numpy as np
+
+    from nlp_adagrad.evaluate import classification_report, format_report
+
+    report = classification_report(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([0, 1]), k=1)
+    text = format_report(report, ["entertainment", "politics"])
+    header = text.splitlines()[-3]
+    assert "entertainment" in header and "politics" in header

@@ -186,8 +186,11 @@ def test_a_run_dir_that_holds_a_run_is_refused(tmp_path):
         ).returncode
         == 0
     )
+    before = {p: p.read_bytes() for p in (tmp_path / "same").rglob("*") if p.is_file()}
     again = run_cli("data.max_examples=60", "trainer.epochs=1", "hydra.run.dir=same", cwd=tmp_path)
-    assert again.returncode == 2 and "already holds a run" in again.stdout
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    # the refused run wrote nothing into the first one's folder: not its log, not .hydra/
+    assert {p: p.read_bytes() for p in (tmp_path / "same").rglob("*") if p.is_file()} == before
 
 
 def _guarded_model():

@@ -102,5 +102,6 @@ def test_an_unwritable_cache_is_reported_and_the_run_tokenizes_without_it(
     with caplog.at_level(logging.WARNING, logger="nlp_adagrad.token_cache"):
         got = token_cache.tokenize_corpus(corpus(), TokenizerConfig())
     assert "cannot write the token cache" in caplog.text and got.cache_dir is None
+    assert "unreadable" not in caplog.text  # nothing was there to read: one warning, not two
     expected = token_cache.tokenize_corpus(corpus(), TokenizerConfig(cache=False))
     assert_same(got, expected)
