@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -51,11 +53,11 @@ class LocalDataConfig(DataConfig):
     name: str = "local"
     path: str = MISSING  # a file, or a folder of files of one format
     test_path: str | None = None  # a separate test file; otherwise split off test_fraction
-    format: DataFormat = DataFormat.auto
+    format: DataFormat = DataFormat.auto  # auto: from the file name (.csv .tsv .json .txt ...)
     delimiter: str | None = None  # csv only; None: tab for .tsv / .tab files, else a comma
     encoding: str = "utf-8"  # of csv, json and text files
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = "text"  # the column holding the document text (csv, json, parquet)
+    label_column: str = "label"  # the column holding the class (csv, json, parquet)
     label_prefix: str = "__label__"  # format=text only, as in fastText
 
 
@@ -64,19 +66,19 @@ class HubDataConfig(DataConfig):
     name: str = MISSING
     hub_path: str = MISSING  # a Hub dataset id, or a local folder laid out like one
     hub_name: str | None = None  # the dataset's configuration name, if it has several
-    text_column: str = "text"
-    label_column: str = "label"
-    train_split: str = "train"
-    test_split: str = "test"
+    text_column: str = "text"  # the column holding the document text
+    label_column: str = "label"  # the column holding the class
+    train_split: str = "train"  # the dataset's split to train on
+    test_split: str = "test"  # the dataset's split to evaluate on
 
 
 @dataclass
 class SyntheticDataConfig(DataConfig):
     name: str = "synthetic"
-    vocab_size: int = 20_000
-    num_docs: int = 10_000
+    vocab_size: int = 20_000  # word types, ranked by frequency
+    num_docs: int = 10_000  # documents, before the train/test split
     doc_length: int = 100  # mean tokens per document
-    num_classes: int = 4
+    num_classes: int = 4  # classes of the planted label model
     zipf_s: float = 1.1  # token frequency ~ rank^-s
     signal_fraction: float = 0.2  # share of token types, at every frequency, tied to one class
     label_noise: float = 0.02  # share of labels replaced by a uniform draw
@@ -87,7 +89,7 @@ class SyntheticDataConfig(DataConfig):
 class TokenizerConfig:
     min_count: int = 1  # drop words seen fewer times in the training split (fastText -minCount)
     max_vocab: int = 1_000_000  # keep at most this many most frequent words
-    lowercase: bool = True
+    lowercase: bool = True  # fold case before counting and encoding
     ngrams: int = 1  # 1: unigrams; 2: also hashed bigrams (fastText -wordNgrams 2)
     buckets: int = 2_000_000  # rows for hashed bigrams (fastText -bucket)
     cache: bool = True  # reuse the tokenizer and token ids of an identical corpus (token_cache.py)
@@ -102,7 +104,7 @@ class BagMode(enum.Enum):
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    mode: BagMode = BagMode.mean
+    mode: BagMode = BagMode.mean  # bag features: token frequencies (mean) or counts (sum)
 
 
 @dataclass
@@ -113,7 +115,7 @@ class LogRegConfig(ModelConfig):
 @dataclass
 class FastTextConfig(ModelConfig):
     name: str = "fasttext"
-    dim: int = 64
+    dim: int = 64  # width of the token vectors (fastText -dim)
 
 
 # --------------------------------------------------------------------------------------- optim
@@ -122,7 +124,7 @@ class OptimConfig:
     name: str = MISSING
     lr: float = MISSING
     weight_decay: float = 0.0  # sparse rows: applied lazily, to touched rows only
-    maximize: bool = False
+    maximize: bool = False  # ascend the loss instead (as torch's optimizers allow)
 
 
 @dataclass
@@ -132,7 +134,7 @@ class AdagradConfig(OptimConfig):
     # gradient's size. 5 gave the best mean test accuracy over 4 BBC News splits (0.98).
     lr: float = 5.0
     lr_decay: float = 0.0  # clr = lr / (1 + (step - 1) * lr_decay)
-    initial_accumulator_value: float = 0.0
+    initial_accumulator_value: float = 0.0  # G starts here: > 0 damps every row's first steps
     eps: float = 1e-10  # added outside the square root, as torch.optim.Adagrad does
 
 
@@ -149,9 +151,9 @@ class SGDConfig(OptimConfig):
 class RowwiseAdagradConfig(OptimConfig):
     name: str = "rowwise_adagrad"
     lr: float = 5.0  # best of 2 / 5 / 10 on the default BBC News run
-    lr_decay: float = 0.0
-    initial_accumulator_value: float = 0.0
-    eps: float = 1e-10
+    lr_decay: float = 0.0  # clr = lr / (1 + (step - 1) * lr_decay)
+    initial_accumulator_value: float = 0.0  # G_row starts here
+    eps: float = 1e-10  # added outside the square root
 
 
 @dataclass
@@ -159,27 +161,29 @@ class RMSpropConfig(OptimConfig):
     name: str = "rmsprop"
     lr: float = 0.2  # best of 0.01 / 0.05 / 0.2 on the default BBC News run
     alpha: float = 0.99  # v = alpha v + (1 - alpha) g^2: remembers ~1/(1 - alpha) updates
-    eps: float = 1e-8
+    eps: float = 1e-8  # added outside the square root
 
 
 @dataclass
 class SparseAdamConfig(OptimConfig):
     name: str = "sparse_adam"
     lr: float = 2.0  # best of 0.1 / 0.5 / 2 on the default BBC News run (steps ~lr, like Adagrad)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
+    beta1: float = 0.9  # decay of the first moment (the gradient's running mean)
+    beta2: float = 0.999  # decay of the second moment
+    eps: float = 1e-8  # added outside the square root, as torch.optim.SparseAdam does
 
 
 # ------------------------------------------------------------------------------------- trainer
 @dataclass
 class TrainerConfig:
-    epochs: int = 5
+    epochs: int = 5  # passes over the training split
     max_steps: int | None = None  # stop after this many optimizer steps, mid-epoch if need be
-    batch_size: int = 32
+    batch_size: int = 32  # documents per optimizer step
     seed: int = 0  # model init and data order
     device: str = "auto"  # cpu, cuda, cuda:N or auto (cuda when available)
-    num_threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    # torch intra-op threads; null keeps torch's default (one per core). 1: batches of 32 are
+    # too small to split, and spinning threads slow a loaded machine 1.6-20x (README, Threads)
+    num_threads: int | None = 1
     eval_every: int = 0  # steps between test evaluations; 0: at the end only
     log_every: int = 10  # steps between train/loss and tokens/sec points
     checkpoint_every: int = 0  # steps between checkpoints; 0: at the end only
@@ -392,3 +396,121 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 def config_to_dict(c: Config) -> dict[str, Any]:
     """Plain nested dict of builtins (enums as their values): for checkpoints and hparams."""
     return OmegaConf.to_container(OmegaConf.structured(c), enum_to_str=True)
+
+
+# ---------------------------------------------------------------------------------- --help
+HELP_HEADER = """\
+usage: python -m nlp_adagrad.train (or nlp-adagrad-train) [group=option ...] [key=value ...]
+  Sparse text classifiers trained with Adagrad; per-token learning rates in TensorBoard.
+  -m sweeps comma-separated values: -m optim=adagrad,sgd optim.lr=0.05,0.5 trainer.seed=0,1,2
+  Runs land in outputs/<date>/<time>/: tensorboard --logdir outputs
+  Hydra's own flags: --hydra-help; the composed config of a command: --cfg job
+"""
+
+
+def _comment_docs(cls: type) -> dict[str, str]:
+    """Each field's comment in the class source: the one after it on its line, else the
+    comment lines just above it (so the YAML-free docs live once, beside the defaults)."""
+    docs, above = {}, []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            above.append(stripped.lstrip("# "))
+            continue
+        found = re.match(r"(\w+): [^#]*?(?:#\s*(.*))?$", stripped)
+        if found:
+            docs[found.group(1)] = found.group(2) or " ".join(above)
+        above = []
+    return docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_comment_docs(klass))
+    return docs
+
+
+def _type_text(f: dataclasses.Field) -> str:
+    enum_type = next((e for e in (DataFormat, BagMode) if e.__name__ in str(f.type)), None)
+    if enum_type is not None:
+        return "|".join(m.value for m in enum_type)
+    return str(f.type).replace(" | None", "?")
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    if value is MISSING:
+        return "required"
+    return value.value if isinstance(value, enum.Enum) else repr(value)
+
+
+def _option_values(group: str, option: str) -> dict[str, object]:
+    """Values conf/<group>/<option>.yaml sets on top of its schema (Hub presets' paths)."""
+    values = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text()) or {}
+    return {k: v for k, v in values.items() if k != "defaults"}
+
+
+def _group_rows(group: str, options: list[str]) -> list[tuple[str, list[str]]]:
+    """(label, key lines) blocks for one group: keys every option shares (same default) under
+    the group's name, the rest under the options that have them."""
+    by_schema: dict[type, list[str]] = {}
+    for option in options:
+        if (schema := schema_of_option(group, option)) is not None:
+            by_schema.setdefault(schema, []).append(option)
+    rows: dict[type, dict[str, tuple[str, str, str]]] = {}
+    for schema, names in by_schema.items():
+        docs, values = field_docs(schema), [_option_values(group, n) for n in names]
+        rows[schema] = {}
+        for f in dataclasses.fields(schema):
+            if f.name == "name":
+                continue
+            seen = {repr(v[f.name]) for v in values if f.name in v}
+            default = (
+                _default_text(f) if not seen else seen.pop() if len(seen) == 1 else "per option"
+            )
+            if len(seen) == 0 and any(f.name in v for v in values):
+                default = "per option"
+            rows[schema][f.name] = (_type_text(f), default, docs.get(f.name, ""))
+    shared = set.intersection(*(set(r.items()) for r in rows.values())) if len(rows) > 1 else set()
+    shared_names = {name for name, _ in shared}
+    blocks = []
+    first = next(iter(rows.values()))
+    if shared_names:
+        blocks.append(
+            (
+                f"{group} (every option)",
+                [_line(group, n, *first[n]) for n in first if n in shared_names],
+            )
+        )
+    for schema, names in by_schema.items():
+        own = [_line(group, n, *row) for n, row in rows[schema].items() if n not in shared_names]
+        if own:
+            blocks.append((f"{group}={'|'.join(names)}" if len(by_schema) > 1 else group, own))
+    return blocks
+
+
+def _line(group: str, name: str, type_text: str, default: str, doc: str) -> str:
+    return f"    {group + '.' + name:<36} {type_text:<26} {default:<12} {doc}".rstrip()
+
+
+def help_text() -> str:
+    """--help: the groups and their options, then every key with its type, default and one
+    line of description, read from the dataclasses above (not Hydra's schema/* listing)."""
+    lines = [HELP_HEADER, "Groups (group=option):"]
+    options = {g: sorted(p.stem for p in (CONF_DIR / g).glob("*.yaml")) for g in SCHEMAS}
+    for group, names in options.items():
+        default = default_option(group)
+        listed = [f"{n} (default)" if n == default else n for n in names]
+        lines.append(f"  {group:<10} {', '.join(listed)}")
+    lines += ["", "Keys (key=value), with type, default and what they do:"]
+    for group, names in options.items():
+        for label, block in _group_rows(group, names):
+            lines += [f"  {label}:", *block]
+    return "\n".join(lines)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ class LoadedRun:
     model: nn.Module
     class_names: list[str]
     test_split: dict | None  # {"documents", "digest"} of the split it held out (newer runs)
+    _rates: dict[int, float] | None = None
 
     def encode(self, texts: list[str], labels: list[int] | None = None) -> EncodedSplit:
         features = datasets.Features(
@@ -45,6 +47,18 @@ class LoadedRun:
         )
         return encode_split(ds, self.tokenizer, self.config.tokenizer)
 
+    def token_rates(self) -> dict[int, float]:
+        """Token id -> effective learning rate at the end of training (token_stats.csv)."""
+        if self._rates is None:
+            self._rates = {}
+            path = self.run_dir / "token_stats.csv"
+            if path.is_file():
+                with open(path, newline="", encoding="utf-8") as f:
+                    for row in csv.DictReader(f):
+                        if row["eff_lr"]:
+                            self._rates[int(row["id"])] = float(row["eff_lr"])
+        return self._rates
+
     def probabilities(self, split: EncodedSplit, batch_size: int = 256) -> np.ndarray:
         """Class probabilities, one row per document."""
         self.model.eval()
@@ -53,6 +67,43 @@ class LoadedRun:
             for _, logits in batched_logits(self.model, split, batch_size, torch.device("cpu"))
         ]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.class_names)))
+
+
+@dataclass
+class Contribution:
+    token: str
+    count: int  # occurrences in the document
+    logits: np.ndarray  # what the token adds to each class's logit
+    eff_lr: float  # the token's effective rate at the end of training (NaN if none)
+
+
+@torch.no_grad()
+def explain(run: LoadedRun, split: EncodedSplit, doc: int) -> tuple[list[Contribution], np.ndarray]:
+    """Each distinct token's share of a document's logits, and the logits without any token.
+
+    Both models classify the pooled bag linearly (logreg: bag + bias; fastText: a Linear on
+    the bag), so a token's share is classify(weight * row) - classify(0), weight being its
+    count, or count / length with mode=mean; the shares and the empty bag sum to the logits.
+    """
+    ids = split.ids[split.offsets[doc] : split.offsets[doc + 1]]
+    distinct, counts = np.unique(ids, return_counts=True)
+    mean = run.config.model.mode.value == "mean"
+    weights = counts / max(len(ids), 1) if mean else counts.astype(np.float64)
+    table = run.model.embedding.weight
+    rows = table[torch.from_numpy(distinct)] * torch.from_numpy(weights).to(table.dtype)[:, None]
+    empty = run.model.classify(torch.zeros(1, table.shape[1], dtype=table.dtype))
+    shares = (run.model.classify(rows) - empty).numpy()
+    words = run.tokenizer.get_vocab_size()
+    rates = run.token_rates()
+    return [
+        Contribution(
+            run.tokenizer.id_to_token(int(i)) if i < words else f"[bigram bucket {i - words}]",
+            int(n),
+            shares[k],
+            rates.get(int(i), float("nan")),
+        )
+        for k, (i, n) in enumerate(zip(distinct, counts))
+    ], empty[0].numpy()
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from nlp_adagrad.config import (
     Config,
     check_override_keys,
     config_to_dict,
+    help_text,
     register_configs,
     to_config,
 )
@@ -506,6 +507,15 @@ def claim_run_dir(run_dir: Path) -> None:
         ) from None
 
 
+def tensorboard_command() -> str:
+    """`tensorboard` if that name finds this environment's, else its path (a venv that is not
+    activated: a bare `tensorboard` would fail or be another install's)."""
+    ours = Path(sys.executable).parent / "tensorboard"
+    if not ours.exists() or shutil.which("tensorboard") == str(ours):
+        return "tensorboard"
+    return str(ours)
+
+
 def detach_file_logs(run_dir: Path) -> None:
     """Stop the log handlers Hydra opened on files in `run_dir` (its train.log)."""
     root = logging.getLogger()
@@ -585,7 +595,7 @@ def main(cfg: DictConfig) -> dict[str, float]:
             raise
         log.error("%s", line)
         sys.exit(EXIT_USER_ERROR)
-    log.info("run dir: %s  (tensorboard --logdir %s)", run_dir, run_dir / "tb")
+    log.info("run dir: %s  (%s --logdir %s)", run_dir, tensorboard_command(), run_dir / "tb")
     return metrics
 
 
@@ -604,6 +614,9 @@ def cli() -> None:
             "hydra/job_logging=disabled",
             "hydra/hydra_logging=disabled",
         ]
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):  # ours: keys with their docs
+        print(help_text())
+        raise SystemExit(0)
     unknown = check_override_keys([a for a in sys.argv[1:] if not a.startswith("-")])
     if unknown is not None:
         print(f"error: {unknown}", file=sys.stderr)

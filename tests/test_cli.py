@@ -4,6 +4,8 @@ one clear line and exit code 2, never a traceback or a hang."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,11 +60,25 @@ def test_sweep_runs_each_optimizer_under_multirun(tmp_path):
     ]
 
 
-def test_help_lists_the_groups(tmp_path):
+def test_help_lists_groups_and_every_key_with_its_type_default_and_description(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for group in ("data:", "model:", "optim:", "tokenizer:", "trainer:", "telemetry:"):
-        assert group in proc.stdout
+    assert "schema/" not in proc.stdout  # the typed schemas are not options to pick
+    assert "  optim      adagrad (default), rmsprop, rowwise_adagrad, sgd, sparse_adam" in (
+        proc.stdout
+    )
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("    ")}
+    assert lines["model.dim"].split()[1:4] == ["int", "64", "width"]
+    assert "clr = lr / (1 + (step - 1) * lr_decay)" in lines["optim.lr_decay"]
+    key_lines = [line for line in proc.stdout.splitlines() if line.startswith("    ")]
+    assert all(len(line.split()) >= 4 for line in key_lines)  # every key has a description
+
+
+def test_console_commands_are_installed():
+    bin_dir = Path(sys.executable).parent
+    for name in ("nlp-adagrad-train", "nlp-adagrad-predict", "nlp-adagrad-evaluate"):
+        proc = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage" in proc.stdout.lower(), name
 
 
 def assert_one_clear_line(proc, needle: str) -> None:

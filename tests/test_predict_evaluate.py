@@ -108,3 +108,32 @@ def test_classification_report_against_hand_counts():
     assert report.precision.tolist() == [0.5, 1.0, 0.0]
     assert report.recall[1] == pytest.approx(1 / 3)
     assert report.precision_at == {1: 0.5, 2: 0.5} and report.recall_at == {1: 0.5, 2: 1.0}
+
+
+def test_explain_splits_the_logits_exactly_into_token_shares_and_the_bias(run_dir):
+    import torch
+
+    from nlp_adagrad.inference import explain, load_run
+
+    run = load_run(str(run_dir))
+    encoded = run.encode(["the striker scored the winning goal", "shares fell at the bank"])
+    for doc in range(2):
+        shares, empty = explain(run, encoded, doc)
+        ids = torch.from_numpy(encoded.ids[encoded.offsets[doc] : encoded.offsets[doc + 1]])
+        logits = run.model(ids, torch.tensor([0]))[0].detach().numpy()
+        np.testing.assert_allclose(sum(s.logits for s in shares) + empty, logits, atol=1e-5)
+        assert any(s.token.startswith("[bigram bucket") for s in shares)  # ngrams=2 here
+        words = [s for s in shares if not s.token.startswith("[")]
+        assert words and all(np.isfinite(s.eff_lr) for s in words)  # from token_stats.csv
+
+
+def test_predict_threshold_and_explain_flags(run_dir):
+    text = "the striker scored a goal for the team\n"
+    shown = command("predict", str(run_dir), "-k", "2", "-t", "0.5", stdin=text)
+    assert shown.returncode == 0 and len(shown.stdout.split()) == 2  # one label passes 0.5
+    explained = command("predict", str(run_dir), "--explain", stdin=text).stdout.splitlines()
+    assert explained[0].split()[0] == "sport"
+    assert explained[1].split()[:3] == ["token", "count", "sport"]
+    assert explained[-1].strip().startswith("(no token: the bias)")
+    bad = command("predict", str(run_dir), "-t", "2", stdin=text)
+    assert bad.returncode == 2 and "-t is a probability" in bad.stderr
