@@ -3,12 +3,12 @@
     python -m nlp_adagrad.train -m optim=adagrad,sgd trainer.seed=0,1,2
     python scripts/compare_runs.py outputs/multirun/<date>/<time>
 
-Runs are grouped by their config without `trainer.seed`; the first columns name each group by
-the config keys whose values differ between groups. A number is the mean over the group's
-seeds, followed, when there are several, by the sample standard deviation and [min, max]:
-the spread a rerun with another seed shows, which a bootstrap over one run's tokens
-understates 2-3x (DESIGN section 5). Reads each run's metrics.json and config.yaml; prints
-nothing it did not read.
+Runs are grouped by their config without `trainer.seed` (`--pool data.seed` pools data splits
+too); the first columns name each group by the config keys whose values differ between
+groups. A number is the mean over the group's seeds, followed, when there are several, by
+the sample standard deviation and [min, max]: the spread a rerun with another seed shows,
+which a bootstrap over one run's tokens understates 2-3x (DESIGN section 5). Reads each
+run's metrics.json and config.yaml; prints nothing it did not read.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 # Keys that say how a run was carried out, not what it computes
-NOT_A_GROUP = {"trainer.seed", "trainer.progress", "trainer.num_threads", "trainer.resume"}
+NOT_A_GROUP = {"trainer.progress", "trainer.num_threads", "trainer.resume"}
 COLUMNS = [  # (header, metric key, format)
     ("test accuracy", "test/accuracy", ".4f"),
     ("rare / common, first snapshot", "eff_lr/rare_to_common_first", ".1f"),
@@ -62,12 +62,12 @@ def summary(values: list[float | None], spec: str) -> str:
     return f"{mean} ± {sd} [{format(min(defined), spec)}, {format(max(defined), spec)}]{missing}"
 
 
-def table(run_dirs: list[Path]) -> str:
+def table(run_dirs: list[Path], pooled: tuple[str, ...] = ("trainer.seed",)) -> str:
     runs = []
     for run in run_dirs:
         config = flatten(yaml.safe_load((run / "config.yaml").read_text()))
         runs.append((config, json.loads((run / "metrics.json").read_text())))
-    keys = sorted({k for config, _ in runs for k in config} - NOT_A_GROUP)
+    keys = sorted({k for config, _ in runs for k in config} - NOT_A_GROUP - set(pooled))
     # a key varies when runs that have it disagree (optimizer-specific keys exist in some only)
     varying = [k for k in keys if len({json.dumps(c[k]) for c, _ in runs if k in c}) > 1]
     groups: dict[str, tuple[list, list[dict]]] = {}
@@ -89,6 +89,12 @@ def table(run_dirs: list[Path]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs or folders holding them")
+    parser.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        help="a config key whose values are pooled like seeds (trainer.seed always is)",
+    )
     args = parser.parse_args()
     runs = sorted({p.parent for d in args.dirs for p in d.rglob("metrics.json")}, key=natural)
     if not runs:
@@ -97,7 +103,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    print(table(runs))
+    print(table(runs, ("trainer.seed", *args.pool)))
     return 0
 
 

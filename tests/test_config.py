@@ -77,3 +77,12 @@ def test_bad_overrides_are_refused_by_hydra(override):
 def test_cross_field_checks_name_the_key(override, needle):
     with pytest.raises(UserError, match=needle):
         make_config(override)
+
+
+def test_fasttext_with_adagrad_gets_its_own_measured_learning_rate():
+    assert make_config("model=fasttext").optim.lr == 0.5  # conf/model_optim/fasttext_adagrad
+    assert make_config("model=fasttext", "optim.lr=2").optim.lr == 2.0  # the command line wins
+    assert make_config().optim.lr == 5.0  # logreg keeps Adagrad's default
+    assert (
+        make_config("model=fasttext", "optim=sgd").optim.lr == 1.0
+    )  # no pair file: the optimizer's
