@@ -353,7 +353,7 @@ def write_histograms(
     for name in spec.bucket_names:
         positions = view.members[name]
         rates = eff_lr[positions]
-        rates = rates[np.isfinite(rates)]
+        rates = rates[np.isfinite(rates) & (rates > 0)]  # 0: a rate under an overflowed G
         if len(rates):
             writer.histogram(f"eff_lr_log10_hist/{name}", np.log10(rates), step)
             # evenly spaced when there are more: deterministic, and the shape is kept
@@ -368,7 +368,7 @@ def write_histograms(
     for name, chosen in shown.items():  # one read for every bucket, then split
         values = coords[start : start + len(chosen)].ravel()
         start += len(chosen)
-        values = values[np.isfinite(values)]
+        values = values[np.isfinite(values) & (values > 0)]
         if len(values):
             writer.histogram(f"eff_lr_log10_coord_hist/{name}", np.log10(values), step)
 

@@ -243,3 +243,8 @@ def test_evaluate_prints_whole_class_names_in_the_confusion_matrix():
     text = format_report(report, ["entertainment", "politics"])
     header = text.splitlines()[-3]
     assert "entertainment" in header and "politics" in header
+
+
+def test_an_absurd_weight_decay_still_ends_with_metrics(tmp_path):
+    metrics = train(make_config(*SMALL, "optim.weight_decay=1e30"), tmp_path)
+    assert (tmp_path / "metrics.json").exists() and metrics["train/steps"] > 0
