@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, the last few kept, read with `weights_only=True`.
+"""Checkpoints: written atomically, the last few kept, read with `weights_only=True`, and the
+checks and optimizer loading that resuming from one needs.
 
 A checkpoint is one dict: `model` and `optimizer` state dicts, `step`, `tokens`, the loss window
 and RNG state that exact resume needs, and the resolved `config` as plain builtins. Files are
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from nlp_adagrad.config import Config, config_to_dict
 from nlp_adagrad.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -139,3 +141,58 @@ def load_for_resume(resume: str, map_location: str | torch.device) -> tuple[Path
             log.warning("resuming from %s, the newest checkpoint that loads", path)
         return path, payload
     raise AssertionError("resume_candidates never returns an empty list")
+
+
+def check_resume_compatible(state: dict, cfg: Config, model: torch.nn.Module, path: Path) -> None:
+    """Refuse, in one line, a checkpoint this config cannot continue (another optimizer, model
+    or table shape); warn about data, tokenizer and model settings that differ."""
+    then = state["config"]
+    if then["optim"]["name"] != cfg.optim.name:
+        raise UserError(
+            f"{path} was trained with optim={then['optim']['name']}, whose state "
+            f"optim={cfg.optim.name} cannot continue; resume with optim={then['optim']['name']} "
+            f"(its keys, optim.lr included, may change)"
+        )
+    saved, built = state["model"], model.state_dict()
+    table = tuple(saved["embedding.weight"].shape)
+    if then["model"]["name"] == cfg.model.name and table != tuple(built["embedding.weight"].shape):
+        raise UserError(
+            f"{path} holds a token table of shape {table} but this config builds "
+            f"{tuple(built['embedding.weight'].shape)}; resume with the run's own data, "
+            f"tokenizer and model config"
+        )
+    if set(saved) != set(built) or any(saved[k].shape != built[k].shape for k in saved):
+        dim = f" model.dim={then['model']['dim']}" if "dim" in then["model"] else ""
+        raise UserError(
+            f"{path} holds a model=" + then["model"]["name"] + dim + " that this config's "
+            f"model={cfg.model.name} cannot load; resume with model={then['model']['name']}{dim}"
+        )
+    now = config_to_dict(cfg)
+    for section in ("data", "tokenizer", "model"):
+        before = dict(then.get(section) or {})
+        if section == "tokenizer":  # where ids come from, not what they are
+            before.pop("cache", None)
+            now[section] = {k: v for k, v in now[section].items() if k != "cache"}
+        if before != now[section]:
+            log.warning(
+                "resuming with a different %s config than %s was trained with", section, path
+            )
+
+
+def resume_optimizer(optimizer: torch.optim.Optimizer, saved: dict, step: int) -> None:
+    """Load the optimizer's state, keeping this config's hyperparameters: `trainer.resume=...
+    optim.lr=50` trains on at 50 (torch's load_state_dict would restore the old values while
+    config.yaml said 50). Each changed value is logged."""
+    configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, wanted in zip(optimizer.param_groups, configured):
+        for key, value in wanted.items():
+            if group.get(key) != value:
+                log.info(
+                    "resume: optim.%s %s -> %s from step %d on (this run's config)",
+                    key,
+                    group.get(key),
+                    value,
+                    step + 1,
+                )
+                group[key] = value

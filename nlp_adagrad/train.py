@@ -9,8 +9,6 @@ the identical step (nlp_adagrad.distributed); only the main process writes files
 from __future__ import annotations
 
 import atexit
-import contextlib
-import json
 import logging
 import math
 import os
@@ -32,7 +30,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nlp_adagrad import distributed, run_info, telemetry
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
-from nlp_adagrad.checkpoint import load_for_resume, save_checkpoint
+from nlp_adagrad.checkpoint import (
+    check_resume_compatible,
+    load_for_resume,
+    resume_optimizer,
+    save_checkpoint,
+)
 from nlp_adagrad.config import (
     CONF_DIR,
     Config,
@@ -54,8 +57,17 @@ from nlp_adagrad.evaluate import evaluate
 from nlp_adagrad.figures import eff_lr_figure
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.interrupt import stop_requests
+from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
-from nlp_adagrad.optim import Adagrad, build_optimizer, table_bytes
+from nlp_adagrad.optim import Adagrad, build_optimizer
+from nlp_adagrad.run_dir import (
+    claim_run_dir,
+    detach_file_logs,
+    discard_unstarted_run,
+    refuse_run_dir_arguments,
+    tensorboard_command,
+    write_json,
+)
 from nlp_adagrad.token_cache import tokenize_corpus
 from nlp_adagrad.vocab import token_counts, vocabulary, warn_unusual_documents
 from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
@@ -69,7 +81,6 @@ TIMING_KEYS = (
     "train/telemetry_seconds",
 )
 FIRST_SNAPSHOT_KEYS = ("eff_lr/rare", "eff_lr/common", "eff_lr/rare_to_common")
-RUN_LOCK = ".nlp_adagrad-run"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,94 +91,6 @@ def resolve_device(name: str) -> torch.device:
             f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu"
         )
     return torch.device(name)
-
-
-def available_bytes(device: torch.device) -> int | None:
-    """Memory free for new tensors on the device (None where it cannot be read)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def check_memory(cfg: Config, num_rows: int, num_classes: int, device: torch.device) -> None:
-    """Refuse in one line, before allocating, a token table and optimizer state larger than
-    the memory available (not an allocator traceback after asking for 36 GB)."""
-    width = getattr(cfg.model, "dim", num_classes)  # logreg: one column per class
-    need = table_bytes(cfg.optim, num_rows, width) + 8 * num_rows  # + int64 training counts
-    free = available_bytes(device)
-    if free is not None and need > free:
-        raise UserError(
-            f"the token table and {cfg.optim.name} state need ~{need / 2**30:.1f} GiB "
-            f"({num_rows:,} rows x {width} floats) but {device.type} has "
-            f"{free / 2**30:.1f} GiB available; lower model.dim or tokenizer.buckets"
-        )
-
-
-def check_resume_compatible(state: dict, cfg: Config, model: torch.nn.Module, path: Path) -> None:
-    """Refuse, in one line, a checkpoint this config cannot continue (another optimizer, model
-    or table shape); warn about data, tokenizer and model settings that differ."""
-    then = state["config"]
-    if then["optim"]["name"] != cfg.optim.name:
-        raise UserError(
-            f"{path} was trained with optim={then['optim']['name']}, whose state "
-            f"optim={cfg.optim.name} cannot continue; resume with optim={then['optim']['name']} "
-            f"(its keys, optim.lr included, may change)"
-        )
-    saved, built = state["model"], model.state_dict()
-    table = tuple(saved["embedding.weight"].shape)
-    if then["model"]["name"] == cfg.model.name and table != tuple(built["embedding.weight"].shape):
-        raise UserError(
-            f"{path} holds a token table of shape {table} but this config builds "
-            f"{tuple(built['embedding.weight'].shape)}; resume with the run's own data, "
-            f"tokenizer and model config"
-        )
-    if set(saved) != set(built) or any(saved[k].shape != built[k].shape for k in saved):
-        dim = f" model.dim={then['model']['dim']}" if "dim" in then["model"] else ""
-        raise UserError(
-            f"{path} holds a model=" + then["model"]["name"] + dim + " that this config's "
-            f"model={cfg.model.name} cannot load; resume with model={then['model']['name']}{dim}"
-        )
-    now = config_to_dict(cfg)
-    for section in ("data", "tokenizer", "model"):
-        before = dict(then.get(section) or {})
-        if section == "tokenizer":  # where ids come from, not what they are
-            before.pop("cache", None)
-            now[section] = {k: v for k, v in now[section].items() if k != "cache"}
-        if before != now[section]:
-            log.warning(
-                "resuming with a different %s config than %s was trained with", section, path
-            )
-
-
-def resume_optimizer(optimizer: torch.optim.Optimizer, saved: dict, step: int) -> None:
-    """Load the optimizer's state, keeping this config's hyperparameters: `trainer.resume=...
-    optim.lr=50` trains on at 50 (torch's load_state_dict would restore the old values while
-    config.yaml said 50). Each changed value is logged."""
-    configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(saved)
-    for group, wanted in zip(optimizer.param_groups, configured):
-        for key, value in wanted.items():
-            if group.get(key) != value:
-                log.info(
-                    "resume: optim.%s %s -> %s from step %d on (this run's config)",
-                    key,
-                    group.get(key),
-                    value,
-                    step + 1,
-                )
-                group[key] = value
-
-
-def write_json(path: Path, values: dict) -> None:
-    clean = {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()
-    }
-    path.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
 
 
 def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dict[str, float]:
@@ -497,56 +420,6 @@ def first_snapshot_metrics(summary: dict[str, float], step: int) -> dict[str, fl
     return out
 
 
-def claim_run_dir(run_dir: Path) -> None:
-    """Refuse a run dir another run holds, so no run's files are overwritten by another."""
-    try:
-        os.close(os.open(run_dir / RUN_LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        raise UserError(
-            f"{run_dir} already holds a run; pick a new hydra.run.dir (the default never repeats)"
-        ) from None
-
-
-def tensorboard_command() -> str:
-    """`tensorboard` if that name finds this environment's, else its path (a venv that is not
-    activated: a bare `tensorboard` would fail or be another install's)."""
-    ours = Path(sys.executable).parent / "tensorboard"
-    if not ours.exists() or shutil.which("tensorboard") == str(ours):
-        return "tensorboard"
-    return str(ours)
-
-
-def detach_file_logs(run_dir: Path) -> None:
-    """Stop the log handlers Hydra opened on files in `run_dir` (its train.log)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(
-            run_dir.resolve()
-        ):
-            root.removeHandler(handler)
-            handler.close()
-
-
-SCAFFOLDING = (".hydra", "config.yaml", "train.log", "tokenizer.json", "tb", RUN_LOCK)
-
-
-def discard_unstarted_run(run_dir: Path) -> None:
-    """Remove the folder of a run refused before it trained (the error is on the console), so
-    outputs/ keeps no run that holds only its config and log. A run with checkpoints, or a
-    folder holding anything else, is left as it is."""
-    if (run_dir / "checkpoints").exists():
-        return
-    detach_file_logs(run_dir)
-    for name in SCAFFOLDING:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not empty: something of the user's is in it
-        run_dir.rmdir()
-
-
 register_configs()
 _task_started = False  # set once Hydra hands over a composed config
 
@@ -621,18 +494,10 @@ def cli() -> None:
     if unknown is not None:
         print(f"error: {unknown}", file=sys.stderr)
         raise SystemExit(EXIT_USER_ERROR)
-    for override in sys.argv[1:]:  # Hydra writes .hydra/ into the folder before main() runs
-        key, _, value = override.partition("=")
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and Path(value).is_file():
-            print(f"error: {key}={value} is a file; name a folder (new or empty)", file=sys.stderr)
-            raise SystemExit(EXIT_USER_ERROR)
-        if key == "hydra.run.dir" and (Path(value) / RUN_LOCK).exists():
-            print(
-                f"error: {value} already holds a run; pick a new hydra.run.dir "
-                f"(the default never repeats)",
-                file=sys.stderr,
-            )
-            raise SystemExit(EXIT_USER_ERROR)
+    refused = refuse_run_dir_arguments(sys.argv[1:])
+    if refused is not None:
+        print(f"error: {refused}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
     try:
         main()
     except SystemExit as e:

@@ -203,7 +203,7 @@ def test_resume_continues_from_a_checkpoint(tmp_path, caplog):
     steps = train(make_config(*base), whole)["train/steps"]
     train(make_config(*base, f"trainer.max_steps={steps // 2 + 1}"), first)
     # where token ids come from is no config difference worth a warning
-    with caplog.at_level(logging.WARNING, logger="nlp_adagrad.train"):
+    with caplog.at_level(logging.WARNING, logger="nlp_adagrad"):
         cfg = make_config(*base, f"trainer.resume={first}", "tokenizer.cache=false")
         resumed = train(cfg, second)
     assert "different" not in caplog.text

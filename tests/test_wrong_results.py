@@ -73,7 +73,7 @@ def test_resume_trains_on_at_the_new_learning_rate_and_says_so(tmp_path, caplog)
         out = tmp_path / f"lr{lr}"
         out.mkdir()
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="nlp_adagrad.train"):
+        with caplog.at_level(logging.INFO, logger="nlp_adagrad"):
             train(make_config(*base, f"trainer.resume={first}", f"optim.lr={lr}"), out)
         finals[lr] = torch.load(out / "checkpoints/last.pt", weights_only=True)
         assert finals[lr]["optimizer"]["param_groups"][0]["lr"] == lr
