@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from nlp_adagrad.optim import SGD, Adagrad, RMSprop, RowwiseAdagrad, SparseAdam
+from nlp_adagrad.optim import OPTIMIZERS, SGD, Adagrad, RMSprop, RowwiseAdagrad, SparseAdam
 from nlp_adagrad.sparse_bag import ZERO_PADDED, SparseBag
 from nlp_adagrad.telemetry import binned_fit
 
@@ -101,7 +101,7 @@ def test_sparse_adam_matches_torch_and_reports_the_rate_on_the_newest_gradient()
 EXACT_STEP = {
     **FAMILY,
     "adagrad_lr_decay": lambda ps: Adagrad(ps, lr=0.1, lr_decay=0.01),
-    "sgd_linear_decay": lambda ps: SGD(ps, lr=0.1, decay_steps=2000),
+    "sgd_linear_decay": lambda ps: SGD(ps, lr=0.1, linear_decay=True, total_steps=2000),
 }
 
 
@@ -292,3 +292,15 @@ def test_a_zero_padded_gradient_summed_with_another_is_stepped_as_plain_coo(name
         optimizer.step()
         results.append(bag.weight.detach())
     torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("config_type", sorted(OPTIMIZERS, key=lambda t: t.__name__))
+def test_each_constructor_takes_its_configs_fields_with_the_configs_defaults(config_type):
+    import dataclasses
+    import inspect
+
+    parameters = inspect.signature(OPTIMIZERS[config_type].__init__).parameters
+    taken = {n: p.default for n, p in parameters.items() if n not in ("self", "params")}
+    taken.pop("total_steps", None)  # SGD's schedule length comes from the run, not the config
+    fields = {f.name: f.default for f in dataclasses.fields(config_type) if f.name != "name"}
+    assert taken == fields  # one place for defaults: the config dataclass

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Iterable
 
 import torch
 
@@ -31,6 +32,7 @@ __all__ = [
     "RowOptimizer",
     "RowwiseAdagrad",
     "SparseAdam",
+    "OPTIMIZERS",
     "build_optimizer",
     "table_bytes",
     "unique_rows",
@@ -38,67 +40,28 @@ __all__ = [
 
 Params = Iterable[torch.Tensor]
 
-
-def _adagrad_kwargs(c: AdagradConfig | RowwiseAdagradConfig) -> dict:
-    return dict(
-        lr=c.lr,
-        lr_decay=c.lr_decay,
-        weight_decay=c.weight_decay,
-        initial_accumulator_value=c.initial_accumulator_value,
-        eps=c.eps,
-        maximize=c.maximize,
-    )
-
-
-_BUILDERS: dict[type, Callable[[OptimConfig, Params, int], RowOptimizer]] = {
-    AdagradConfig: lambda c, params, steps: Adagrad(params, **_adagrad_kwargs(c)),
-    RowwiseAdagradConfig: lambda c, params, steps: RowwiseAdagrad(params, **_adagrad_kwargs(c)),
-    SGDConfig: lambda c, params, steps: SGD(
-        params,
-        lr=c.lr,
-        weight_decay=c.weight_decay,
-        maximize=c.maximize,
-        decay_steps=steps if c.linear_decay else None,
-    ),
-    RMSpropConfig: lambda c, params, steps: RMSprop(
-        params,
-        lr=c.lr,
-        alpha=c.alpha,
-        eps=c.eps,
-        weight_decay=c.weight_decay,
-        maximize=c.maximize,
-    ),
-    SparseAdamConfig: lambda c, params, steps: SparseAdam(
-        params,
-        lr=c.lr,
-        beta1=c.beta1,
-        beta2=c.beta2,
-        eps=c.eps,
-        weight_decay=c.weight_decay,
-        maximize=c.maximize,
-    ),
-}
-
-
-# Optimizer state per weight of a sparse table (row-wise Adagrad: one float per row instead)
-_STATE_PER_WEIGHT: dict[type, float] = {
-    AdagradConfig: 1.0,
-    RowwiseAdagradConfig: 0.0,
-    SGDConfig: 0.0,
-    RMSpropConfig: 1.0,
-    SparseAdamConfig: 2.0,
+# config type -> optimizer; each constructor takes its config's fields by name, and its
+# defaults are the config's, so a default lives in one place (nlp_adagrad.config)
+OPTIMIZERS: dict[type, type[RowOptimizer]] = {
+    AdagradConfig: Adagrad,
+    RowwiseAdagradConfig: RowwiseAdagrad,
+    SGDConfig: SGD,
+    RMSpropConfig: RMSprop,
+    SparseAdamConfig: SparseAdam,
 }
 
 
 def table_bytes(cfg: OptimConfig, rows: int, width: int) -> int:
     """Bytes a float32 table of rows x width takes with this optimizer's state and the two
     int32 per-row counters telemetry keeps (updates, last step)."""
-    per_row = 4 * width * (1 + _STATE_PER_WEIGHT[type(cfg)]) + 8
-    if isinstance(cfg, RowwiseAdagradConfig):
-        per_row += 4
+    optimizer = OPTIMIZERS[type(cfg)]
+    per_row = 4 * width * (1 + optimizer.state_per_weight) + 4 * optimizer.state_per_row + 8
     return int(rows * per_row)
 
 
 def build_optimizer(cfg: OptimConfig, params: Params, total_steps: int) -> RowOptimizer:
     """The configured optimizer; `total_steps` sets schedules that span the run (SGD decay)."""
-    return _BUILDERS[type(cfg)](cfg, params, total_steps)
+    kwargs = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "name"}
+    if isinstance(cfg, SGDConfig):
+        kwargs["total_steps"] = total_steps
+    return OPTIMIZERS[type(cfg)](params, **kwargs)

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import torch
 
+from nlp_adagrad.config import AdagradConfig
 from nlp_adagrad.optim.base import RowOptimizer
 
 
 class Adagrad(RowOptimizer):
+    state_per_weight = 1.0  # G
+
     def __init__(
         self,
         params,
-        lr: float = 1e-2,
-        lr_decay: float = 0.0,
-        weight_decay: float = 0.0,
-        initial_accumulator_value: float = 0.0,
-        eps: float = 1e-10,
-        maximize: bool = False,
+        lr: float = AdagradConfig.lr,
+        lr_decay: float = AdagradConfig.lr_decay,
+        weight_decay: float = AdagradConfig.weight_decay,
+        initial_accumulator_value: float = AdagradConfig.initial_accumulator_value,
+        eps: float = AdagradConfig.eps,
+        maximize: bool = AdagradConfig.maximize,
     ) -> None:
         defaults = dict(
             lr=lr,

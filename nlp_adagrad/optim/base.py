@@ -100,8 +100,11 @@ class RowOptimizer(torch.optim.Optimizer):
     """Base class: subclasses implement `_sparse_step` and `_dense_step` and `_row_lr`.
 
     State per parameter: `step` (int) and, for parameters that ever got a sparse gradient,
-    `updates` (int32 per row: optimizer steps whose gradient touched the row).
+    `updates` (int32 per row: optimizer steps whose gradient touched the row) and `last_step`.
     """
+
+    state_per_weight: float = 0.0  # state floats per weight of a table (memory estimates)
+    state_per_row: int = 0  # and per row
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch's signature)

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import torch
 
+from nlp_adagrad.config import RMSpropConfig
 from nlp_adagrad.optim.base import RowOptimizer
 
 
 class RMSprop(RowOptimizer):
+    state_per_weight = 1.0  # v
+
     def __init__(
         self,
         params,
-        lr: float = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        maximize: bool = False,
+        lr: float = RMSpropConfig.lr,
+        alpha: float = RMSpropConfig.alpha,
+        eps: float = RMSpropConfig.eps,
+        weight_decay: float = RMSpropConfig.weight_decay,
+        maximize: bool = RMSpropConfig.maximize,
     ) -> None:
         defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults)

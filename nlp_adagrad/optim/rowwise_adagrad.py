@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from nlp_adagrad.config import RowwiseAdagradConfig
 from nlp_adagrad.optim.adagrad import Adagrad
 
 
@@ -17,6 +18,22 @@ def _row_shape(p: torch.Tensor) -> tuple[int, ...]:
 
 
 class RowwiseAdagrad(Adagrad):
+    state_per_weight, state_per_row = 0.0, 1  # one G per row
+
+    def __init__(
+        self,
+        params,
+        lr: float = RowwiseAdagradConfig.lr,
+        lr_decay: float = RowwiseAdagradConfig.lr_decay,
+        weight_decay: float = RowwiseAdagradConfig.weight_decay,
+        initial_accumulator_value: float = RowwiseAdagradConfig.initial_accumulator_value,
+        eps: float = RowwiseAdagradConfig.eps,
+        maximize: bool = RowwiseAdagradConfig.maximize,
+    ) -> None:
+        super().__init__(
+            params, lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize
+        )
+
     def _init_sum(self, p: torch.Tensor, value: float) -> torch.Tensor:
         return torch.full(_row_shape(p), value, dtype=p.dtype, device=p.device)
 

@@ -1,22 +1,30 @@
 """Plain SGD: one learning rate for every row, the flat baseline the adaptive ones are
-compared against. `decay_steps` adds fastText's schedule: lr falls linearly to zero over them."""
+compared against. `linear_decay` adds fastText's schedule: lr falls linearly to zero over the
+run's `total_steps`."""
 
 from __future__ import annotations
 
 import torch
 
+from nlp_adagrad.config import SGDConfig
 from nlp_adagrad.optim.base import RowOptimizer
 
 
 class SGD(RowOptimizer):
+    state_per_weight = 0.0
+
     def __init__(
         self,
         params,
-        lr: float,
-        weight_decay: float = 0.0,
-        maximize: bool = False,
-        decay_steps: int | None = None,
+        lr: float = SGDConfig.lr,
+        weight_decay: float = SGDConfig.weight_decay,
+        maximize: bool = SGDConfig.maximize,
+        linear_decay: bool = SGDConfig.linear_decay,
+        total_steps: int | None = None,
     ) -> None:
+        if linear_decay and total_steps is None:
+            raise ValueError("linear_decay needs total_steps, the steps the rate falls over")
+        decay_steps = total_steps if linear_decay else None
         defaults = dict(
             lr=lr, weight_decay=weight_decay, maximize=maximize, decay_steps=decay_steps
         )

@@ -14,19 +14,22 @@ import math
 
 import torch
 
+from nlp_adagrad.config import SparseAdamConfig
 from nlp_adagrad.optim.base import RowOptimizer
 
 
 class SparseAdam(RowOptimizer):
+    state_per_weight = 2.0  # m and v
+
     def __init__(
         self,
         params,
-        lr: float = 1e-3,
-        beta1: float = 0.9,
-        beta2: float = 0.999,
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        maximize: bool = False,
+        lr: float = SparseAdamConfig.lr,
+        beta1: float = SparseAdamConfig.beta1,
+        beta2: float = SparseAdamConfig.beta2,
+        eps: float = SparseAdamConfig.eps,
+        weight_decay: float = SparseAdamConfig.weight_decay,
+        maximize: bool = SparseAdamConfig.maximize,
     ) -> None:
         defaults = dict(
             lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize
