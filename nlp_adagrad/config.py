@@ -1,8 +1,10 @@
 """Typed configuration: the dataclass schemas behind `conf/`, registered in Hydra's ConfigStore.
 
 Every YAML file in `conf/<group>/` extends one schema here, so Hydra refuses unknown keys and
-values of the wrong type at composition time. `to_config` converts the composed DictConfig once
-into plain dataclasses and runs the cross-field checks; code below the entry point sees only these.
+values of the wrong type at composition time; each dataclass checks its own values in
+`__post_init__`. `to_config` converts the composed DictConfig once into plain dataclasses; code
+below the entry point sees only these. Also here: the command line's keys checked against the
+schemas before Hydra runs, and `--help` built from the fields and their comments.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+def _require(ok: bool, message: str) -> None:
+    """Schema checks live in each dataclass's __post_init__: a bad value is refused wherever
+    the config is built (composition, a checkpoint's config, a test's), in one line."""
+    if not ok:
+        raise UserError(message)
+
+
 # ---------------------------------------------------------------------------------------- data
 class DataFormat(enum.Enum):
     auto = "auto"  # from the file name: .csv .tsv .json .jsonl .parquet .txt (+ .gz .bz2 .xz .zst)
@@ -41,6 +50,13 @@ class DataConfig:
     test_fraction: float = 0.2  # held-out share when the corpus has no test split of its own
     max_examples: int | None = None  # cap on training examples (a quick look at a big corpus)
     seed: int = 0  # fixes the split and generated corpora; independent of trainer.seed
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.test_fraction < 1.0, "data.test_fraction must lie in (0, 1)")
+        _require(0 <= self.seed < 2**63, f"data.seed must lie in [0, 2^63), got {self.seed}")
+        _require(
+            self.max_examples is None or self.max_examples > 0, "data.max_examples must be > 0"
+        )
 
 
 @dataclass
@@ -83,6 +99,16 @@ class SyntheticDataConfig(DataConfig):
     signal_fraction: float = 0.2  # share of token types, at every frequency, tied to one class
     label_noise: float = 0.02  # share of labels replaced by a uniform draw
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.vocab_size >= 2, "data.vocab_size must be >= 2")
+        _require(self.num_docs >= 2, "data.num_docs must be >= 2")
+        _require(self.doc_length >= 1, "data.doc_length must be >= 1")
+        _require(self.num_classes >= 2, "data.num_classes must be >= 2")
+        _require(self.zipf_s > 0, "data.zipf_s must be > 0")
+        _require(0 < self.signal_fraction <= 1, "data.signal_fraction must lie in (0, 1]")
+        _require(0 <= self.label_noise < 1, "data.label_noise must lie in [0, 1)")
+
 
 # ----------------------------------------------------------------------------------- tokenizer
 @dataclass
@@ -93,6 +119,16 @@ class TokenizerConfig:
     ngrams: int = 1  # 1: unigrams; 2: also hashed bigrams (fastText -wordNgrams 2)
     buckets: int = 2_000_000  # rows for hashed bigrams (fastText -bucket)
     cache: bool = True  # reuse the tokenizer and token ids of an identical corpus (token_cache.py)
+
+    def __post_init__(self) -> None:
+        _require(self.min_count >= 1, "tokenizer.min_count must be >= 1")
+        _require(
+            self.max_vocab >= 2, "tokenizer.max_vocab must be >= 2 (one row is the unknown token)"
+        )
+        _require(self.ngrams in (1, 2), "tokenizer.ngrams must be 1 (unigrams) or 2 (adds bigrams)")
+        _require(
+            self.ngrams == 1 or self.buckets >= 1, "tokenizer.buckets must be >= 1 when ngrams=2"
+        )
 
 
 # --------------------------------------------------------------------------------------- model
@@ -117,6 +153,9 @@ class FastTextConfig(ModelConfig):
     name: str = "fasttext"
     dim: int = 64  # width of the token vectors (fastText -dim)
 
+    def __post_init__(self) -> None:
+        _require(self.dim >= 1, "model.dim must be >= 1")
+
 
 # --------------------------------------------------------------------------------------- optim
 @dataclass
@@ -125,6 +164,15 @@ class OptimConfig:
     lr: float = MISSING
     weight_decay: float = 0.0  # sparse rows: applied lazily, to touched rows only
     maximize: bool = False  # ascend the loss instead (as torch's optimizers allow)
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        # the weights are float32: a larger rate overflows the update itself
+        _require(self.lr <= FLOAT32_MAX, f"optim.lr={self.lr:g} is beyond float32's range (3.4e38)")
+        _require(
+            0 <= self.weight_decay <= FLOAT32_MAX, "optim.weight_decay must lie in [0, 3.4e38]"
+        )
+        _require(getattr(self, "eps", 0) >= 0, "optim.eps must be >= 0")
 
 
 @dataclass
@@ -136,6 +184,13 @@ class AdagradConfig(OptimConfig):
     lr_decay: float = 0.0  # clr = lr / (1 + (step - 1) * lr_decay)
     initial_accumulator_value: float = 0.0  # G starts here: > 0 damps every row's first steps
     eps: float = 1e-10  # added outside the square root, as torch.optim.Adagrad does
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.lr_decay >= 0, "optim.lr_decay must be >= 0")
+        _require(
+            self.initial_accumulator_value >= 0, "optim.initial_accumulator_value must be >= 0"
+        )
 
 
 @dataclass
@@ -155,6 +210,13 @@ class RowwiseAdagradConfig(OptimConfig):
     initial_accumulator_value: float = 0.0  # G_row starts here
     eps: float = 1e-10  # added outside the square root
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.lr_decay >= 0, "optim.lr_decay must be >= 0")
+        _require(
+            self.initial_accumulator_value >= 0, "optim.initial_accumulator_value must be >= 0"
+        )
+
 
 @dataclass
 class RMSpropConfig(OptimConfig):
@@ -162,6 +224,10 @@ class RMSpropConfig(OptimConfig):
     lr: float = 0.2  # best of 0.01 / 0.05 / 0.2 on the default BBC News run
     alpha: float = 0.99  # v = alpha v + (1 - alpha) g^2: remembers ~1/(1 - alpha) updates
     eps: float = 1e-8  # added outside the square root
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0 <= self.alpha < 1, "optim.alpha must lie in [0, 1)")
 
 
 @dataclass
@@ -171,6 +237,12 @@ class SparseAdamConfig(OptimConfig):
     beta1: float = 0.9  # decay of the first moment (the gradient's running mean)
     beta2: float = 0.999  # decay of the second moment
     eps: float = 1e-8  # added outside the square root, as torch.optim.SparseAdam does
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1 and beta2 must lie in [0, 1)"
+        )
 
 
 # ------------------------------------------------------------------------------------- trainer
@@ -190,6 +262,22 @@ class TrainerConfig:
     keep_checkpoints: int = 3  # newest step_*.pt files kept (last.pt links the newest)
     resume: str | None = None  # a run dir or checkpoint to continue from
     progress: bool = True  # tqdm bar on stderr
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.seed < 2**63, f"trainer.seed must lie in [0, 2^63), got {self.seed}")
+        _require(self.epochs >= 1, "trainer.epochs must be >= 1")
+        _require(self.max_steps is None or self.max_steps >= 1, "trainer.max_steps must be >= 1")
+        _require(self.batch_size >= 1, "trainer.batch_size must be >= 1")
+        _require(
+            self.num_threads is None or self.num_threads >= 1, "trainer.num_threads must be >= 1"
+        )
+        _require(self.keep_checkpoints >= 1, "trainer.keep_checkpoints must be >= 1")
+        for key in ("eval_every", "log_every", "checkpoint_every"):
+            _require(getattr(self, key) >= 0, f"trainer.{key} must be >= 0")
+        _require(
+            self.device in ("auto", "cpu") or self.device.startswith("cuda"),
+            f"trainer.device must be cpu, cuda, cuda:N or auto, got {self.device!r}",
+        )
 
 
 # ----------------------------------------------------------------------------------- telemetry
@@ -212,6 +300,15 @@ class TelemetryConfig:
     # Most frequent tokens whose rows go to TensorBoard's Projector, with token, count,
     # bucket and eff_lr as metadata (0: none)
     projector_tokens: int = 5_000
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 0, "telemetry.every must be >= 0 (0 turns telemetry off)")
+        _require(self.histogram_every >= 1, "telemetry.histogram_every must be >= 1")
+        _require(self.sample_size >= 1, "telemetry.sample_size must be >= 1")
+        _require(self.rare_max_count >= 1, "telemetry.rare_max_count must be >= 1")
+        _require(self.common_top_k >= 1, "telemetry.common_top_k must be >= 1")
+        _require(self.follow_per_bucket >= 0, "telemetry.follow_per_bucket must be >= 0")
+        _require(self.projector_tokens >= 0, "telemetry.projector_tokens must be >= 0 (0: none)")
 
 
 @dataclass
@@ -255,7 +352,7 @@ def register_configs() -> None:
 
 
 def to_config(cfg: DictConfig) -> Config:
-    """Convert the composed config to dataclasses and check what no single field can."""
+    """Convert the composed config to dataclasses, refusing keys no schema has."""
     for group in SCHEMAS:  # `+optim.lrr=1` gets past Hydra into an untyped group node
         node = cfg.get(group)
         schema = OmegaConf.get_type(node) if node is not None else None
@@ -263,9 +360,7 @@ def to_config(cfg: DictConfig) -> Config:
             for key in node:
                 if key not in {f.name for f in dataclasses.fields(schema)}:
                     raise UserError(unknown_key_message(group, str(node.get("name")), key, schema))
-    config: Config = OmegaConf.to_object(cfg)
-    check_config(config)
-    return config
+    return OmegaConf.to_object(cfg)  # each dataclass checks its fields (__post_init__)
 
 
 def unknown_key_message(group: str, option: str, key: str, schema: type) -> str:
@@ -317,69 +412,6 @@ def default_option(group: str) -> str:
     """The option conf/config.yaml's defaults list picks for a group."""
     found = re.search(rf"^\s*- {group}: (\w+)", (CONF_DIR / "config.yaml").read_text(), re.M)
     return found.group(1) if found else "default"
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
-def check_config(c: Config) -> None:
-    _require(0.0 < c.data.test_fraction < 1.0, "data.test_fraction must lie in (0, 1)")
-    _require(0 <= c.data.seed < 2**63, f"data.seed must lie in [0, 2^63), got {c.data.seed}")
-    _require(
-        c.data.max_examples is None or c.data.max_examples > 0, "data.max_examples must be > 0"
-    )
-    if isinstance(c.data, SyntheticDataConfig):
-        _require(c.data.vocab_size >= 2, "data.vocab_size must be >= 2")
-        _require(c.data.num_docs >= 2, "data.num_docs must be >= 2")
-        _require(c.data.doc_length >= 1, "data.doc_length must be >= 1")
-        _require(c.data.num_classes >= 2, "data.num_classes must be >= 2")
-        _require(c.data.zipf_s > 0, "data.zipf_s must be > 0")
-        _require(0 < c.data.signal_fraction <= 1, "data.signal_fraction must lie in (0, 1]")
-        _require(0 <= c.data.label_noise < 1, "data.label_noise must lie in [0, 1)")
-    t = c.tokenizer
-    _require(t.min_count >= 1, "tokenizer.min_count must be >= 1")
-    _require(t.max_vocab >= 2, "tokenizer.max_vocab must be >= 2 (one row is the unknown token)")
-    _require(t.ngrams in (1, 2), "tokenizer.ngrams must be 1 (unigrams) or 2 (adds bigrams)")
-    _require(t.ngrams == 1 or t.buckets >= 1, "tokenizer.buckets must be >= 1 when ngrams=2")
-    if isinstance(c.model, FastTextConfig):
-        _require(c.model.dim >= 1, "model.dim must be >= 1")
-    o = c.optim
-    _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-    # the weights are float32: a larger rate overflows the update itself
-    _require(o.lr <= FLOAT32_MAX, f"optim.lr={o.lr:g} is beyond float32's range (3.4e38)")
-    _require(0 <= o.weight_decay <= FLOAT32_MAX, "optim.weight_decay must lie in [0, 3.4e38]")
-    if isinstance(o, (AdagradConfig, RowwiseAdagradConfig)):
-        _require(o.lr_decay >= 0, "optim.lr_decay must be >= 0")
-        _require(o.initial_accumulator_value >= 0, "optim.initial_accumulator_value must be >= 0")
-    if isinstance(o, RMSpropConfig):
-        _require(0 <= o.alpha < 1, "optim.alpha must lie in [0, 1)")
-    if isinstance(o, SparseAdamConfig):
-        _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and beta2 must lie in [0, 1)")
-    if hasattr(o, "eps"):
-        _require(o.eps >= 0, "optim.eps must be >= 0")
-    r = c.trainer
-    _require(0 <= r.seed < 2**63, f"trainer.seed must lie in [0, 2^63), got {r.seed}")
-    _require(r.epochs >= 1, "trainer.epochs must be >= 1")
-    _require(r.max_steps is None or r.max_steps >= 1, "trainer.max_steps must be >= 1")
-    _require(r.batch_size >= 1, "trainer.batch_size must be >= 1")
-    _require(r.num_threads is None or r.num_threads >= 1, "trainer.num_threads must be >= 1")
-    _require(r.keep_checkpoints >= 1, "trainer.keep_checkpoints must be >= 1")
-    for key in ("eval_every", "log_every", "checkpoint_every"):
-        _require(getattr(r, key) >= 0, f"trainer.{key} must be >= 0")
-    _require(
-        r.device == "auto" or r.device == "cpu" or r.device.startswith("cuda"),
-        f"trainer.device must be cpu, cuda, cuda:N or auto, got {r.device!r}",
-    )
-    m = c.telemetry
-    _require(m.every >= 0, "telemetry.every must be >= 0 (0 turns telemetry off)")
-    _require(m.histogram_every >= 1, "telemetry.histogram_every must be >= 1")
-    _require(m.sample_size >= 1, "telemetry.sample_size must be >= 1")
-    _require(m.rare_max_count >= 1, "telemetry.rare_max_count must be >= 1")
-    _require(m.common_top_k >= 1, "telemetry.common_top_k must be >= 1")
-    _require(m.follow_per_bucket >= 0, "telemetry.follow_per_bucket must be >= 0")
-    _require(m.projector_tokens >= 0, "telemetry.projector_tokens must be >= 0 (0: none)")
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
