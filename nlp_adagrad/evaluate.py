@@ -1,5 +1,5 @@
-"""Evaluation: loss and accuracy during training, and `python -m nlp_adagrad.evaluate RUN_DIR`,
-which prints accuracy, per-class precision/recall/F1, the confusion matrix and P@k/R@k."""
+"""`python -m nlp_adagrad.evaluate RUN_DIR`: accuracy, per-class precision/recall/F1, the
+confusion matrix and P@k/R@k of a finished run, like fastText's `test`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from nlp_adagrad.config import DataFormat, LocalDataConfig
 from nlp_adagrad.data import (
@@ -23,37 +20,9 @@ from nlp_adagrad.data import (
     split_digest,
 )
 from nlp_adagrad.errors import UserError
-from nlp_adagrad.inference import batched_logits, load_run
-from nlp_adagrad.vocab import EncodedSplit
+from nlp_adagrad.inference import load_run
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    accuracy: float
-    predictions: np.ndarray  # predicted label per document
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, split: EncodedSplit, batch_size: int, device: torch.device
-) -> EvalResult:
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    predictions = []
-    for batch, logits in batched_logits(model, split, batch_size, device):
-        loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").double()
-        predictions.append(logits.argmax(dim=1))
-    model.train(was_training)
-    predicted = torch.cat(predictions).cpu().numpy()
-    return EvalResult(
-        loss=float(loss_sum) / split.num_docs,
-        accuracy=float((predicted == split.labels).mean()),
-        predictions=predicted,
-    )
 
 
 # ------------------------------------------------------------------ python -m nlp_adagrad.evaluate

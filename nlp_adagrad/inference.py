@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +15,11 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from nlp_adagrad.batching import Batch, make_batch
 from nlp_adagrad.checkpoint import LAST, load_checkpoint
 from nlp_adagrad.config import Config, config_from_dict
 from nlp_adagrad.errors import UserError
 from nlp_adagrad.models import build_model
+from nlp_adagrad.scoring import batched_logits
 from nlp_adagrad.vocab import EncodedSplit, encode_split
 
 
@@ -104,17 +103,6 @@ def explain(run: LoadedRun, split: EncodedSplit, doc: int) -> tuple[list[Contrib
         )
         for k, (i, n) in enumerate(zip(distinct, counts))
     ], empty[0].numpy()
-
-
-@torch.no_grad()
-def batched_logits(
-    model: nn.Module, split: EncodedSplit, batch_size: int, device: torch.device
-) -> Iterator[tuple[Batch, torch.Tensor]]:
-    """(batch, logits) for a split's documents in order, `batch_size` at a time."""
-    for start in range(0, split.num_docs, batch_size):
-        docs = np.arange(start, min(start + batch_size, split.num_docs))
-        batch = make_batch(split, docs).to(device)
-        yield batch, model(batch.ids, batch.offsets)
 
 
 def load_run(run_dir_str: str) -> LoadedRun:

@@ -53,7 +53,6 @@ from nlp_adagrad.errors import (
     UserError,
     os_error_line,
 )
-from nlp_adagrad.evaluate import evaluate
 from nlp_adagrad.figures import eff_lr_figure
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.interrupt import stop_requests
@@ -68,6 +67,7 @@ from nlp_adagrad.run_dir import (
     tensorboard_command,
     write_json,
 )
+from nlp_adagrad.scoring import evaluate
 from nlp_adagrad.token_cache import tokenize_corpus
 from nlp_adagrad.vocab import token_counts, vocabulary, warn_unusual_documents
 from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
