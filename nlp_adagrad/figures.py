@@ -71,13 +71,16 @@ def eff_lr_figure(
         ),
     )
     for ax, x, xlabel, curve, label in panels:
+        ax.set_xlabel(xlabel)
+        if not on_log_scale(x, eff_lr).any():  # e.g. every accumulator overflowed: rates of 0
+            ax.text(0.5, 0.5, "no token with a positive rate", ha="center", transform=ax.transAxes)
+            continue
         _cloud(ax, x, eff_lr)
         fit = binned_fit(x, eff_lr)
         if fit is not None:
             _fit_lines(ax, fit, curve, label if theory else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
     left.set_ylabel("effective learning rate")

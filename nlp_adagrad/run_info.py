@@ -93,13 +93,15 @@ def _short(value: Any) -> str:
 
 def run_name(c: Config, overrides: list[str]) -> str:
     """e.g. `bbc_news,fasttext-d64,sgd,lr=0.5,trainer.epochs=3`: data (with the file's name
-    for local data), model, optimizer, learning rate, then the other keys the user set."""
+    for local data), model, optimizer, learning rate, the experiment if one was picked, then
+    the other keys the user set."""
     flat = flat_config(c)
     data = flat["data.name"]
     if "data.path" in flat:
         data += f"-{Path(str(flat['data.path'])).name}"
     model = flat["model.name"] + (f"-d{flat['model.dim']}" if "model.dim" in flat else "")
     parts = [data, model, flat["optim.name"], f"lr={_short(flat['optim.lr'])}"]
+    parts += [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("experiment=")]
     covered = {"data.name", "model.name", "model.dim", "optim.name", "optim.lr", *NOT_IN_NAME}
     parts += [
         f"{k}={_short(flat[k])}"

@@ -409,7 +409,7 @@ def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
     register_configs()
     synthetic_words = 20_000 if quick else 1_000_000
     corpora = {
-        "bbc_news": ["data.max_examples=600"] if quick else [],
+        "bbc_news": ["+experiment=debug"] if quick else [],
         "synthetic": [
             "data=synthetic",
             f"data.vocab_size={synthetic_words}",

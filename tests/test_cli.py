@@ -14,7 +14,7 @@ import pytest
 from nlp_adagrad.data import load_corpus
 from tests.helpers import make_config, run_cli, run_script, tiny_rows
 
-SMALL = ["data.max_examples=120", "trainer.epochs=1", "telemetry.every=2"]
+SMALL = ["+experiment=debug"]
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -55,8 +55,8 @@ def test_sweep_runs_each_optimizer_under_multirun(tmp_path):
     assert f"| 1 | {sgd['test/accuracy']:.4f} |" in table[3]  # one seed: the value itself
     # TensorBoard names each run by what it is, not by its timestamp
     assert [next((d / "tb").iterdir()).name for d in dirs] == [
-        "bbc_news,logreg,adagrad,lr=5,data.max_examples=120,trainer.epochs=1,telemetry.every=2",
-        "bbc_news,logreg,sgd,lr=1,data.max_examples=120,trainer.epochs=1,telemetry.every=2",
+        "bbc_news,logreg,adagrad,lr=5,experiment=debug",
+        "bbc_news,logreg,sgd,lr=1,experiment=debug",
     ]
 
 

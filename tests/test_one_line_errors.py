@@ -17,7 +17,7 @@ from nlp_adagrad.errors import UserError, os_error_line
 from nlp_adagrad.train import train
 from tests.helpers import QUIET, make_config, run_cli
 
-SMALL = ["data.max_examples=100", "trainer.epochs=1", "telemetry.every=0"]
+SMALL = ["+experiment=debug"]
 
 
 def error_lines(proc) -> list[str]:

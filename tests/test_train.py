@@ -47,7 +47,7 @@ METRIC_KEYS = [
     "eff_lr/rare_to_common",
     "eff_lr/rare_to_common_first",
 ]
-BBC_SMALL = ["data.max_examples=300", "trainer.epochs=2", "telemetry.every=5"]
+BBC_SMALL = ["+experiment=debug"]  # conf/experiment/debug.yaml
 
 
 def read_tb(run_dir: Path) -> EventAccumulator:
