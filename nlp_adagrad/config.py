@@ -35,6 +35,17 @@ def _require(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+# ---------------------------------------------------------------------------------------- task
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+
+
+@dataclass
+class ClassifyTaskConfig(TaskConfig):
+    name: str = "classify"  # labelled documents -> a bag-of-tokens classifier
+
+
 # ---------------------------------------------------------------------------------------- data
 class DataFormat(enum.Enum):
     auto = "auto"  # from the file name: .csv .tsv .json .jsonl .parquet .txt (+ .gz .bz2 .xz .zst)
@@ -313,6 +324,7 @@ class TelemetryConfig:
 
 @dataclass
 class Config:
+    task: Any = MISSING
     data: Any = MISSING
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: Any = MISSING
@@ -322,6 +334,7 @@ class Config:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
+    "task": {"classify": ClassifyTaskConfig},
     "data": {
         "bbc_news": BBCNewsConfig,
         "local": LocalDataConfig,
@@ -418,7 +431,7 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a `Config` from `config_to_dict`'s output (a checkpoint's `config`)."""
     sections = {}
     for group, schemas in SCHEMAS.items():
-        node = d[group]
+        node = d.get(group) or {"name": default_option(group)}  # runs from before `task`
         name = node.get("name", "default")
         schema = schemas.get(name) or schemas["hub"]  # Hub presets share one schema
         sections[group] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))

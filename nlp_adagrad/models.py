@@ -1,8 +1,8 @@
 """Bag-of-tokens classifiers whose token tables produce sparse gradients.
 
 Both models read a batch as EmbeddingBag input (flat ids plus offsets). The token table is
-`model.embedding`, a `SparseBag` (an EmbeddingBag with sparse, coalesced gradients);
-everything else is small and dense.
+`model.embedding`, a `SparseBag` (an EmbeddingBag with sparse, coalesced gradients), named by
+`sparse_tables()`; everything else is small and dense.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class LogReg(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_classes))
         nn.init.zeros_(self.embedding.weight)
 
+    def sparse_tables(self) -> dict[str, nn.Parameter]:
+        """The tables with sparse gradients, by name: what telemetry reads."""
+        return {"embedding": self.embedding.weight}
+
     def classify(self, bags: torch.Tensor) -> torch.Tensor:
         """Logits from the bag outputs (what data parallelism recomputes on every rank)."""
         return bags + self.bias
@@ -51,6 +55,9 @@ class FastText(nn.Module):
         nn.init.uniform_(self.embedding.weight, -1.0 / dim, 1.0 / dim)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    def sparse_tables(self) -> dict[str, nn.Parameter]:
+        return {"embedding": self.embedding.weight}
 
     def classify(self, bags: torch.Tensor) -> torch.Tensor:
         return self.head(bags)

@@ -129,3 +129,18 @@ def test_hub_loading_code_on_a_local_folder(tmp_path):
     assert set(corpus) == {"train", "test"}
     assert corpus["train"].features["label"].names == ["0", "1"]
     assert len(corpus["test"]) == len(rows) // 2
+
+
+def test_help_and_a_mistyped_key_are_answered_without_loading_torch():
+    code = (
+        "import runpy, sys\n"
+        "for argv in (['--help'], ['optim.lrr=1']):\n"
+        "    sys.argv = ['nlp_adagrad.train', *argv]\n"
+        "    try:\n"
+        "        runpy.run_module('nlp_adagrad.train', run_name='__main__')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('torch' in sys.modules, 'datasets' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.splitlines()[-1] == "False False", proc.stderr[-1000:]

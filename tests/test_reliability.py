@@ -16,7 +16,8 @@ import torch
 
 from nlp_adagrad.checkpoint import load_checkpoint, load_for_resume, save_checkpoint, step_files
 from nlp_adagrad.errors import UserError
-from nlp_adagrad.train import TIMING_KEYS, train
+from nlp_adagrad.run import TIMING_KEYS
+from nlp_adagrad.train import train
 from tests.helpers import QUIET, make_config, run_cli
 
 KILL_RUN = [

@@ -18,8 +18,9 @@ from nlp_adagrad.batching import batch_indices, epoch_order, make_batch
 from nlp_adagrad.data import load_corpus
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
+from nlp_adagrad.run import TIMING_KEYS
 from nlp_adagrad.telemetry import TOKEN_STATS_COLUMNS
-from nlp_adagrad.train import TIMING_KEYS, train
+from nlp_adagrad.train import train
 from nlp_adagrad.vocab import encode_split, token_counts
 from tests.helpers import make_config
 

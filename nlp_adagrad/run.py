@@ -1,0 +1,302 @@
+"""Run code every task's recipe shares: start-up, the run state and its checkpoint form,
+checkpoints behind the NaN guard, telemetry snapshots of a sparse table, and the end-of-run
+outputs (the figure, hparams, the Projector, token_stats.csv, metrics.json).
+
+A recipe (nlp_adagrad.recipes) writes its loop out top to bottom and calls these; nothing here
+decides what a step is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nlp_adagrad import distributed, run_info, telemetry
+from nlp_adagrad.checkpoint import save_checkpoint
+from nlp_adagrad.config import Config, config_to_dict
+from nlp_adagrad.errors import UserError
+from nlp_adagrad.figures import eff_lr_figure
+from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
+from nlp_adagrad.optim import Adagrad, RowOptimizer
+from nlp_adagrad.run_dir import write_json
+from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
+
+log = logging.getLogger("nlp_adagrad.train")
+
+# metrics.json keys that measure the machine, not the run: left out of equality checks
+TIMING_KEYS = (
+    "train/seconds",
+    "train/prepare_seconds",
+    "train/tokens_per_sec",
+    "train/telemetry_seconds",
+)
+FIRST_SNAPSHOT_KEYS = ("eff_lr/rare", "eff_lr/common", "eff_lr/rare_to_common")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu"
+        )
+    return torch.device(name)
+
+
+def start(cfg: Config) -> tuple[distributed.Topology, torch.device]:
+    """Threads, the process group (one process, or torchrun's), the device and the seed."""
+    if cfg.trainer.num_threads is not None:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    topology, device = distributed.setup(resolve_device(cfg.trainer.device))
+    torch.manual_seed(cfg.trainer.seed)
+    return topology, device
+
+
+def open_writer(cfg: Config, run_dir: Path, is_main: bool) -> MetricWriter:
+    """TensorBoard in `tb/<what the run is>/` for the main process; a NullWriter elsewhere."""
+    if not is_main:
+        return NullWriter()
+    name = run_info.run_name(cfg, run_info.read_overrides(run_dir))
+    return TensorBoardWriter(run_dir / "tb" / name)
+
+
+def progress_bar(cfg: Config, total: int, initial: int, is_main: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (cfg.trainer.progress and is_main),
+        file=sys.stderr,
+    )
+
+
+@dataclass
+class RunState:
+    """What a loop carries from step to step, and the part of it a checkpoint keeps: the step,
+    tokens seen, the loss window cut by a crash, the first snapshot's rates."""
+
+    loss_sum: torch.Tensor  # float64 on the device: summed without a read-back per step
+    step: int = 0
+    tokens: int = 0
+    window_steps: int = 0
+    window_tokens: int = 0
+    train_loss: float = float("nan")
+    first_snapshot: dict[str, float] = field(default_factory=dict)
+    loop_seconds: float = 0.0
+    telemetry_seconds: float = 0.0
+    window_start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def fresh(cls, device: torch.device) -> RunState:
+        return cls(loss_sum=torch.zeros((), dtype=torch.float64, device=device))
+
+    @classmethod
+    def resumed(cls, saved: dict, device: torch.device) -> RunState:
+        state = cls.fresh(device)
+        state.step, state.tokens = saved["step"], saved["tokens"]
+        state.loss_sum += saved["window"]["loss_sum"]  # a window cut by the crash goes on
+        state.window_steps, state.window_tokens = (saved["window"][k] for k in ("steps", "tokens"))
+        state.train_loss = saved["train_loss"]
+        state.first_snapshot = dict(saved.get("telemetry_first") or {})
+        return state
+
+    def checkpoint_fields(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens": self.tokens,
+            "window": {
+                "loss_sum": float(self.loss_sum),
+                "steps": self.window_steps,
+                "tokens": self.window_tokens,
+            },
+            "train_loss": self.train_loss,
+            "telemetry_first": self.first_snapshot,
+        }
+
+    def add_step(self, loss: torch.Tensor, tokens: int) -> None:
+        self.step += 1
+        self.tokens += tokens
+        self.loss_sum += loss.detach().double()
+        self.window_steps += 1
+        self.window_tokens += tokens
+
+    def close_window(self, writer: MetricWriter, bar: tqdm) -> None:
+        """train/loss (the window's mean) and train/tokens_per_sec, then a new window."""
+        self.train_loss = float(self.loss_sum) / self.window_steps
+        now = time.perf_counter()
+        self.loop_seconds += now - self.window_start
+        tokens_per_sec = self.window_tokens / max(now - self.window_start, 1e-9)
+        writer.scalar("train/loss", self.train_loss, self.step)
+        writer.scalar("train/tokens_per_sec", tokens_per_sec, self.step)
+        bar.set_postfix(loss=f"{self.train_loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
+        self.loss_sum.zero_()
+        self.window_steps, self.window_tokens = 0, 0
+        self.window_start = time.perf_counter()
+
+    def timing_metrics(self, prepare_seconds: float) -> dict[str, float]:
+        return {
+            "train/loss": self.train_loss,
+            "train/steps": self.step,
+            "train/tokens": self.tokens,
+            "train/seconds": self.loop_seconds,
+            "train/prepare_seconds": prepare_seconds,
+            "train/tokens_per_sec": self.tokens / max(self.loop_seconds, 1e-9),
+            "train/telemetry_seconds": self.telemetry_seconds,  # within train/seconds
+        }
+
+
+class Checkpoints:
+    """The NaN guard and the checkpoints behind it: nothing non-finite is ever saved, and a
+    divergence names the last good checkpoint."""
+
+    def __init__(self, cfg: Config, run_dir: Path, model: torch.nn.Module, device, is_main):
+        # every step on CPU; on CUDA at the logging interval, which reads the loss back anyway
+        every = 1 if device.type == "cpu" else cfg.trainer.log_every
+        self.guard = DivergenceGuard(model, check_every=every)
+        self.cfg, self.folder, self.is_main = cfg, run_dir / "checkpoints", is_main
+        self.last: Path | None = None
+
+    def diverged(self, bad: str) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"non-finite {bad} ({self.cfg.optim.name}, optim.lr={self.cfg.optim.lr:g}); "
+            f"stopped. Last good checkpoint: "
+            f"{self.last or 'none (set trainer.checkpoint_every)'}"
+        )
+
+    def after_step(self, loss: torch.Tensor, step: int) -> None:
+        bad = self.guard.after_step(loss, step)
+        if bad is not None:
+            raise self.diverged(bad)
+
+    def check(self, step: int) -> None:
+        """Raise if the loss, gradients or any parameter went non-finite by `step`."""
+        bad = self.guard.check(step)
+        if bad is None and (name := self.guard.bad_parameter()) is not None:
+            bad = f"parameter {name} after step {step}"
+        if bad is not None:
+            raise self.diverged(bad)
+
+    def save(self, payload: dict, step: int) -> Path | None:
+        """Save (main process only) once the parameters are known to be finite."""
+        self.check(step)
+        if not self.is_main:
+            return None
+        return save_checkpoint(
+            self.folder,
+            {**payload, "config": config_to_dict(self.cfg)},
+            keep=self.cfg.trainer.keep_checkpoints,
+        )
+
+
+class Snapshots:
+    """Telemetry of one sparse table during a run: log-spaced early snapshots, then every
+    `telemetry.every` steps, the first one's rates kept for metrics.json, and their time."""
+
+    def __init__(self, cfg: Config, spec, optimizer: RowOptimizer, table: torch.Tensor):
+        self.cfg, self.spec, self.optimizer, self.table = cfg.telemetry, spec, optimizer, table
+
+    def maybe(self, writer: MetricWriter, state: RunState, last: bool) -> None:
+        step, every = state.step, self.cfg.every
+        if last or not telemetry.snapshot_due(step, every):
+            return
+        started = time.perf_counter()
+        histograms = telemetry.histograms_due(step, every, self.cfg.histogram_every)
+        summary, _, _ = telemetry.log_snapshot(
+            writer, self.spec, self.optimizer, self.table, step, histograms=histograms
+        )
+        if not state.first_snapshot and math.isfinite(summary["eff_lr/rare_to_common"]):
+            state.first_snapshot = first_snapshot_metrics(summary, step)
+        state.telemetry_seconds += time.perf_counter() - started
+
+    def final(self, writer: MetricWriter, state: RunState):
+        """The exact last snapshot: (summary with the first snapshot's rates, eff_lr, updates)."""
+        summary, eff_lr, updates = telemetry.log_snapshot(
+            writer, self.spec, self.optimizer, self.table, state.step, exact=True
+        )
+        state.first_snapshot = state.first_snapshot or first_snapshot_metrics(summary, state.step)
+        return {**summary, **state.first_snapshot}, eff_lr, updates
+
+
+def first_snapshot_metrics(summary: dict[str, float], step: int) -> dict[str, float]:
+    """eff_lr/rare_first, ...: the rates before they separate, beside the final ones (from
+    the first snapshot with both a rare and a common token updated)."""
+    out = {f"{key}_first": summary[key] for key in FIRST_SNAPSHOT_KEYS}
+    out["eff_lr/first_snapshot_step"] = step
+    return out
+
+
+def rates_line(metrics: dict[str, float], cfg: Config) -> str:
+    """The end-of-run summary of the rates, saying why a number is missing instead of `nan`."""
+    rare, common = metrics["eff_lr/rare"], metrics["eff_lr/common"]
+    if not math.isfinite(rare):
+        return (
+            f"eff_lr common {common:.4g}; rare n/a: no token seen <= "
+            f"{cfg.telemetry.rare_max_count} times (telemetry.rare_max_count) was updated, "
+            f"so there is no rare / common ratio"
+        )
+    slopes = ", ".join(
+        f"vs {x} {metrics[f'eff_lr/slope_vs_{x}']:.3f}"
+        if math.isfinite(metrics[f"eff_lr/slope_vs_{x}"])
+        else f"vs {x} n/a (all tokens alike)"
+        for x in ("updates", "count")
+    )
+    return (
+        f"eff_lr rare / common: {metrics['eff_lr/rare_to_common_first']:.1f}x at step "
+        f"{metrics['eff_lr/first_snapshot_step']:.0f}, {metrics['eff_lr/rare_to_common']:.1f}x "
+        f"at the end (rare {rare:.4g}, common {common:.4g})  slope {slopes}"
+    )
+
+
+def write_outputs(
+    cfg: Config,
+    run_dir: Path,
+    writer: MetricWriter,
+    snapshots: Snapshots,
+    metrics: dict[str, float],
+    eff_lr: np.ndarray,
+    updates: np.ndarray,
+    steps_per_epoch: int,
+) -> None:
+    """The end-of-run files of the main process: the per-bucket table, the eff_lr figure, the
+    Projector, hparams, token_stats.csv and metrics.json (DESIGN section 4)."""
+    spec, optimizer, table = snapshots.spec, snapshots.optimizer, snapshots.table
+    step = int(metrics["train/steps"])
+    table_md = telemetry.bucket_table(spec, eff_lr, updates)
+    log.info("effective learning rate by count bucket (%s):\n%s", cfg.optim.name, table_md)
+    writer.text("eff_lr/buckets", table_md, step)
+    if cfg.telemetry.figure:
+        import matplotlib.pyplot as plt
+
+        fig = eff_lr_figure(
+            spec.counts,
+            updates,
+            eff_lr,
+            steps_per_epoch,
+            f"{cfg.optim.name} on {cfg.data.name}: per-token effective learning rate",
+            theory=isinstance(optimizer, Adagrad),  # row-wise Adagrad included
+        )
+        fig.savefig(run_dir / "eff_lr_vs_count.png")
+        writer.figure("eff_lr/vs_updates_and_count", fig, step)
+        plt.close(fig)
+    if cfg.telemetry.projector_tokens:
+        vectors, rows, header = telemetry.projector_data(
+            spec, table, eff_lr, cfg.telemetry.projector_tokens
+        )
+        writer.embedding(vectors, rows, header, "token_table", step)
+    shown, varied = run_info.hparams(cfg, run_info.read_overrides(run_dir))
+    writer.hparams(
+        shown, {k: float(metrics[k]) for k in run_info.HPARAM_METRICS if k in metrics}, varied
+    )
+    writer.close()
+    spread = telemetry.coordinate_spread(optimizer, table, spec.num_tokens)
+    telemetry.write_token_stats(run_dir / "token_stats.csv", spec, eff_lr, updates, spread)
+    write_json(run_dir / "metrics.json", metrics)
