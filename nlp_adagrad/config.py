@@ -517,10 +517,11 @@ def _group_rows(group: str, options: list[str]) -> list[tuple[str, list[str]]]:
             if f.name == "name":
                 continue
             seen = {repr(v[f.name]) for v in values if f.name in v}
-            default = (
-                _default_text(f) if not seen else seen.pop() if len(seen) == 1 else "per option"
-            )
-            if len(seen) == 0 and any(f.name in v for v in values):
+            if not seen:  # no option's file sets it: the schema's default
+                default = _default_text(f)
+            elif len(seen) == 1 and all(f.name in v for v in values):
+                default = seen.pop()
+            else:
                 default = "per option"
             rows[schema][f.name] = (_type_text(f), default, docs.get(f.name, ""))
     shared = set.intersection(*(set(r.items()) for r in rows.values())) if len(rows) > 1 else set()
