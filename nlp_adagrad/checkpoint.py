@@ -163,9 +163,10 @@ def check_resume_compatible(state: dict, cfg: Config, model: torch.nn.Module, pa
         )
     if set(saved) != set(built) or any(saved[k].shape != built[k].shape for k in saved):
         dim = f" model.dim={then['model']['dim']}" if "dim" in then["model"] else ""
+        trained = f"model={then['model']['name']}{dim}"
         raise UserError(
-            f"{path} holds a model=" + then["model"]["name"] + dim + " that this config's "
-            f"model={cfg.model.name} cannot load; resume with model={then['model']['name']}{dim}"
+            f"{path} holds a {trained} that this config's model={cfg.model.name} cannot load; "
+            f"resume with {trained}"
         )
     now = config_to_dict(cfg)
     for section in ("data", "tokenizer", "model"):

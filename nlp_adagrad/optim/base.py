@@ -97,7 +97,8 @@ def unique_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RowOptimizer(torch.optim.Optimizer):
-    """Base class: subclasses implement `_sparse_step` and `_dense_step` and `_row_lr`.
+    """Base class: subclasses implement `_sparse_step`, `_dense_step`, `_rate_scale` and, if
+    they divide by a second moment, `_second_moment`.
 
     State per parameter: `step` (int) and, for parameters that ever got a sparse gradient,
     `updates` (int32 per row: optimizer steps whose gradient touched the row) and `last_step`.
