@@ -232,8 +232,8 @@ def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
     fmt = cfg.format
     if fmt is DataFormat.auto:
         fmt = infer_format(every_file, "data.path")
-        first = _first_line(every_file[0], cfg.encoding).lstrip()
-        if fmt is DataFormat.text and not first.startswith(cfg.label_prefix):
+        first = _first_line(every_file[0], cfg.encoding) if fmt is DataFormat.text else ""
+        if fmt is DataFormat.text and not first.lstrip().startswith(cfg.label_prefix):
             raise UserError(
                 f"{every_file[0]} is read as fastText text (.txt) but its first line has no "
                 f"{cfg.label_prefix} tag; tag each line ({cfg.label_prefix}sport some words), "
@@ -251,7 +251,7 @@ def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
     # datasets keys its cache of a local file by path and modification time: a file rewritten
     # with its old mtime (cp -p, touch -d) would be read stale. A cache folder per content
     # hash cannot be.
-    options["cache_dir"] = str(local_cache_dir([*files["train"], *files.get("test", [])]))
+    options["cache_dir"] = str(local_cache_dir(every_file))
     try:
         with _quiet_datasets():
             raw = datasets.load_dataset(_BUILDER[fmt], data_files=files, **options)

@@ -54,21 +54,22 @@ def snapshot_due(step: int, every: int) -> bool:
         return True
     if step >= every:
         return False
-    if step <= 3:
-        return True
-    while step % 10 == 0:
-        step //= 10
-    return step in (1, 2, 5)
+    return step <= 3 or _without_trailing_zeros(step) in (1, 2, 5)
 
 
 def histograms_due(step: int, every: int, histogram_every: int) -> bool:
     """Whether a snapshot at `step` carries histograms: at steps 1, 10, 100, ... below
     `every` (a histogram costs ~10 scalar snapshots), then on every histogram_every-th."""
     if step < every:
-        while step % 10 == 0:
-            step //= 10
-        return step == 1
+        return _without_trailing_zeros(step) == 1
     return (step // every) % histogram_every == 0
+
+
+def _without_trailing_zeros(step: int) -> int:
+    """100 -> 1, 200 -> 2, 50 -> 5, 12 -> 12."""
+    while step % 10 == 0:
+        step //= 10
+    return step
 
 
 def count_buckets(counts: np.ndarray) -> np.ndarray:
@@ -391,7 +392,7 @@ def _exactly(*tags: str) -> list[str]:
 
 def custom_layout(spec: TelemetrySpec) -> dict:
     """TensorBoard custom-scalars layout: rare vs common first (two series, log10), then
-    the buckets, the ratio, the slopes, and the followed tokens grouped by bucket."""
+    their gap, the buckets, the two slopes, and the followed tokens grouped by bucket."""
     rare, common = f"count <= {spec.rare_max_count}", f"{spec.common_top_k} most frequent"
     followed: dict[str, list[str]] = {name: [] for name in spec.bucket_names}
     for token, i in spec.followed.items():
