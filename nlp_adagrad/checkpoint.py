@@ -147,6 +147,12 @@ def check_resume_compatible(state: dict, cfg: Config, model: torch.nn.Module, pa
     """Refuse, in one line, a checkpoint this config cannot continue (another optimizer, model
     or table shape); warn about data, tokenizer and model settings that differ."""
     then = state["config"]
+    then_task = (then.get("task") or {}).get("name", "classify")  # runs from before `task`
+    if then_task != cfg.task.name:
+        raise UserError(
+            f"{path} was trained with task={then_task}, not task={cfg.task.name}; "
+            f"resume with task={then_task}"
+        )
     if then["optim"]["name"] != cfg.optim.name:
         raise UserError(
             f"{path} was trained with optim={then['optim']['name']}, whose state "
@@ -154,13 +160,15 @@ def check_resume_compatible(state: dict, cfg: Config, model: torch.nn.Module, pa
             f"(its keys, optim.lr included, may change)"
         )
     saved, built = state["model"], model.state_dict()
-    table = tuple(saved["embedding.weight"].shape)
-    if then["model"]["name"] == cfg.model.name and table != tuple(built["embedding.weight"].shape):
-        raise UserError(
-            f"{path} holds a token table of shape {table} but this config builds "
-            f"{tuple(built['embedding.weight'].shape)}; resume with the run's own data, "
-            f"tokenizer and model config"
-        )
+    for name in model.sparse_tables():
+        key = f"{name}.weight"
+        table = tuple(saved[key].shape) if key in saved else None
+        if then["model"]["name"] == cfg.model.name and table not in (None, tuple(built[key].shape)):
+            raise UserError(
+                f"{path} holds a token table of shape {table} but this config builds "
+                f"{tuple(built[key].shape)}; resume with the run's own data, "
+                f"tokenizer and model config"
+            )
     if set(saved) != set(built) or any(saved[k].shape != built[k].shape for k in saved):
         dim = f" model.dim={then['model']['dim']}" if "dim" in then["model"] else ""
         trained = f"model={then['model']['name']}{dim}"

@@ -46,6 +46,32 @@ class ClassifyTaskConfig(TaskConfig):
     name: str = "classify"  # labelled documents -> a bag-of-tokens classifier
 
 
+@dataclass
+class SkipGramTaskConfig(TaskConfig):
+    name: str = "skipgram"  # word2vec's skip-gram with negative sampling; labels ignored
+    window: int = 5  # context words each side, at most (the actual span is drawn from 1..window)
+    negative: int = 5  # noise words per (centre, context) pair, drawn from counts^0.75
+    sample: float = 1e-3  # frequent-word subsampling threshold (word2vec -sample); 0: off
+
+    def __post_init__(self) -> None:
+        _require(self.window >= 1, "task.window must be >= 1")
+        _require(self.negative >= 1, "task.negative must be >= 1")
+        _require(self.sample >= 0, "task.sample must be >= 0 (0 turns subsampling off)")
+
+
+@dataclass
+class GloVeTaskConfig(TaskConfig):
+    name: str = "glove"  # GloVe: weighted least squares on log co-occurrence counts
+    window: int = 15  # context words each side, each counted 1/distance (glove.c demo: 15)
+    x_max: float = 10.0  # weighting f(x) = min(1, (x / x_max)^alpha); glove.c demo.sh: 10
+    alpha: float = 0.75  # exponent of the weighting function
+
+    def __post_init__(self) -> None:
+        _require(self.window >= 1, "task.window must be >= 1")
+        _require(self.x_max > 0, "task.x_max must be > 0")
+        _require(self.alpha > 0, "task.alpha must be > 0")
+
+
 # ---------------------------------------------------------------------------------------- data
 class DataFormat(enum.Enum):
     auto = "auto"  # from the file name: .csv .tsv .json .jsonl .parquet .txt (+ .gz .bz2 .xz .zst)
@@ -121,6 +147,37 @@ class SyntheticDataConfig(DataConfig):
         _require(0 <= self.label_noise < 1, "data.label_noise must lie in [0, 1)")
 
 
+@dataclass
+class PlantedGroupsConfig(DataConfig):
+    """Sentences built around planted groups of words that share contexts, at set frequencies:
+    ground truth for word vectors (a word's nearest neighbours should be its group)."""
+
+    name: str = "planted"
+    # occurrences of every word of a group; one frequency level per entry
+    group_counts: list[int] = field(default_factory=lambda: [5, 20, 100, 500])
+    groups_per_level: int = 10  # groups at each frequency level
+    group_size: int = 5  # words per group
+    topic_words: int = 20  # context words private to each group
+    topic_share: float = 0.5  # share of a sentence's other words drawn from its group's topic
+    sentence_length: int = 11  # words per sentence, the group word in the middle
+    vocab_size: int = 2_000  # background words filling the remaining slots (Zipf)
+    zipf_s: float = 1.0  # background word frequency ~ rank^-s
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            len(self.group_counts) >= 1 and min(self.group_counts) >= 1,
+            "data.group_counts must list counts >= 1",
+        )
+        _require(self.groups_per_level >= 1, "data.groups_per_level must be >= 1")
+        _require(self.group_size >= 2, "data.group_size must be >= 2 (a group has neighbours)")
+        _require(self.topic_words >= 1, "data.topic_words must be >= 1")
+        _require(0 <= self.topic_share <= 1, "data.topic_share must lie in [0, 1]")
+        _require(self.sentence_length >= 3, "data.sentence_length must be >= 3")
+        _require(self.vocab_size >= 1, "data.vocab_size must be >= 1")
+        _require(self.zipf_s > 0, "data.zipf_s must be > 0")
+
+
 # ----------------------------------------------------------------------------------- tokenizer
 @dataclass
 class TokenizerConfig:
@@ -151,16 +208,29 @@ class BagMode(enum.Enum):
 @dataclass
 class ModelConfig:
     name: str = MISSING
+
+
+@dataclass
+class BagModelConfig(ModelConfig):
     mode: BagMode = BagMode.mean  # bag features: token frequencies (mean) or counts (sum)
 
 
 @dataclass
-class LogRegConfig(ModelConfig):
+class LogRegConfig(BagModelConfig):
     name: str = "logreg"
 
 
 @dataclass
-class FastTextConfig(ModelConfig):
+class WordVectorsConfig(ModelConfig):
+    name: str = MISSING  # skipgram or glove: the task's two tables of word vectors
+    dim: int = 100  # width of the word vectors (word2vec -size, glove -vector-size)
+
+    def __post_init__(self) -> None:
+        _require(self.dim >= 1, "model.dim must be >= 1")
+
+
+@dataclass
+class FastTextConfig(BagModelConfig):
     name: str = "fasttext"
     dim: int = 64  # width of the token vectors (fastText -dim)
 
@@ -332,17 +402,39 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
+    def __post_init__(self) -> None:
+        task, model = getattr(self.task, "name", None), getattr(self.model, "name", None)
+        if task is None or model is None or task not in TASK_MODELS:
+            return
+        _require(
+            task == "classify" or self.tokenizer.ngrams == 1,
+            f"task={task} learns one vector per word: tokenizer.ngrams must be 1",
+        )
+        _require(
+            model in TASK_MODELS[task],
+            f"task={task} trains model={'|'.join(TASK_MODELS[task])}, not model={model}; "
+            f"drop the model= override (task={task} picks its model)",
+        )
+
+
+# which models each task can train (task=skipgram picks model=skipgram in conf/task/)
+TASK_MODELS = {"classify": ("logreg", "fasttext"), "skipgram": ("skipgram",), "glove": ("glove",)}
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "task": {"classify": ClassifyTaskConfig},
+    "task": {
+        "classify": ClassifyTaskConfig,
+        "skipgram": SkipGramTaskConfig,
+        "glove": GloVeTaskConfig,
+    },
     "data": {
         "bbc_news": BBCNewsConfig,
         "local": LocalDataConfig,
         "hub": HubDataConfig,
         "synthetic": SyntheticDataConfig,
+        "planted": PlantedGroupsConfig,
     },
     "tokenizer": {"default": TokenizerConfig},
-    "model": {"logreg": LogRegConfig, "fasttext": FastTextConfig},
+    "model": {"logreg": LogRegConfig, "fasttext": FastTextConfig, "words": WordVectorsConfig},
     "optim": {
         "adagrad": AdagradConfig,
         "rowwise_adagrad": RowwiseAdagradConfig,
@@ -392,7 +484,7 @@ def schema_of_option(group: str, option: str) -> type | None:
     path = CONF_DIR / group / f"{option}.yaml"
     if not path.is_file():
         return None
-    found = re.search(rf"/schema/{group}/(\w+)@_here_", path.read_text())
+    found = re.search(rf"/schema/{group}/(\w+)@(?:_here_|{group})\b", path.read_text())
     return SCHEMAS[group].get(found.group(1)) if found else None
 
 
@@ -413,6 +505,8 @@ def check_override_keys(overrides: list[str]) -> str | None:
             chosen[key] = value.split(",")  # a sweep may list several options
         elif "." in key and key.split(".", 1)[0] in SCHEMAS:
             settings.append(key.split(".", 1))
+    if not any(o.lstrip("+~").startswith("model=") for o in overrides):
+        chosen["model"] = sorted({task_model(t) or chosen["model"][0] for t in chosen["task"]})
     for group, key in settings:
         for option in chosen[group]:
             schema = schema_of_option(group, option)
@@ -421,10 +515,20 @@ def check_override_keys(overrides: list[str]) -> str | None:
     return None
 
 
+def task_model(task: str) -> str | None:
+    """The model conf/task/<task>.yaml picks (`override /model: skipgram`), if it picks one."""
+    path = CONF_DIR / "task" / f"{task}.yaml"
+    found = re.search(r"override /model: (\w+)", path.read_text()) if path.is_file() else None
+    return found.group(1) if found else None
+
+
 def default_option(group: str) -> str:
     """The option conf/config.yaml's defaults list picks for a group."""
     found = re.search(rf"^\s*- {group}: (\w+)", (CONF_DIR / "config.yaml").read_text(), re.M)
     return found.group(1) if found else "default"
+
+
+SHARED_SCHEMA = {"data": "hub", "model": "words"}  # options without a schema of their own name
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
@@ -433,7 +537,8 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     for group, schemas in SCHEMAS.items():
         node = d.get(group) or {"name": default_option(group)}  # runs from before `task`
         name = node.get("name", "default")
-        schema = schemas.get(name) or schemas["hub"]  # Hub presets share one schema
+        # Hub presets share one schema, and so do the word-vector models
+        schema = schemas.get(name) or schemas[SHARED_SCHEMA[group]]
         sections[group] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     return Config(**sections)
 

@@ -1,4 +1,6 @@
-"""Corpora -> `datasets.DatasetDict` with splits `train` and `test`, columns `text` and `label`.
+"""Corpora -> `datasets.DatasetDict` with splits `train` and `test`, columns `text` and `label`
+(`load_corpus`, classification), or every document's text in one `datasets.Dataset`
+(`load_texts`, word vectors).
 
 `label` is always a `ClassLabel` whose names come from the training split in a fixed order, so
 label ids never depend on the filesystem or on row order. Problems the user can fix (a missing
@@ -32,6 +34,7 @@ from nlp_adagrad.config import (
     DataFormat,
     HubDataConfig,
     LocalDataConfig,
+    PlantedGroupsConfig,
     SyntheticDataConfig,
 )
 from nlp_adagrad.errors import UserError, one_line
@@ -56,6 +59,28 @@ def load_corpus(cfg: DataConfig) -> datasets.DatasetDict:
             f"the training split of data={cfg.name} has a single class; a classifier needs two"
         )
     return corpus
+
+
+def load_texts(cfg: DataConfig) -> datasets.Dataset:
+    """Every document's text (one `text` column), labels ignored, in the corpus's fixed order:
+    what the word-vector tasks train on. They hold nothing out; word-similarity sets judge them.
+    """
+    if isinstance(cfg, LocalDataConfig):
+        raw, text_column, _ = read_local(cfg, labelled=False)
+        parts = [
+            ds.select_columns([text_column]).rename_columns({text_column: "text"})
+            for ds in raw.values()
+        ]
+    elif isinstance(cfg, HubDataConfig):
+        parts = list(_hub(cfg).values())
+    else:
+        parts = [_FULL_CORPUS[type(cfg)](cfg)]
+    texts = datasets.concatenate_datasets([p.select_columns(["text"]) for p in parts])
+    if cfg.max_examples is not None and len(texts) > cfg.max_examples:
+        texts = texts.select(range(cfg.max_examples))
+    if len(texts) == 0:
+        raise UserError(f"data={cfg.name} holds no text; check the input")
+    return texts
 
 
 def split_digest(ds: datasets.Dataset) -> str:
@@ -91,7 +116,7 @@ def _read_text(path: Path) -> str:
         return raw.decode("cp1252")
 
 
-def _bbc_news(cfg: BBCNewsConfig) -> datasets.DatasetDict:
+def _bbc_news_full(cfg: BBCNewsConfig) -> datasets.Dataset:
     root = bbc_news_dir()
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     texts, labels, seen = [], [], set()
@@ -106,8 +131,7 @@ def _bbc_news(cfg: BBCNewsConfig) -> datasets.DatasetDict:
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=classes)}
     )
-    full = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
-    return _split(full, cfg)
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
 
 
 def _split(full: datasets.Dataset, cfg: DataConfig) -> datasets.DatasetDict:
@@ -223,8 +247,13 @@ def _first_line(path: str, encoding: str) -> str:
         return ""
 
 
-def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
-    """The file(s) as read, with the text and label columns checked: (raw, text, label)."""
+def read_local(
+    cfg: LocalDataConfig, labelled: bool = True
+) -> tuple[datasets.DatasetDict, str, str]:
+    """The file(s) as read, with the text and label columns checked: (raw, text, label).
+
+    `labelled=False` (word vectors) reads text files as plain lines and needs no label column.
+    """
     files = {"train": _data_files(cfg.path, "data.path")}
     if cfg.test_path is not None:
         files["test"] = _data_files(cfg.test_path, "data.test_path")
@@ -233,7 +262,7 @@ def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
     if fmt is DataFormat.auto:
         fmt = infer_format(every_file, "data.path")
         first = _first_line(every_file[0], cfg.encoding) if fmt is DataFormat.text else ""
-        if fmt is DataFormat.text and not first.lstrip().startswith(cfg.label_prefix):
+        if labelled and fmt is DataFormat.text and not first.lstrip().startswith(cfg.label_prefix):
             raise UserError(
                 f"{every_file[0]} is read as fastText text (.txt) but its first line has no "
                 f"{cfg.label_prefix} tag; tag each line ({cfg.label_prefix}sport some words), "
@@ -271,13 +300,19 @@ def read_local(cfg: LocalDataConfig) -> tuple[datasets.DatasetDict, str, str]:
             f"check data.format (csv, json, parquet or text){hint}"
         ) from None
     if fmt is DataFormat.text:
-        raw = raw.map(_split_fasttext_labels, batched=True, fn_kwargs={"prefix": cfg.label_prefix})
+        if labelled:
+            raw = raw.map(
+                _split_fasttext_labels, batched=True, fn_kwargs={"prefix": cfg.label_prefix}
+            )
         text_column, label_column = "text", "label"
     else:
         text_column, label_column = cfg.text_column, cfg.label_column
+    checked = (("text_column", text_column),) + (
+        (("label_column", label_column),) if labelled else ()
+    )
     for split, ds in raw.items():
         source = cfg.path if split == "train" else cfg.test_path
-        for key, column in (("text_column", text_column), ("label_column", label_column)):
+        for key, column in checked:
             if column not in ds.column_names:
                 raise UserError(
                     f"data.{key}={column!r} is not a column of {source} "
@@ -516,19 +551,82 @@ def synthetic_corpus(cfg: SyntheticDataConfig) -> tuple[list[str], np.ndarray, n
     return texts, labels, class_of_type
 
 
-def _synthetic(cfg: SyntheticDataConfig) -> datasets.DatasetDict:
+def _synthetic_full(cfg: SyntheticDataConfig) -> datasets.Dataset:
     texts, labels, _ = synthetic_corpus(cfg)
-    names = [f"class{i}" for i in range(cfg.num_classes)]
+    return _labelled(texts, labels, [f"class{i}" for i in range(cfg.num_classes)])
+
+
+def _labelled(texts: list[str], labels: np.ndarray, names: list[str]) -> datasets.Dataset:
     features = datasets.Features(
         {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)}
     )
-    full = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
-    return _split(full, cfg)
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
 
 
+# ---------------------------------------------------------------------------- planted groups
+def planted_groups(cfg: PlantedGroupsConfig) -> list[tuple[list[str], int]]:
+    """The ground truth of `data=planted`: each group's words and how often each occurs.
+
+    Group g (0-based) sits at frequency level g // groups_per_level; its words are `g<g>x<j>`.
+    """
+    return [
+        ([f"g{g}x{j}" for j in range(cfg.group_size)], count)
+        for level, count in enumerate(cfg.group_counts)
+        for g in range(level * cfg.groups_per_level, (level + 1) * cfg.groups_per_level)
+    ]
+
+
+def planted_groups_corpus(cfg: PlantedGroupsConfig) -> tuple[list[str], np.ndarray]:
+    """(sentences, group of each sentence): every occurrence of a group word is the middle of a
+    sentence whose other words come from the group's private topic words (`topic_share` of
+    them) or from a Zipf background. Words of one group share contexts and nothing else."""
+    rng = np.random.default_rng(cfg.seed)
+    groups = planted_groups(cfg)
+    centre_names = [w for words, _ in groups for w in words]
+    centre = np.repeat(np.arange(len(centre_names)), [n for words, n in groups for _ in words])
+    centre = rng.permutation(centre)
+    group = centre // cfg.group_size
+    others = cfg.sentence_length - 1
+    topic = rng.random((len(centre), others)) < cfg.topic_share
+    topic_word = group[:, None] * cfg.topic_words + rng.integers(
+        cfg.topic_words, size=(len(centre), others)
+    )
+    ranks = np.arange(1, cfg.vocab_size + 1, dtype=np.float64)
+    cdf = np.cumsum(ranks**-cfg.zipf_s)
+    background = np.minimum(
+        np.searchsorted(cdf / cdf[-1], rng.random((len(centre), others))), cfg.vocab_size - 1
+    )
+    topic_names = np.array(
+        [f"t{g}x{j}" for g in range(len(groups)) for j in range(cfg.topic_words)], dtype=object
+    )
+    background_names = np.array([f"b{i}" for i in range(cfg.vocab_size)], dtype=object)
+    words = np.where(topic, topic_names[topic_word], background_names[background])
+    middle = others // 2
+    rows = np.concatenate(
+        [
+            words[:, :middle],
+            np.array(centre_names, dtype=object)[centre][:, None],
+            words[:, middle:],
+        ],
+        axis=1,
+    )
+    return [" ".join(row) for row in rows], group
+
+
+def _planted_full(cfg: PlantedGroupsConfig) -> datasets.Dataset:
+    texts, group = planted_groups_corpus(cfg)
+    return _labelled(texts, group, [f"group{g}" for g in range(int(group.max()) + 1)])
+
+
+_FULL_CORPUS: dict[type, Callable[..., datasets.Dataset]] = {
+    BBCNewsConfig: _bbc_news_full,
+    SyntheticDataConfig: _synthetic_full,
+    PlantedGroupsConfig: _planted_full,
+}
 _LOADERS: dict[type, Callable[..., datasets.DatasetDict]] = {
-    BBCNewsConfig: _bbc_news,
+    **{
+        kind: (lambda cfg, full=full: _split(full(cfg), cfg)) for kind, full in _FULL_CORPUS.items()
+    },
     LocalDataConfig: _local,
     HubDataConfig: _hub,
-    SyntheticDataConfig: _synthetic,
 }

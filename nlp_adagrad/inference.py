@@ -117,6 +117,11 @@ def load_run(run_dir_str: str) -> LoadedRun:
         )
     state = load_checkpoint(checkpoint_path)
     config = config_from_dict(state["config"])
+    if config.task.name != "classify":
+        raise UserError(
+            f"{run_dir_str} is a task={config.task.name} run: it has word vectors, not "
+            f"classes; use python -m nlp_adagrad.neighbors {run_dir_str} WORD"
+        )
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     class_names = list(state["class_names"])
     table_rows = state["model"]["embedding.weight"].shape[0]

@@ -23,11 +23,14 @@ def available_bytes(device: torch.device) -> int | None:
         return None
 
 
-def check_memory(cfg: Config, num_rows: int, num_classes: int, device: torch.device) -> None:
-    """Refuse in one line, before allocating, a token table and optimizer state larger than
-    the memory available (not an allocator traceback after asking for 36 GB)."""
+def check_memory(
+    cfg: Config, num_rows: int, num_classes: int, device: torch.device, tables: int = 1
+) -> None:
+    """Refuse in one line, before allocating, token tables (`tables` of them: skip-gram has
+    two) and optimizer state larger than the memory available (not an allocator traceback
+    after asking for 36 GB)."""
     width = getattr(cfg.model, "dim", num_classes)  # logreg: one column per class
-    need = table_bytes(cfg.optim, num_rows, width) + 8 * num_rows  # + int64 training counts
+    need = tables * table_bytes(cfg.optim, num_rows, width) + 8 * num_rows  # + int64 counts
     free = available_bytes(device)
     if free is not None and need > free:
         raise UserError(

@@ -1,8 +1,9 @@
-"""Bag-of-tokens classifiers whose token tables produce sparse gradients.
+"""Models whose token tables produce sparse gradients, each naming them in `sparse_tables()`.
 
-Both models read a batch as EmbeddingBag input (flat ids plus offsets). The token table is
-`model.embedding`, a `SparseBag` (an EmbeddingBag with sparse, coalesced gradients), named by
-`sparse_tables()`; everything else is small and dense.
+The classifiers read a batch as EmbeddingBag input (flat ids plus offsets); their token table
+is `model.embedding`, a `SparseBag` (an EmbeddingBag with sparse, coalesced gradients), and
+everything else is small and dense. The word-vector models (skip-gram, GloVe) are nothing but
+sparse tables; `word_vectors()` is what they hand to users.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from nlp_adagrad.config import FastTextConfig, LogRegConfig, ModelConfig
-from nlp_adagrad.sparse_bag import SparseBag
+from nlp_adagrad.config import ModelConfig
+from nlp_adagrad.sparse_bag import SparseBag, group_ids
 
 
 class LogReg(nn.Module):
@@ -66,12 +68,110 @@ class FastText(nn.Module):
         return self.classify(self.embedding(ids, offsets))
 
 
-_BUILDERS: dict[type, Callable[[ModelConfig, int, int], nn.Module]] = {
-    LogRegConfig: lambda c, rows, k: LogReg(rows, k, c.mode.value),
-    FastTextConfig: lambda c, rows, k: FastText(rows, k, c.dim, c.mode.value),
+def _word2vec_init(table: nn.Embedding) -> nn.Embedding:
+    """Uniform in (-0.5/dim, 0.5/dim), as word2vec.c starts its input vectors."""
+    dim = table.weight.shape[1]
+    nn.init.uniform_(table.weight, -0.5 / dim, 0.5 / dim)
+    return table
+
+
+def _set_sparse_grad(weight: nn.Parameter, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """weight.grad = the rows (sorted, distinct) as a coalesced sparse gradient."""
+    weight.grad = torch.sparse_coo_tensor(
+        rows.unsqueeze(0), values, weight.shape, is_coalesced=True, check_invariants=False
+    )
+
+
+class SkipGram(nn.Module):
+    """Skip-gram with negative sampling: a centre word's input vector scores its context
+    words' output vectors (positive) and noise words' (negative), as word2vec does. Input
+    vectors start uniform in (-0.5/dim, 0.5/dim), output vectors at zero (word2vec.c)."""
+
+    def __init__(self, num_rows: int, dim: int) -> None:
+        super().__init__()
+        self.input = _word2vec_init(nn.Embedding(num_rows, dim, sparse=True))
+        self.output = nn.Embedding(num_rows, dim, sparse=True)
+        nn.init.zeros_(self.output.weight)
+
+    def sparse_tables(self) -> dict[str, nn.Parameter]:
+        return {"input": self.input.weight, "output": self.output.weight}
+
+    def forward(self, centres: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Scores (pairs, 1 + negatives): column 0 the context word, the rest the noise words."""
+        v = self.input(centres)  # (pairs, dim)
+        u = self.output(targets)  # (pairs, 1 + negatives, dim)
+        return torch.bmm(u, v.unsqueeze(2)).squeeze(2)
+
+    def word_vectors(self) -> torch.Tensor:
+        return self.input.weight.detach()
+
+    @torch.no_grad()
+    def loss_and_gradients(self, centres: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The batch's loss, summed over pairs, with both tables' gradients set as coalesced
+        sparse rows: what `forward` and `backward` give (tested), computed without
+        materialising the (pairs x (1 + negatives) x dim) gradient rows autograd builds and
+        then sums (2.4x faster per step on BBC News at dim 100)."""
+        pairs, width = targets.shape
+        flat = targets.reshape(-1)
+        v = self.input.weight.index_select(0, centres)
+        u = self.output.weight.index_select(0, flat).view(pairs, width, -1)
+        scores = torch.bmm(u, v.unsqueeze(2)).squeeze(2)
+        signed = scores.clone()
+        signed[:, 0].neg_()  # softplus(-s) for the context word, softplus(s) for noise words
+        loss = F.softplus(signed).sum()
+        g = torch.sigmoid(scores)  # d loss / d score: sigmoid(s) - 1 for the context word
+        g[:, 0] -= 1
+        grad_v = torch.bmm(g.unsqueeze(1), u).squeeze(1)
+        rows, order, starts = group_ids(centres)
+        _set_sparse_grad(
+            self.input.weight, rows, F.embedding_bag(order, grad_v, starts, mode="sum")
+        )
+        rows, order, starts = group_ids(flat)
+        weights = g.reshape(-1)[order]
+        summed = F.embedding_bag(order // width, v, starts, per_sample_weights=weights, mode="sum")
+        _set_sparse_grad(self.output.weight, rows, summed)
+        return loss
+
+
+class GloVe(nn.Module):
+    """GloVe: word and context vectors and biases; w_i . c_j + b_i + b~_j fits log X_ij.
+    All four start uniform in (-0.5/dim, 0.5/dim) as in glove.c; users get W + C."""
+
+    def __init__(self, num_rows: int, dim: int) -> None:
+        super().__init__()
+        self.word = nn.Embedding(num_rows, dim, sparse=True)
+        self.context = nn.Embedding(num_rows, dim, sparse=True)
+        self.word_bias = nn.Embedding(num_rows, 1, sparse=True)
+        self.context_bias = nn.Embedding(num_rows, 1, sparse=True)
+        for table in (self.word, self.context, self.word_bias, self.context_bias):
+            nn.init.uniform_(table.weight, -0.5 / dim, 0.5 / dim)
+
+    def sparse_tables(self) -> dict[str, nn.Parameter]:
+        return {
+            "word": self.word.weight,
+            "context": self.context.weight,
+            "word_bias": self.word_bias.weight,
+            "context_bias": self.context_bias.weight,
+        }
+
+    def forward(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The model's log co-occurrence for each (word, context) entry."""
+        dot = (self.word(rows) * self.context(cols)).sum(dim=1)
+        return dot + self.word_bias(rows).squeeze(1) + self.context_bias(cols).squeeze(1)
+
+    def word_vectors(self) -> torch.Tensor:
+        return (self.word.weight + self.context.weight).detach()
+
+
+_BUILDERS: dict[str, Callable[[ModelConfig, int, int], nn.Module]] = {
+    "logreg": lambda c, rows, k: LogReg(rows, k, c.mode.value),
+    "fasttext": lambda c, rows, k: FastText(rows, k, c.dim, c.mode.value),
+    "skipgram": lambda c, rows, k: SkipGram(rows, c.dim),
+    "glove": lambda c, rows, k: GloVe(rows, c.dim),
 }
 
 
-def build_model(cfg: ModelConfig, num_rows: int, num_classes: int) -> nn.Module:
-    """The configured model; its token table has `num_rows` rows (words, then bigram buckets)."""
-    return _BUILDERS[type(cfg)](cfg, num_rows, num_classes)
+def build_model(cfg: ModelConfig, num_rows: int, num_classes: int = 0) -> nn.Module:
+    """The configured model; its token tables have `num_rows` rows (words, then any bigram
+    buckets). `num_classes` is the classifiers' output width."""
+    return _BUILDERS[cfg.name](cfg, num_rows, num_classes)

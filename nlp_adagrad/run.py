@@ -20,7 +20,12 @@ import torch
 from tqdm import tqdm
 
 from nlp_adagrad import distributed, run_info, telemetry
-from nlp_adagrad.checkpoint import save_checkpoint
+from nlp_adagrad.checkpoint import (
+    check_resume_compatible,
+    load_for_resume,
+    resume_optimizer,
+    save_checkpoint,
+)
 from nlp_adagrad.config import Config, config_to_dict
 from nlp_adagrad.errors import UserError
 from nlp_adagrad.figures import eff_lr_figure
@@ -154,6 +159,23 @@ class RunState:
         }
 
 
+def fresh_or_resumed(
+    cfg: Config, model: torch.nn.Module, optimizer: RowOptimizer, device: torch.device
+) -> RunState:
+    """A fresh run state, or with trainer.resume the checkpoint's: model, optimizer state
+    (with this config's hyperparameters), run state and torch's RNG restored."""
+    if not cfg.trainer.resume:
+        return RunState.fresh(device)
+    path, resumed = load_for_resume(cfg.trainer.resume, map_location=device)
+    check_resume_compatible(resumed, cfg, model, path)
+    model.load_state_dict(resumed["model"])
+    state = RunState.resumed(resumed, device)
+    resume_optimizer(optimizer, resumed["optimizer"], state.step)
+    torch.set_rng_state(resumed["rng_state"])
+    log.info("resumed from %s at step %d", path, state.step)
+    return state
+
+
 class Checkpoints:
     """The NaN guard and the checkpoints behind it: nothing non-finite is ever saved, and a
     divergence names the last good checkpoint."""
@@ -197,12 +219,32 @@ class Checkpoints:
         )
 
 
-class Snapshots:
-    """Telemetry of one sparse table during a run: log-spaced early snapshots, then every
-    `telemetry.every` steps, the first one's rates kept for metrics.json, and their time."""
+@dataclass
+class TableRates:
+    """One table's rates at the end of a run, every vocabulary token: what the files show."""
 
-    def __init__(self, cfg: Config, spec, optimizer: RowOptimizer, table: torch.Tensor):
-        self.cfg, self.spec, self.optimizer, self.table = cfg.telemetry, spec, optimizer, table
+    eff_lr: np.ndarray
+    updates: np.ndarray
+
+
+class Snapshots:
+    """Telemetry of a model's sparse tables during a run: log-spaced early snapshots, then
+    every `telemetry.every` steps, the first one's rates kept for metrics.json, and their time.
+
+    One table keeps the plain tags (`eff_lr/rare`); several tag each (`eff_lr/<table>/rare`),
+    and the first named is the primary one, whose rates also fill the plain metrics keys.
+    """
+
+    def __init__(self, cfg: Config, spec, optimizer: RowOptimizer, tables: dict[str, torch.Tensor]):
+        self.cfg, self.spec, self.optimizer, self.tables = cfg.telemetry, spec, optimizer, tables
+        self.primary = next(iter(tables))
+
+    def names(self) -> list[str] | None:
+        """Table names for tags, or None when there is only one (untagged)."""
+        return list(self.tables) if len(self.tables) > 1 else None
+
+    def _tag(self, name: str) -> str | None:
+        return name if len(self.tables) > 1 else None
 
     def maybe(self, writer: MetricWriter, state: RunState, last: bool) -> None:
         step, every = state.step, self.cfg.every
@@ -210,20 +252,34 @@ class Snapshots:
             return
         started = time.perf_counter()
         histograms = telemetry.histograms_due(step, every, self.cfg.histogram_every)
-        summary, _, _ = telemetry.log_snapshot(
-            writer, self.spec, self.optimizer, self.table, step, histograms=histograms
-        )
-        if not state.first_snapshot and math.isfinite(summary["eff_lr/rare_to_common"]):
-            state.first_snapshot = first_snapshot_metrics(summary, step)
+        for name, table in self.tables.items():
+            summary, _, _ = telemetry.log_snapshot(
+                writer, self.spec, self.optimizer, table, step, histograms, False, self._tag(name)
+            )
+            first = not state.first_snapshot and math.isfinite(summary["eff_lr/rare_to_common"])
+            if name == self.primary and first:
+                state.first_snapshot = first_snapshot_metrics(summary, step)
         state.telemetry_seconds += time.perf_counter() - started
 
-    def final(self, writer: MetricWriter, state: RunState):
-        """The exact last snapshot: (summary with the first snapshot's rates, eff_lr, updates)."""
-        summary, eff_lr, updates = telemetry.log_snapshot(
-            writer, self.spec, self.optimizer, self.table, state.step, exact=True
-        )
-        state.first_snapshot = state.first_snapshot or first_snapshot_metrics(summary, state.step)
-        return {**summary, **state.first_snapshot}, eff_lr, updates
+    def final(self, writer: MetricWriter, state: RunState) -> tuple[dict, dict[str, TableRates]]:
+        """The exact last snapshot of every table: (metrics, rates by table). The metrics
+        hold the primary table's summary, its first snapshot's rates and, with several
+        tables, every table's summary and bucket rows under eff_lr/<table>/..."""
+        metrics, rates = {}, {}
+        for name, table in self.tables.items():
+            summary, eff_lr, updates = telemetry.log_snapshot(
+                writer, self.spec, self.optimizer, table, state.step, True, True, self._tag(name)
+            )
+            rates[name] = TableRates(eff_lr, updates)
+            analysis = {**summary, **telemetry.final_analysis(self.spec, eff_lr, updates)}
+            if name == self.primary:
+                state.first_snapshot = state.first_snapshot or first_snapshot_metrics(
+                    summary, state.step
+                )
+                metrics.update({**analysis, **state.first_snapshot})
+            if len(self.tables) > 1:
+                metrics.update({telemetry.table_tag(k, name): v for k, v in analysis.items()})
+        return metrics, rates
 
 
 def first_snapshot_metrics(summary: dict[str, float], step: int) -> dict[str, float]:
@@ -262,34 +318,53 @@ def write_outputs(
     writer: MetricWriter,
     snapshots: Snapshots,
     metrics: dict[str, float],
-    eff_lr: np.ndarray,
-    updates: np.ndarray,
+    rates: dict[str, TableRates],
     steps_per_epoch: int,
+    projected: torch.Tensor | None = None,
 ) -> None:
-    """The end-of-run files of the main process: the per-bucket table, the eff_lr figure, the
-    Projector, hparams, token_stats.csv and metrics.json (DESIGN section 4)."""
-    spec, optimizer, table = snapshots.spec, snapshots.optimizer, snapshots.table
+    """The end-of-run files of the main process, per sparse table: the per-bucket table, the
+    eff_lr figure and token_stats.csv (the primary table's under DESIGN's names, the others'
+    suffixed `_<table>`); then the Projector (`projected`, by default the primary table),
+    hparams and metrics.json (DESIGN section 4)."""
+    spec, optimizer = snapshots.spec, snapshots.optimizer
     step = int(metrics["train/steps"])
-    table_md = telemetry.bucket_table(spec, eff_lr, updates)
-    log.info("effective learning rate by count bucket (%s):\n%s", cfg.optim.name, table_md)
-    writer.text("eff_lr/buckets", table_md, step)
-    if cfg.telemetry.figure:
-        import matplotlib.pyplot as plt
-
-        fig = eff_lr_figure(
-            spec.counts,
-            updates,
-            eff_lr,
-            steps_per_epoch,
-            f"{cfg.optim.name} on {cfg.data.name}: per-token effective learning rate",
-            theory=isinstance(optimizer, Adagrad),  # row-wise Adagrad included
+    for name, table in snapshots.tables.items():
+        suffix = "" if name == snapshots.primary else f"_{name}"
+        tag = telemetry.table_tag("eff_lr/buckets", snapshots._tag(name))
+        eff_lr, updates = rates[name].eff_lr, rates[name].updates
+        table_md = telemetry.bucket_table(spec, eff_lr, updates)
+        log.info(
+            "effective learning rate by count bucket (%s, %s):\n%s", cfg.optim.name, name, table_md
         )
-        fig.savefig(run_dir / "eff_lr_vs_count.png")
-        writer.figure("eff_lr/vs_updates_and_count", fig, step)
-        plt.close(fig)
+        writer.text(tag, table_md, step)
+        if cfg.telemetry.figure:
+            import matplotlib.pyplot as plt
+
+            what = "" if snapshots.names() is None else f" ({name} table)"
+            fig = eff_lr_figure(
+                spec.counts,
+                updates,
+                eff_lr,
+                steps_per_epoch,
+                f"{cfg.optim.name} on {cfg.data.name}: per-token effective learning rate{what}",
+                theory=isinstance(optimizer, Adagrad),  # row-wise Adagrad included
+            )
+            fig.savefig(run_dir / f"eff_lr_vs_count{suffix}.png")
+            writer.figure(
+                telemetry.table_tag("eff_lr/vs_updates_and_count", snapshots._tag(name)), fig, step
+            )
+            plt.close(fig)
+        spread = telemetry.coordinate_spread(optimizer, table, spec.num_tokens)
+        telemetry.write_token_stats(
+            run_dir / f"token_stats{suffix}.csv", spec, eff_lr, updates, spread
+        )
     if cfg.telemetry.projector_tokens:
+        primary = rates[snapshots.primary]
         vectors, rows, header = telemetry.projector_data(
-            spec, table, eff_lr, cfg.telemetry.projector_tokens
+            spec,
+            snapshots.tables[snapshots.primary] if projected is None else projected,
+            primary.eff_lr,
+            cfg.telemetry.projector_tokens,
         )
         writer.embedding(vectors, rows, header, "token_table", step)
     shown, varied = run_info.hparams(cfg, run_info.read_overrides(run_dir))
@@ -297,6 +372,4 @@ def write_outputs(
         shown, {k: float(metrics[k]) for k in run_info.HPARAM_METRICS if k in metrics}, varied
     )
     writer.close()
-    spread = telemetry.coordinate_spread(optimizer, table, spec.num_tokens)
-    telemetry.write_token_stats(run_dir / "token_stats.csv", spec, eff_lr, updates, spread)
     write_json(run_dir / "metrics.json", metrics)

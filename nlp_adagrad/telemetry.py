@@ -42,6 +42,15 @@ TOKEN_STATS_COLUMNS = [
 ]
 
 
+def table_tag(tag: str, table: str | None) -> str:
+    """eff_lr/rare -> eff_lr/<table>/rare (and eff_lr_log10/..., the histograms, bucket/...):
+    how a model with several sparse tables tells their rates apart. None keeps the tag."""
+    head, _, rest = tag.partition("/")
+    if table is None or not head.startswith(("eff_lr", "bucket")):
+        return tag
+    return f"{head}/{table}/{rest}"
+
+
 def snapshot_due(step: int, every: int) -> bool:
     """Steps 1, 2, 3, 5, 10, 20, 50, 100, ... below `every`, then every `every` steps.
 
@@ -319,11 +328,13 @@ def log_snapshot(
     step: int,
     histograms: bool = True,
     exact: bool = False,
+    table_name: str | None = None,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Write one telemetry point (scalars, followed tokens, histograms); return what it read.
 
     A snapshot reads `spec.sample` (every token of a vocabulary up to telemetry.sample_size),
     so its cost does not grow with the vocabulary; `exact` reads every token (the last one).
+    With `table_name` the tags say the table (`table_tag`); the summary returned does not.
     """
     view = spec.full if exact else spec.sample
     eff_lr, updates = read_rates(optimizer, table, spec, view)
@@ -333,9 +344,10 @@ def log_snapshot(
         torch.count_nonzero(optimizer.row_updates(table)[: spec.num_tokens])
     )
     followed = {f"eff_lr/token/{token}": float(eff_lr[k]) for token, k in view.followed.items()}
-    writer.scalars({**summary, **log10_tags(summary), **followed}, step)
+    tags = {**summary, **log10_tags(summary), **followed}
+    writer.scalars({table_tag(tag, table_name): value for tag, value in tags.items()}, step)
     if histograms:
-        write_histograms(writer, spec, optimizer, table, view, eff_lr, step)
+        write_histograms(writer, spec, optimizer, table, view, eff_lr, step, table_name)
     return summary, eff_lr, updates
 
 
@@ -347,6 +359,7 @@ def write_histograms(
     view: TokenView,
     eff_lr: np.ndarray,
     step: int,
+    table_name: str | None = None,
 ) -> None:
     """Per bucket, log10 of the row rates and, where an optimizer keeps a second moment per
     coordinate, log10 of the coordinate rates: the spread the row summary hides."""
@@ -356,7 +369,8 @@ def write_histograms(
         rates = eff_lr[positions]
         rates = rates[np.isfinite(rates) & (rates > 0)]  # 0: a rate under an overflowed G
         if len(rates):
-            writer.histogram(f"eff_lr_log10_hist/{name}", np.log10(rates), step)
+            tag = table_tag(f"eff_lr_log10_hist/{name}", table_name)
+            writer.histogram(tag, np.log10(rates), step)
             # evenly spaced when there are more: deterministic, and the shape is kept
             shown[name] = positions[:: -(-len(positions) // MAX_COORD_HISTOGRAM_TOKENS)]
     if not shown or not optimizer.has_coordinate_rates(table):
@@ -371,7 +385,8 @@ def write_histograms(
         start += len(chosen)
         values = values[np.isfinite(values) & (values > 0)]
         if len(values):
-            writer.histogram(f"eff_lr_log10_coord_hist/{name}", np.log10(values), step)
+            tag = table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)
+            writer.histogram(tag, np.log10(values), step)
 
 
 def bucket_range(name: str) -> tuple[int, int]:
@@ -390,9 +405,37 @@ def _exactly(*tags: str) -> list[str]:
     return [f"^{re.escape(tag)}$" for tag in tags]
 
 
-def custom_layout(spec: TelemetrySpec) -> dict:
-    """TensorBoard custom-scalars layout: rare vs common first (two series, log10), then
-    their gap, the buckets, the two slopes, and the followed tokens grouped by bucket."""
+CLASSIFIER_SCORES = {"test accuracy": ["test/accuracy"]}
+
+
+def custom_layout(
+    spec: TelemetrySpec,
+    tables: list[str] | None = None,
+    scores: dict[str, list[str]] = CLASSIFIER_SCORES,
+) -> dict:
+    """TensorBoard custom-scalars layout: per table (one, untagged, when `tables` is None),
+    rare vs common first (two series, log10), then their gap, the buckets, the two slopes,
+    and the followed tokens grouped by bucket; then training: loss, the task's `scores`
+    (chart title -> tags) and throughput."""
+    layout = {}
+    for table in tables or [None]:
+        for category, charts in _rate_charts(spec, table).items():
+            layout[category if table is None else f"{category}: {table} table"] = charts
+    layout["Training"] = {
+        "loss (train: window mean; test: full split)": [
+            "Multiline",
+            _exactly("train/loss", "test/loss"),
+        ],
+        **{title: ["Multiline", _exactly(*tags)] for title, tags in scores.items()},
+        "training throughput (tokens/s)": ["Multiline", _exactly("train/tokens_per_sec")],
+    }
+    return layout
+
+
+def _rate_charts(spec: TelemetrySpec, table: str | None) -> dict:
+    def exactly(*tags: str) -> list[str]:
+        return _exactly(*(table_tag(tag, table) for tag in tags))
+
     rare, common = f"count <= {spec.rare_max_count}", f"{spec.common_top_k} most frequent"
     followed: dict[str, list[str]] = {name: [] for name in spec.bucket_names}
     for token, i in spec.followed.items():
@@ -402,37 +445,29 @@ def custom_layout(spec: TelemetrySpec) -> dict:
         "Per-token effective learning rate": {
             f"log10 median eff_lr: rare ({rare}, top line) vs common ({common})": [
                 "Multiline",
-                _exactly("eff_lr_log10/rare", "eff_lr_log10/common"),
+                exactly("eff_lr_log10/rare", "eff_lr_log10/common"),
             ],
             "log10 (rare / common): the gap between the two lines above": [
                 "Multiline",
-                _exactly("eff_lr_log10/rare_to_common"),
+                exactly("eff_lr_log10/rare_to_common"),
             ],
             "log10 median eff_lr per training-count bucket (count_1e<k>: 10^k to 10^(k+1)-1)": [
                 "Multiline",
-                [f"^{re.escape('eff_lr_log10/bucket/')}"],
+                [f"^{re.escape(table_tag('eff_lr_log10/bucket/', table))}"],
             ],
             "slope of log eff_lr against log updates (theory: -0.5)": [
                 "Multiline",
-                _exactly("eff_lr/slope_vs_updates"),
+                exactly("eff_lr/slope_vs_updates"),
             ],
             "slope of log eff_lr against log count": [
                 "Multiline",
-                _exactly("eff_lr/slope_vs_count"),
+                exactly("eff_lr/slope_vs_count"),
             ],
         },
         "Followed tokens: eff_lr, by training-count bucket": {
-            f"followed tokens, {bucket_label(name)}": ["Multiline", _exactly(*tags)]
+            f"followed tokens, {bucket_label(name)}": ["Multiline", exactly(*tags)]
             for name, tags in followed.items()
             if tags
-        },
-        "Training": {
-            "loss (train: window mean; test: full split)": [
-                "Multiline",
-                _exactly("train/loss", "test/loss"),
-            ],
-            "test accuracy": ["Multiline", _exactly("test/accuracy")],
-            "training throughput (tokens/s)": ["Multiline", _exactly("train/tokens_per_sec")],
         },
     }
 

@@ -1,4 +1,4 @@
-"""Tokenize a corpus once: the trained tokenizer and both splits' token ids, kept across runs.
+"""Tokenize a corpus once: the trained tokenizer and its splits' token ids, kept across runs.
 
 An entry lives in datasets' cache folder (`$HF_DATASETS_CACHE/nlp_adagrad/<key>`), keyed by the
 splits' datasets fingerprints (content hashes for in-memory corpora, file hashes for loaded
@@ -41,7 +41,7 @@ FORMAT_VERSION = 1  # bump when the tokenizer recipe or the cached layout change
 class Tokenized:
     tokenizer: Tokenizer
     train: EncodedSplit
-    test: EncodedSplit
+    test: EncodedSplit | None  # None for a corpus without a test split (word vectors)
     cache_dir: Path | None  # the entry used, None with tokenizer.cache=false
     cache_hit: bool
 
@@ -53,8 +53,7 @@ def cache_root() -> Path:
 def cache_key(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> str:
     """What the token ids depend on: the splits' contents and the word-level settings."""
     recipe = {
-        "train": corpus["train"]._fingerprint,
-        "test": corpus["test"]._fingerprint,
+        **{name: split._fingerprint for name, split in corpus.items()},
         "min_count": cfg.min_count,
         "max_vocab": cfg.max_vocab,
         "lowercase": cfg.lowercase,
@@ -65,7 +64,8 @@ def cache_key(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> str:
 
 
 def tokenize_corpus(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> Tokenized:
-    """The tokenizer and both splits' ids, from the cache when an entry matches."""
+    """The tokenizer (trained on `train`) and the ids of every split (`train`, and `test` when
+    the corpus has one), from the cache when an entry matches."""
     if cfg.cache:
         entry = cache_root() / cache_key(corpus, cfg)
         # an entry that exists and fails was damaged: rebuild it; one that did not exist
@@ -89,8 +89,10 @@ def tokenize_corpus(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> Token
                         one_line(e),
                     )
     tokenizer = train_tokenizer(corpus["train"], cfg)
-    train, test = (encode_split(corpus[s], tokenizer, cfg) for s in ("train", "test"))
-    return Tokenized(tokenizer, train, test, cache_dir=None, cache_hit=False)
+    splits = {name: encode_split(split, tokenizer, cfg) for name, split in corpus.items()}
+    return Tokenized(
+        tokenizer, splits["train"], splits.get("test"), cache_dir=None, cache_hit=False
+    )
 
 
 def _through_cache(corpus: datasets.DatasetDict, cfg: TokenizerConfig, entry: Path) -> Tokenized:
@@ -103,11 +105,11 @@ def _through_cache(corpus: datasets.DatasetDict, cfg: TokenizerConfig, entry: Pa
         entry.mkdir(parents=True, exist_ok=True)
         _save_atomically(tokenizer, tokenizer_file)
     splits = {}
-    for name in ("train", "test"):
+    for name in corpus:
         ids_file = entry / f"{name}.arrow"
         hit = hit and ids_file.exists()
         splits[name] = encode_split(corpus[name], tokenizer, cfg, cache_file=ids_file)
-    return Tokenized(tokenizer, splits["train"], splits["test"], cache_dir=entry, cache_hit=hit)
+    return Tokenized(tokenizer, splits["train"], splits.get("test"), cache_dir=entry, cache_hit=hit)
 
 
 def _save_atomically(tokenizer: Tokenizer, path: Path) -> None:

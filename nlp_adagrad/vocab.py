@@ -34,11 +34,11 @@ class EncodedSplit:
 
     ids: np.ndarray  # int64, all documents' token ids concatenated
     offsets: np.ndarray  # int64, num_docs + 1
-    labels: np.ndarray  # int64, num_docs
+    labels: np.ndarray | None  # int64, num_docs; None for text without labels (word vectors)
 
     @property
     def num_docs(self) -> int:
-        return len(self.labels)
+        return len(self.offsets) - 1
 
     @property
     def lengths(self) -> np.ndarray:
@@ -96,21 +96,22 @@ def encode_split(
     exists, reads it back instead of tokenizing (token_cache.py decides the name).
     """
     fingerprint = hashlib.sha256((ds._fingerprint + tokenizer.to_str()).encode()).hexdigest()[:32]
+    features = {"ids": datasets.Sequence(datasets.Value("int32"))}
+    if "label" in ds.features:
+        features["label"] = ds.features["label"]
     encoded = ds.map(
         _encode_batch,
         batched=True,
         batch_size=1000,
         fn_kwargs={"tokenizer": tokenizer},
         remove_columns=["text"],
-        features=datasets.Features(
-            {"ids": datasets.Sequence(datasets.Value("int32")), "label": ds.features["label"]}
-        ),
+        features=datasets.Features(features),
         new_fingerprint=fingerprint,
         cache_file_name=None if cache_file is None else str(cache_file),
     )
     table = encoded.with_format("arrow")[:]  # honours an index mapping, reads columns whole
     ids, offsets = csr_from_lists(table.column("ids").combine_chunks())
-    labels = table.column("label").to_numpy().astype(np.int64)
+    labels = table.column("label").to_numpy().astype(np.int64) if "label" in features else None
     split = EncodedSplit(ids=ids, offsets=offsets, labels=labels)
     if cfg.ngrams == 2:
         split = add_bigrams(split, num_words=tokenizer.get_vocab_size(), buckets=cfg.buckets)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import statistics
 import sys
@@ -32,6 +33,12 @@ COLUMNS = [  # (header, metric key, format)
     ("eff_lr/common", "eff_lr/common", ".3g"),
     ("slope vs updates", "eff_lr/slope_vs_updates", ".2f"),
     ("slope vs count", "eff_lr/slope_vs_count", ".2f"),
+]
+WORD_COLUMNS = [  # task=skipgram / glove runs: the vectors' scores first
+    ("WS353 rho", "eval/ws353/rho", ".3f"),
+    ("SimLex rho", "eval/simlex/rho", ".3f"),
+    ("analogy acc", "eval/analogy/accuracy", ".3f"),
+    *COLUMNS[1:],
 ]
 
 
@@ -62,6 +69,23 @@ def summary(values: list[float | None], spec: str) -> str:
     return f"{mean} ± {sd} [{format(min(defined), spec)}, {format(max(defined), spec)}]{missing}"
 
 
+def columns_for(all_metrics: list[dict]) -> list[tuple[str, str, str]]:
+    """The classifier's columns, or for word-vector runs their scores (and on data=planted
+    the precision per frequency level); a column no run has a finite value for is left out."""
+    words = any("eval/ws353/rho" in m for m in all_metrics)
+    columns = list(WORD_COLUMNS if words else COLUMNS)
+    planted = sorted(
+        {k for m in all_metrics for k in m if k.startswith("eval/planted/precision/count_")},
+        key=lambda k: int(k.rsplit("_", 1)[1]),
+    )
+    columns += [(f"planted P@k, {k.rsplit('/', 1)[1]}", k, ".3f") for k in planted]
+
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+
+    return [c for c in columns if any(finite(m.get(c[1])) for m in all_metrics)]
+
+
 def table(run_dirs: list[Path], pooled: tuple[str, ...] = ("trainer.seed",)) -> str:
     runs = []
     for run in run_dirs:
@@ -74,14 +98,15 @@ def table(run_dirs: list[Path], pooled: tuple[str, ...] = ("trainer.seed",)) -> 
     for config, metrics in runs:
         values = [config.get(k) for k in varying]
         groups.setdefault(json.dumps(values), (values, []))[1].append(metrics)
+    columns = columns_for([metrics for _, metrics in runs])
     label_headers = varying or ["runs"]
     lines = [
-        "| " + " | ".join([*label_headers, "seeds", *(h for h, _, _ in COLUMNS)]) + " |",
-        "| " + " | ".join(["---"] * (len(label_headers) + 1 + len(COLUMNS))) + " |",
+        "| " + " | ".join([*label_headers, "seeds", *(h for h, _, _ in columns)]) + " |",
+        "| " + " | ".join(["---"] * (len(label_headers) + 1 + len(columns))) + " |",
     ]
     for values, members in groups.values():
         names = [str(v) for v in values] or ["all"]
-        cells = [summary([m.get(key) for m in members], spec) for _, key, spec in COLUMNS]
+        cells = [summary([m.get(key) for m in members], spec) for _, key, spec in columns]
         lines.append("| " + " | ".join([*names, str(len(members)), *cells]) + " |")
     return "\n".join(lines)
 

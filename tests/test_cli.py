@@ -67,8 +67,16 @@ def test_help_lists_groups_and_every_key_with_its_type_default_and_description(t
     assert "  optim      adagrad (default), rmsprop, rowwise_adagrad, sgd, sparse_adam" in (
         proc.stdout
     )
+    blocks, block = {}, None
+    for line in proc.stdout.splitlines():
+        if line.startswith("  ") and not line.startswith("    ") and line.endswith(":"):
+            block = blocks.setdefault(line.strip().rstrip(":"), {})
+        elif line.startswith("    ") and block is not None:
+            block[line.split()[0]] = line
+    assert blocks["model=fasttext"]["model.dim"].split()[1:4] == ["int", "64", "width"]
+    assert blocks["model=glove|skipgram"]["model.dim"].split()[1:4] == ["int", "100", "width"]
+    assert set(blocks["task=skipgram"]) == {"task.window", "task.negative", "task.sample"}
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("    ")}
-    assert lines["model.dim"].split()[1:4] == ["int", "64", "width"]
     assert "clr = lr / (1 + (step - 1) * lr_decay)" in lines["optim.lr_decay"]
     key_lines = [line for line in proc.stdout.splitlines() if line.startswith("    ")]
     assert all(len(line.split()) >= 4 for line in key_lines)  # every key has a description

@@ -5,7 +5,9 @@ written out top to bottom on the shared run code (nlp_adagrad.run). `task=<name>
 from __future__ import annotations
 
 from nlp_adagrad.recipes.classify import classify
+from nlp_adagrad.recipes.glove import glove
+from nlp_adagrad.recipes.skipgram import skipgram
 
-RECIPES = {"classify": classify}
+RECIPES = {"classify": classify, "skipgram": skipgram, "glove": glove}
 
-__all__ = ["RECIPES", "classify"]
+__all__ = ["RECIPES", "classify", "glove", "skipgram"]

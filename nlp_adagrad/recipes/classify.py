@@ -20,7 +20,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nlp_adagrad import distributed, telemetry
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
-from nlp_adagrad.checkpoint import check_resume_compatible, load_for_resume, resume_optimizer
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_corpus, split_digest
 from nlp_adagrad.errors import TrainingInterrupted
@@ -30,8 +29,8 @@ from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
 from nlp_adagrad.run import (
     Checkpoints,
-    RunState,
     Snapshots,
+    fresh_or_resumed,
     open_writer,
     progress_bar,
     rates_line,
@@ -87,16 +86,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     if cfg.trainer.max_steps is not None:
         total_steps = min(total_steps, cfg.trainer.max_steps)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
-    (table,) = model.sparse_tables().values()
-    state = RunState.fresh(device)
-    if cfg.trainer.resume:
-        path, resumed = load_for_resume(cfg.trainer.resume, map_location=device)
-        check_resume_compatible(resumed, cfg, model, path)
-        model.load_state_dict(resumed["model"])
-        state = RunState.resumed(resumed, device)
-        resume_optimizer(optimizer, resumed["optimizer"], state.step)
-        torch.set_rng_state(resumed["rng_state"])
-        log.info("resumed from %s at step %d", path, state.step)
+    state = fresh_or_resumed(cfg, model, optimizer, device)
     start_epoch, start_batch = divmod(state.step, steps_per_epoch)
 
     # ---- outputs: only the main process writes
@@ -107,7 +97,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     if is_main:
         tokenizer.save(str(run_dir / "tokenizer.json"))
         writer.custom_layout(telemetry.custom_layout(spec))
-    snapshots = Snapshots(cfg, spec, optimizer, table)
+    snapshots = Snapshots(cfg, spec, optimizer, model.sparse_tables())
     checkpoints = Checkpoints(cfg, run_dir, model, device, is_main)
 
     def checkpoint() -> Path | None:
@@ -183,20 +173,19 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     predicted_classes = len(np.unique(result.predictions))
     if predicted_classes == 1 and len(class_names) > 1:
         warn_collapsed(cfg, class_names[int(result.predictions[0])], result.accuracy)
-    summary, eff_lr, updates = snapshots.final(writer, state)
+    summary, rates = snapshots.final(writer, state)
     metrics = {
         "test/accuracy": result.accuracy,
         "test/loss": result.loss,
         "test/predicted_classes": predicted_classes,
         **state.timing_metrics(prepare_seconds),
         **summary,
-        **telemetry.final_analysis(spec, eff_lr, updates),
     }
     if device.type == "cuda":
         metrics["train/peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     log.info("test/accuracy %.4f  %s", metrics["test/accuracy"], rates_line(metrics, cfg))
     if is_main:
-        write_outputs(cfg, run_dir, writer, snapshots, metrics, eff_lr, updates, steps_per_epoch)
+        write_outputs(cfg, run_dir, writer, snapshots, metrics, rates, steps_per_epoch)
         checkpoint()
     distributed.teardown(topology)
     return metrics

@@ -1,0 +1,156 @@
+"""`task=skipgram`: word2vec's skip-gram with negative sampling on two sparse tables (input and
+output vectors), trained by any optimizer of the family; the loop written out top to bottom.
+
+Text, vocabulary and counts; the subsampling and noise distributions from the counts; then
+for every step a slice of `trainer.batch_size` corpus words becomes (centre, context, noise)
+rows (nlp_adagrad.words.pairs), scored, and stepped; on their intervals logging, telemetry of
+both tables, evaluation and checkpoints; at the end vectors.txt and the eval/... metrics
+(WordSim-353, SimLex-999, analogies; planted groups on data=planted).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from nlp_adagrad import telemetry
+from nlp_adagrad.config import Config
+from nlp_adagrad.errors import TrainingInterrupted
+from nlp_adagrad.interrupt import stop_requests
+from nlp_adagrad.memory import check_memory
+from nlp_adagrad.models import build_model
+from nlp_adagrad.optim import build_optimizer
+from nlp_adagrad.recipes.words import evaluate_vectors, refuse_distributed, word_layout
+from nlp_adagrad.run import (
+    Checkpoints,
+    Snapshots,
+    fresh_or_resumed,
+    open_writer,
+    progress_bar,
+    rates_line,
+    start,
+    write_outputs,
+)
+from nlp_adagrad.words.corpus import word_corpus
+from nlp_adagrad.words.pairs import (
+    epoch_stream,
+    keep_probabilities,
+    noise_table,
+    pair_batch,
+    steps_per_epoch,
+)
+from nlp_adagrad.writer import MetricWriter
+
+log = logging.getLogger("nlp_adagrad.train")
+
+
+def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dict[str, float]:
+    """Train skip-gram vectors; write the run-dir files and vectors.txt; return the metrics."""
+    topology, device = start(cfg)
+    refuse_distributed(cfg, topology)
+    task, seed = cfg.task, cfg.trainer.seed
+
+    # ---- data: every document's ids and counts; who gets subsampled, who is drawn as noise
+    corpus = word_corpus(cfg)
+    keep = keep_probabilities(corpus.counts, task.sample)
+    noise = noise_table(corpus.counts)
+    num_rows = len(corpus.tokens)
+    check_memory(cfg, num_rows, 0, device, tables=2)
+
+    # ---- model and optimizer: input and output vectors, both sparse tables
+    model = build_model(cfg.model, num_rows).to(device)
+    per_epoch = steps_per_epoch(corpus.text, cfg.trainer.batch_size)
+    total_steps = cfg.trainer.epochs * per_epoch
+    if cfg.trainer.max_steps is not None:
+        total_steps = min(total_steps, cfg.trainer.max_steps)
+    optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
+    state = fresh_or_resumed(cfg, model, optimizer, device)
+    start_epoch, start_batch = divmod(state.step, per_epoch)
+
+    # ---- outputs: telemetry of both tables, tagged eff_lr/input/... and eff_lr/output/...
+    writer = writer or open_writer(cfg, run_dir, True)
+    spec, missing = telemetry.make_spec(corpus.tokens, corpus.counts, cfg.telemetry, seed)
+    if missing:
+        log.warning("telemetry.tokens not in the vocabulary: %s", ", ".join(missing))
+    corpus.tokenizer.save(str(run_dir / "tokenizer.json"))
+    snapshots = Snapshots(cfg, spec, optimizer, model.sparse_tables())
+    writer.custom_layout(word_layout(spec, snapshots.names(), cfg))
+    checkpoints = Checkpoints(cfg, run_dir, model, device, True)
+
+    def checkpoint() -> Path | None:
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng_state": torch.get_rng_state(),
+            **state.checkpoint_fields(),
+        }
+        return checkpoints.save(payload, state.step)
+
+    # ---- the loop
+    log_every = cfg.trainer.log_every
+    bar = progress_bar(cfg, total_steps, state.step, True)
+    model.train()
+    log.info("training: steps %d to %d (%d per epoch)", state.step + 1, total_steps, per_epoch)
+    state.window_start = time.perf_counter()
+    with logging_redirect_tqdm(), stop_requests(True) as stop:
+        for epoch in range(start_epoch, cfg.trainer.epochs):
+            if state.step >= total_steps:
+                break
+            stream = epoch_stream(corpus.text, keep, seed, epoch)
+            first = start_batch if epoch == start_epoch else 0
+            for batch_in_epoch in range(first, per_epoch):
+                batch = pair_batch(
+                    stream,
+                    batch_in_epoch,
+                    cfg.trainer.batch_size,
+                    task.window,
+                    task.negative,
+                    noise,
+                    seed,
+                    epoch,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                scores = model(batch.centres.to(device), batch.targets.to(device))
+                # -log sigmoid(context score) - sum log sigmoid(-noise score), summed over
+                # pairs: each pair's gradient at full weight, as word2vec applies it
+                loss = F.softplus(-scores[:, 0]).sum() + F.softplus(scores[:, 1:]).sum()
+                loss.backward()
+                optimizer.step()
+                checkpoints.after_step(loss, state.step + 1)
+                state.add_step(loss.detach() / max(batch.num_pairs, 1), batch.words)
+                bar.update()
+
+                step, last = state.step, state.step >= total_steps
+                if (log_every and step % log_every == 0) or last:
+                    state.close_window(writer, bar)
+                snapshots.maybe(writer, state, last)
+                if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and not last:
+                    evaluate_vectors(cfg, None, corpus, model, writer, step)
+                if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0:
+                    checkpoints.last = checkpoint()
+                if stop.requested and not last:
+                    bar.close()
+                    saved = checkpoint()
+                    writer.close()
+                    raise TrainingInterrupted(step, saved)
+                if last:
+                    break
+    bar.close()
+
+    # ---- final telemetry, evaluation, vectors.txt and the run-dir files
+    checkpoints.check(state.step)
+    summary, rates = snapshots.final(writer, state)
+    metrics = {
+        **evaluate_vectors(cfg, run_dir, corpus, model, writer, state.step),
+        **state.timing_metrics(corpus.prepare_seconds),
+        **summary,
+    }
+    log.info("%s", rates_line(metrics, cfg))
+    write_outputs(cfg, run_dir, writer, snapshots, metrics, rates, per_epoch, model.word_vectors())
+    checkpoint()
+    return metrics
