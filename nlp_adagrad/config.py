@@ -52,8 +52,12 @@ class SkipGramTaskConfig(TaskConfig):
     window: int = 5  # context words each side, at most (the actual span is drawn from 1..window)
     negative: int = 5  # noise words per (centre, context) pair, drawn from counts^0.75
     sample: float = 1e-3  # frequent-word subsampling threshold (word2vec -sample); 0: off
+    kernel: str = (
+        "auto"  # the step's gradients: cpp (built once), torch, or auto (cpp if it builds)
+    )
 
     def __post_init__(self) -> None:
+        _require(self.kernel in ("auto", "cpp", "torch"), "task.kernel must be auto, cpp or torch")
         _require(self.window >= 1, "task.window must be >= 1")
         _require(self.negative >= 1, "task.negative must be >= 1")
         _require(self.sample >= 0, "task.sample must be >= 0 (0 turns subsampling off)")

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nlp_adagrad import telemetry
@@ -37,6 +36,7 @@ from nlp_adagrad.run import (
     write_outputs,
 )
 from nlp_adagrad.words.corpus import word_corpus
+from nlp_adagrad.words.kernel import sgns_kernel
 from nlp_adagrad.words.pairs import (
     epoch_stream,
     keep_probabilities,
@@ -69,6 +69,7 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     if cfg.trainer.max_steps is not None:
         total_steps = min(total_steps, cfg.trainer.max_steps)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
+    kernel = sgns_kernel(task.kernel) if device.type == "cpu" else None
     state = fresh_or_resumed(cfg, model, optimizer, device)
     start_epoch, start_batch = divmod(state.step, per_epoch)
 
@@ -115,11 +116,11 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
                     epoch,
                 )
                 optimizer.zero_grad(set_to_none=True)
-                scores = model(batch.centres.to(device), batch.targets.to(device))
                 # -log sigmoid(context score) - sum log sigmoid(-noise score), summed over
                 # pairs: each pair's gradient at full weight, as word2vec applies it
-                loss = F.softplus(-scores[:, 0]).sum() + F.softplus(scores[:, 1:]).sum()
-                loss.backward()
+                loss = model.loss_and_gradients(
+                    batch.centres.to(device), batch.targets.to(device), kernel
+                )
                 optimizer.step()
                 checkpoints.after_step(loss, state.step + 1)
                 state.add_step(loss.detach() / max(batch.num_pairs, 1), batch.words)
