@@ -555,7 +555,8 @@ def config_to_dict(c: Config) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- --help
 HELP_HEADER = """\
 usage: python -m nlp_adagrad.train (or nlp-adagrad-train) [group=option ...] [key=value ...]
-  Sparse text classifiers trained with Adagrad; per-token learning rates in TensorBoard.
+  Sparse text classifiers (task=classify) and word vectors (task=skipgram, task=glove)
+  trained with Adagrad; per-token learning rates in TensorBoard.
   -m sweeps comma-separated values: -m optim=adagrad,sgd optim.lr=0.05,0.5 trainer.seed=0,1,2
   Runs land in outputs/<date>/<time>/: tensorboard --logdir outputs
   Hydra's own flags: --hydra-help; the composed config of a command: --cfg job

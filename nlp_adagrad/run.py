@@ -12,6 +12,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from nlp_adagrad.checkpoint import (
     save_checkpoint,
 )
 from nlp_adagrad.config import Config, config_to_dict
-from nlp_adagrad.errors import UserError
+from nlp_adagrad.errors import TrainingInterrupted, UserError
 from nlp_adagrad.figures import eff_lr_figure
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.optim import Adagrad, RowOptimizer
@@ -159,6 +160,12 @@ class RunState:
         }
 
 
+def planned_steps(cfg: Config, steps_per_epoch: int) -> int:
+    """The run's optimizer steps: trainer.epochs of them, cut at trainer.max_steps."""
+    steps = cfg.trainer.epochs * steps_per_epoch
+    return steps if cfg.trainer.max_steps is None else min(steps, cfg.trainer.max_steps)
+
+
 def fresh_or_resumed(
     cfg: Config, model: torch.nn.Module, optimizer: RowOptimizer, device: torch.device
 ) -> RunState:
@@ -206,6 +213,20 @@ class Checkpoints:
             bad = f"parameter {name} after step {step}"
         if bad is not None:
             raise self.diverged(bad)
+
+    def save_run(
+        self, model: torch.nn.Module, optimizer: RowOptimizer, state: RunState, **extra
+    ) -> Path | None:
+        """Save what exact resume needs (model, optimizer, torch's RNG, the run state) and
+        the recipe's `extra` keys."""
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng_state": torch.get_rng_state(),
+            **extra,
+            **state.checkpoint_fields(),
+        }
+        return self.save(payload, state.step)
 
     def save(self, payload: dict, step: int) -> Path | None:
         """Save (main process only) once the parameters are known to be finite."""
@@ -280,6 +301,58 @@ class Snapshots:
             if len(self.tables) > 1:
                 metrics.update({telemetry.table_tag(k, name): v for k, v in analysis.items()})
         return metrics, rates
+
+
+class Intervals:
+    """What every loop does after an optimizer step: the NaN guard, the run state and the
+    progress bar, then on the trainer's intervals the logging window, telemetry snapshots and
+    checkpoints, and on Ctrl-C / SIGTERM a checkpoint and TrainingInterrupted. The task's own
+    evaluation stays in its recipe (`evaluation_due`)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        state: RunState,
+        total_steps: int,
+        writer: MetricWriter,
+        bar: tqdm,
+        snapshots: Snapshots,
+        checkpoints: Checkpoints,
+        save: Callable[[], Path | None],
+        stop,
+    ):
+        self.trainer, self.state, self.total_steps = cfg.trainer, state, total_steps
+        self.writer, self.bar, self.snapshots, self.checkpoints = (
+            writer,
+            bar,
+            snapshots,
+            checkpoints,
+        )
+        self.save, self.stop = save, stop
+
+    def after_step(self, loss: torch.Tensor, tokens: int) -> bool:
+        """Book the step just taken; True when it was the last."""
+        state, trainer = self.state, self.trainer
+        self.checkpoints.after_step(loss, state.step + 1)
+        state.add_step(loss, tokens)
+        self.bar.update()
+        step, last = state.step, state.step >= self.total_steps
+        if (trainer.log_every and step % trainer.log_every == 0) or last:
+            state.close_window(self.writer, self.bar)
+        self.snapshots.maybe(self.writer, state, last)
+        if trainer.checkpoint_every and step % trainer.checkpoint_every == 0:
+            self.checkpoints.last = self.save()
+        if self.stop.requested and not last:
+            self.bar.close()
+            saved = self.save()
+            self.writer.close()
+            raise TrainingInterrupted(step, saved)
+        return last
+
+    def evaluation_due(self) -> bool:
+        """trainer.eval_every says so, and it is not the last step (the final one follows)."""
+        every, step = self.trainer.eval_every, self.state.step
+        return bool(every) and step % every == 0 and step < self.total_steps
 
 
 def first_snapshot_metrics(summary: dict[str, float], step: int) -> dict[str, float]:

@@ -6,6 +6,11 @@ each the mean ± sample sd [min, max] over seeds.
 
     python scripts/word_vectors_bench.py                          # all of it (~40 min, 2 cores)
     python scripts/word_vectors_bench.py --settings default --seeds 0 --threads 1 --quick
+    python scripts/word_vectors_bench.py --data planted --threads 1   # rare vs common, exact truth
+
+`--data planted` trains on the planted-groups corpus (data=planted, conf/experiment/
+planted_rare_common.yaml's) and reports, per word frequency, the share of each planted word's
+nearest group words that are its own group's, instead of the benchmarks it has no words for.
 
 Same vocabulary: gensim trains on our tokenizer's output (the same words, unknown ones
 dropped, min_count 1 over an already filtered corpus), so every system is scored on the same
@@ -49,6 +54,9 @@ SHOWN = [  # (header, metric key, format)
 BANDS = ["count_lt20", "count_20_49", "count_ge50"]
 
 
+PLANTED_LEVELS = (5, 20, 100, 500)  # data=planted's default group_counts
+
+
 def config(*overrides: str):
     from nlp_adagrad.config import CONF_DIR, register_configs, to_config
 
@@ -57,10 +65,12 @@ def config(*overrides: str):
         return to_config(compose("config", overrides=["trainer.progress=false", *overrides]))
 
 
-def ours(task: str, optim: str | None, setting: dict, threads: int, seed: int, quick: bool):
+def ours(
+    task: str, optim: str | None, setting: dict, threads: int, seed: int, quick: bool, data: list
+):
     from nlp_adagrad.train import train
 
-    overrides = [f"task={task}", f"trainer.seed={seed}", f"trainer.num_threads={threads}"]
+    overrides = [f"task={task}", *data, f"trainer.seed={seed}", f"trainer.num_threads={threads}"]
     overrides += ["telemetry.figure=false", "telemetry.projector_tokens=0", f"model.dim={DIM}"]
     if task == "skipgram":
         overrides += [
@@ -115,12 +125,40 @@ def summary(values: list[float], spec: str) -> str:
     return f"{mean} ± {sd} [{format(min(values), spec)}, {format(max(values), spec)}]"
 
 
+def by_count_table(rows: dict, first: dict) -> list[str]:
+    """OOV rates, then rho by the pair's rarer word's count for every system."""
+    lines = [
+        "",
+        f"OOV (same for every system): WS353 {first['eval/ws353/oov']:.1%}, SimLex "
+        f"{first['eval/simlex/oov']:.1%}, analogies {first['eval/analogy/oov']:.1%}",
+        "",
+        "Rho by the pair's rarer word's count (WS353 + SimLex pooled): mean ± sd over seeds, "
+        "and the mean 95% bootstrap interval over the band's pairs:",
+        "",
+        "| settings | system | threads | "
+        + " | ".join(f"{b} (n={int(first[f'eval/by_count/{b}/pairs'])})" for b in BANDS)
+        + " |",
+        "|" + " --- |" * (3 + len(BANDS)),
+    ]
+    for (name, label, threads), ms in rows.items():
+        cells = []
+        for b in BANDS:
+            rhos = [m[f"eval/by_count/{b}/rho"] for m in ms]
+            low = statistics.fmean(m[f"eval/by_count/{b}/ci_low"] for m in ms)
+            high = statistics.fmean(m[f"eval/by_count/{b}/ci_high"] for m in ms)
+            sd = statistics.stdev(rhos) if len(rhos) > 1 else 0.0
+            cells.append(f"{statistics.fmean(rhos):.3f} ± {sd:.3f} [{low:.2f}, {high:.2f}]")
+        lines.append(f"| {name} | {label} | {threads} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="default,tuned")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--quick", action="store_true", help="1 epoch each (a smoke test)")
+    parser.add_argument("--data", choices=["bbc_news", "planted"], default="bbc_news")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -129,9 +167,20 @@ def main() -> int:
     from nlp_adagrad.words.corpus import word_corpus
     from nlp_adagrad.words.vectors import finish_vectors
 
+    data = [f"data={args.data}"]
+    shown = SHOWN
+    if args.data == "planted":
+        data.append("telemetry.rare_max_count=20")
+        shown = [
+            *(
+                (f"P@k count {n}", f"eval/planted/precision/count_{n}", ".3f")
+                for n in PLANTED_LEVELS
+            ),
+            SHOWN[-1],
+        ]
     seeds = [int(s) for s in args.seeds.split(",")]
     threads_list = [int(t) for t in args.threads.split(",")]
-    corpus = word_corpus(config("task=skipgram"))
+    corpus = word_corpus(config("task=skipgram", *data))
     text = corpus.text
     sentences = [
         [corpus.tokens[i] for i in text.ids[a:b]]
@@ -147,7 +196,7 @@ def main() -> int:
                     sentences, corpus.tokens, setting, threads, seed, args.quick
                 )
                 metrics = finish_vectors(
-                    config("task=skipgram"), None, corpus.tokens, vectors, corpus.counts
+                    config("task=skipgram", *data), None, corpus.tokens, vectors, corpus.counts
                 )
                 metrics["words_per_sec"] = words_per_sec
                 rows.setdefault((name, "gensim skip-gram", threads), []).append(metrics)
@@ -155,10 +204,10 @@ def main() -> int:
                     ("adagrad", "ours skip-gram, Adagrad"),
                     ("sgd", "ours skip-gram, SGD + linear decay"),
                 ):
-                    metrics, _ = ours("skipgram", optim, setting, threads, seed, args.quick)
+                    metrics, _ = ours("skipgram", optim, setting, threads, seed, args.quick, data)
                     rows.setdefault((name, label, threads), []).append(metrics)
                 if name == "default" and threads == 1:
-                    metrics, _ = ours("glove", None, setting, 1, seed, args.quick)
+                    metrics, _ = ours("glove", None, setting, 1, seed, args.quick, data)
                     rows.setdefault((name, "ours GloVe (its defaults)", 1), []).append(metrics)
                 print(f"done: {name} threads={threads} seed={seed}", file=sys.stderr, flush=True)
 
@@ -167,36 +216,16 @@ def main() -> int:
         for (s, label, t), ms in rows.items()
         if label.startswith("gensim")
     }
-    head = ["settings", "system", "threads", *(h for h, _, _ in SHOWN), "x gensim words/s"]
+    head = ["settings", "system", "threads", *(h for h, _, _ in shown), "x gensim words/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for (name, label, threads), ms in rows.items():
-        cells = [summary([m[k] for m in ms], spec) for _, k, spec in SHOWN]
+        cells = [summary([m[k] for m in ms], spec) for _, k, spec in shown]
         ratio = statistics.fmean(m["words_per_sec"] for m in ms) / gensim_speed[(name, threads)]
         lines.append(f"| {name} | {label} | {threads} | " + " | ".join(cells) + f" | {ratio:.2f} |")
-    oov = next(iter(rows.values()))[0]
-    lines += [
-        "",
-        f"OOV (same for every system): WS353 {oov['eval/ws353/oov']:.1%}, SimLex "
-        f"{oov['eval/simlex/oov']:.1%}, analogies {oov['eval/analogy/oov']:.1%}; "
-        f"{len(corpus.tokens) - 1:,} words, {len(text.ids):,} corpus words",
-        "",
-        "Rho by the pair's rarer word's count (WS353 + SimLex pooled), mean over seeds, "
-        "and the mean 95% bootstrap interval over pairs:",
-        "",
-        "| settings | system | threads | "
-        + " | ".join(f"{b} (n={int(oov[f'eval/by_count/{b}/pairs'])})" for b in BANDS)
-        + " |",
-        "|" + " --- |" * (3 + len(BANDS)),
-    ]
-    for (name, label, threads), ms in rows.items():
-        cells = []
-        for b in BANDS:
-            rho = statistics.fmean(m[f"eval/by_count/{b}/rho"] for m in ms)
-            low = statistics.fmean(m[f"eval/by_count/{b}/ci_low"] for m in ms)
-            high = statistics.fmean(m[f"eval/by_count/{b}/ci_high"] for m in ms)
-            sd = statistics.stdev(m[f"eval/by_count/{b}/rho"] for m in ms) if len(ms) > 1 else 0.0
-            cells.append(f"{rho:.3f} ± {sd:.3f} [{low:.2f}, {high:.2f}]")
-        lines.append(f"| {name} | {label} | {threads} | " + " | ".join(cells) + " |")
+    first = next(iter(rows.values()))[0]
+    lines += ["", f"{len(corpus.tokens) - 1:,} words, {len(text.ids):,} corpus words"]
+    if args.data == "bbc_news":
+        lines += by_count_table(rows, first)
     command = "python scripts/word_vectors_bench.py " + shlex.join(sys.argv[1:])
     lines += ["", f"command: {command}", f"machine: {machine_line()}"]
     report = "\n".join(lines)

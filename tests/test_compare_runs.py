@@ -35,3 +35,23 @@ def test_seeds_are_pooled_into_mean_sd_and_range(tmp_path):
     assert adagrad["slope vs updates"] == "-1.10 ± 0.10 [-1.20, -1.00]"
     assert adagrad["rare / common, first snapshot"] == "10.5 ± 0.7 [10.0, 11.0] (n=2 of 3)"
     assert len(out) == 4  # header, rule, two groups
+
+
+def test_word_vector_runs_show_their_scores_and_the_planted_levels(tmp_path):
+    for seed, precision in enumerate([0.5, 0.7]):
+        metrics = {
+            "eval/ws353/rho": float("nan"),  # data=planted: no benchmark word, left out
+            "eval/analogy/accuracy": 0.03,
+            "eval/planted/precision/count_100": 1.0,
+            "eval/planted/precision/count_5": precision,
+        }
+        write_run(tmp_path / f"{seed}_run", "adagrad", 0.1, seed, metrics)
+    header, _, row = run_script("compare_runs.py", str(tmp_path))
+    assert table_cells(header) == [
+        "runs",
+        "seeds",
+        "analogy acc",
+        "planted P@k, count_5",
+        "planted P@k, count_100",
+    ]
+    assert table_cells(row)[3] == "0.600 ± 0.141 [0.500, 0.700]"

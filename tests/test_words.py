@@ -340,7 +340,6 @@ def test_predict_refuses_a_word_vector_run(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     train(make_config("task=skipgram", *PLANTED, "trainer.max_steps=3"), run_dir)
-    (run_dir / "config.yaml").write_text(json.dumps({}))  # not needed by predict
     done = subprocess.run(
         [sys.executable, "-m", "nlp_adagrad.predict", str(run_dir)],
         input="a line\n",
@@ -348,3 +347,28 @@ def test_predict_refuses_a_word_vector_run(tmp_path):
         text=True,
     )
     assert done.returncode == 2 and "nlp_adagrad.neighbors" in done.stderr
+
+
+def test_skipgram_reads_a_local_plain_text_file(tmp_path):
+    """A user's text (text8-like): plain lines, no __label__ tags, one document per line."""
+    lines = [" ".join(f"w{(i * 7 + j) % 40}" for j in range(30)) for i in range(60)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = make_config(
+        "task=skipgram",
+        "data=local",
+        f"data.path={tmp_path / 'corpus.txt'}",
+        "tokenizer.min_count=1",
+        "model.dim=8",
+        "trainer.batch_size=200",
+        "trainer.epochs=1",
+        "telemetry.projector_tokens=20",
+    )
+    metrics = train(cfg, run_dir)
+    assert metrics["train/tokens"] == 60 * 30  # every word of every line, once
+    words, _ = read_word2vec_text(run_dir / "vectors.txt")
+    assert sorted(words) == sorted(f"w{i}" for i in range(40))
+    metadata = next(run_dir.glob("tb/*/*/token_table/metadata.tsv")).read_text().splitlines()
+    assert metadata[0].split("\t") == ["token", "count", "bucket", "eff_lr", "log10_eff_lr"]
+    assert len(metadata) == 21

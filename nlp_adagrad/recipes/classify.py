@@ -22,16 +22,17 @@ from nlp_adagrad import distributed, telemetry
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_corpus, split_digest
-from nlp_adagrad.errors import TrainingInterrupted
 from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
 from nlp_adagrad.run import (
     Checkpoints,
+    Intervals,
     Snapshots,
     fresh_or_resumed,
     open_writer,
+    planned_steps,
     progress_bar,
     rates_line,
     start,
@@ -82,9 +83,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     # ---- model and optimizer; the token table is the one with sparse gradients
     model = build_model(cfg.model, num_rows, len(class_names)).to(device)
     steps_per_epoch = num_batches(train_split.num_docs, cfg.trainer.batch_size)
-    total_steps = cfg.trainer.epochs * steps_per_epoch
-    if cfg.trainer.max_steps is not None:
-        total_steps = min(total_steps, cfg.trainer.max_steps)
+    total_steps = planned_steps(cfg, steps_per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
     state = fresh_or_resumed(cfg, model, optimizer, device)
     start_epoch, start_batch = divmod(state.step, steps_per_epoch)
@@ -101,24 +100,20 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     checkpoints = Checkpoints(cfg, run_dir, model, device, is_main)
 
     def checkpoint() -> Path | None:
-        payload = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng_state": torch.get_rng_state(),
-            "class_names": list(class_names),
-            "test_split": held_out,
-            **state.checkpoint_fields(),
-        }
-        return checkpoints.save(payload, state.step)
+        return checkpoints.save_run(
+            model, optimizer, state, class_names=list(class_names), test_split=held_out
+        )
 
     # ---- the loop
-    log_every = cfg.trainer.log_every
     bar = progress_bar(cfg, total_steps, state.step, is_main)
     doc_lengths = train_split.lengths
     model.train()
     log.info("training: steps %d to %d", state.step + 1, total_steps)
     state.window_start = time.perf_counter()  # the loop's time, not the set-up's
     with logging_redirect_tqdm(), stop_requests(topology.world_size == 1) as stop:
+        intervals = Intervals(
+            cfg, state, total_steps, writer, bar, snapshots, checkpoints, checkpoint, stop
+        )
         for epoch in range(start_epoch, cfg.trainer.epochs):
             if state.step >= total_steps:
                 break
@@ -136,31 +131,17 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
                         model, train_split, global_docs, topology, device
                     )
                 optimizer.step()
-                checkpoints.after_step(loss, state.step + 1)
-                state.add_step(loss, int(doc_lengths[global_docs].sum()))
-                bar.update()
-
-                step, last = state.step, state.step >= total_steps
-                if (log_every and step % log_every == 0) or last:
-                    state.close_window(writer, bar)
-                snapshots.maybe(writer, state, last)
-                if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and not last:
+                last = intervals.after_step(loss, int(doc_lengths[global_docs].sum()))
+                if intervals.evaluation_due():
                     result = evaluate(model, test_split, cfg.trainer.batch_size, device)
-                    writer.scalar("test/loss", result.loss, step)
-                    writer.scalar("test/accuracy", result.accuracy, step)
+                    writer.scalar("test/loss", result.loss, state.step)
+                    writer.scalar("test/accuracy", result.accuracy, state.step)
                     log.info(
                         "step %d: test/accuracy %.4f test/loss %.4f",
-                        step,
+                        state.step,
                         result.accuracy,
                         result.loss,
                     )
-                if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0:
-                    checkpoints.last = checkpoint()
-                if stop.requested and not last:
-                    bar.close()
-                    saved = checkpoint()
-                    writer.close()
-                    raise TrainingInterrupted(step, saved)
                 if last:
                     break
     bar.close()

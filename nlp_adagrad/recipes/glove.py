@@ -17,22 +17,18 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nlp_adagrad import telemetry
 from nlp_adagrad.config import Config
-from nlp_adagrad.errors import TrainingInterrupted
 from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
-from nlp_adagrad.recipes.words import evaluate_vectors, refuse_distributed, word_layout
+from nlp_adagrad.recipes.words import evaluate_vectors, open_outputs, refuse_distributed
 from nlp_adagrad.run import (
-    Checkpoints,
-    Snapshots,
+    Intervals,
     fresh_or_resumed,
-    open_writer,
+    planned_steps,
     progress_bar,
     rates_line,
     start,
@@ -70,40 +66,29 @@ def glove(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     # ---- model and optimizer: word and context vectors and biases, all sparse tables
     model = build_model(cfg.model, num_rows).to(device)
     per_epoch = steps_per_epoch(entries, cfg.trainer.batch_size)
-    total_steps = cfg.trainer.epochs * per_epoch
-    if cfg.trainer.max_steps is not None:
-        total_steps = min(total_steps, cfg.trainer.max_steps)
+    total_steps = planned_steps(cfg, per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
     state = fresh_or_resumed(cfg, model, optimizer, device)
     start_epoch, start_batch = divmod(state.step, per_epoch)
 
     # ---- outputs: telemetry tagged eff_lr/word/... and eff_lr/context/...
-    writer = writer or open_writer(cfg, run_dir, True)
-    spec, missing = telemetry.make_spec(corpus.tokens, corpus.counts, cfg.telemetry, seed)
-    if missing:
-        log.warning("telemetry.tokens not in the vocabulary: %s", ", ".join(missing))
-    corpus.tokenizer.save(str(run_dir / "tokenizer.json"))
-    tables = model.sparse_tables()
-    snapshots = Snapshots(cfg, spec, optimizer, {name: tables[name] for name in CHARTED_TABLES})
-    writer.custom_layout(word_layout(spec, snapshots.names(), cfg))
-    checkpoints = Checkpoints(cfg, run_dir, model, device, True)
+    charted = {name: model.sparse_tables()[name] for name in CHARTED_TABLES}
+    writer, snapshots, checkpoints = open_outputs(
+        cfg, run_dir, writer, corpus, model, optimizer, charted, device
+    )
 
     def checkpoint() -> Path | None:
-        payload = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng_state": torch.get_rng_state(),
-            **state.checkpoint_fields(),
-        }
-        return checkpoints.save(payload, state.step)
+        return checkpoints.save_run(model, optimizer, state)
 
     # ---- the loop
-    log_every = cfg.trainer.log_every
     bar = progress_bar(cfg, total_steps, state.step, True)
     model.train()
     log.info("training: steps %d to %d (%d per epoch)", state.step + 1, total_steps, per_epoch)
     state.window_start = time.perf_counter()
     with logging_redirect_tqdm(), stop_requests(True) as stop:
+        intervals = Intervals(
+            cfg, state, total_steps, writer, bar, snapshots, checkpoints, checkpoint, stop
+        )
         for epoch in range(start_epoch, cfg.trainer.epochs):
             if state.step >= total_steps:
                 break
@@ -119,23 +104,9 @@ def glove(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
                 loss = 0.5 * (batch.weights.to(device) * residual.square()).sum()
                 loss.backward()
                 optimizer.step()
-                checkpoints.after_step(loss, state.step + 1)
-                state.add_step(loss.detach() / len(batch.rows), len(batch.rows))
-                bar.update()
-
-                step, last = state.step, state.step >= total_steps
-                if (log_every and step % log_every == 0) or last:
-                    state.close_window(writer, bar)
-                snapshots.maybe(writer, state, last)
-                if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and not last:
-                    evaluate_vectors(cfg, None, corpus, model, writer, step)
-                if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0:
-                    checkpoints.last = checkpoint()
-                if stop.requested and not last:
-                    bar.close()
-                    saved = checkpoint()
-                    writer.close()
-                    raise TrainingInterrupted(step, saved)
+                last = intervals.after_step(loss.detach() / len(batch.rows), len(batch.rows))
+                if intervals.evaluation_due():
+                    evaluate_vectors(cfg, None, corpus, model, writer, state.step)
                 if last:
                     break
     bar.close()

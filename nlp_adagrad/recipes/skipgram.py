@@ -14,22 +14,18 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nlp_adagrad import telemetry
 from nlp_adagrad.config import Config
-from nlp_adagrad.errors import TrainingInterrupted
 from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
-from nlp_adagrad.recipes.words import evaluate_vectors, refuse_distributed, word_layout
+from nlp_adagrad.recipes.words import evaluate_vectors, open_outputs, refuse_distributed
 from nlp_adagrad.run import (
-    Checkpoints,
-    Snapshots,
+    Intervals,
     fresh_or_resumed,
-    open_writer,
+    planned_steps,
     progress_bar,
     rates_line,
     start,
@@ -65,40 +61,29 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     # ---- model and optimizer: input and output vectors, both sparse tables
     model = build_model(cfg.model, num_rows).to(device)
     per_epoch = steps_per_epoch(corpus.text, cfg.trainer.batch_size)
-    total_steps = cfg.trainer.epochs * per_epoch
-    if cfg.trainer.max_steps is not None:
-        total_steps = min(total_steps, cfg.trainer.max_steps)
+    total_steps = planned_steps(cfg, per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
     kernel = sgns_kernel(task.kernel) if device.type == "cpu" else None
     state = fresh_or_resumed(cfg, model, optimizer, device)
     start_epoch, start_batch = divmod(state.step, per_epoch)
 
     # ---- outputs: telemetry of both tables, tagged eff_lr/input/... and eff_lr/output/...
-    writer = writer or open_writer(cfg, run_dir, True)
-    spec, missing = telemetry.make_spec(corpus.tokens, corpus.counts, cfg.telemetry, seed)
-    if missing:
-        log.warning("telemetry.tokens not in the vocabulary: %s", ", ".join(missing))
-    corpus.tokenizer.save(str(run_dir / "tokenizer.json"))
-    snapshots = Snapshots(cfg, spec, optimizer, model.sparse_tables())
-    writer.custom_layout(word_layout(spec, snapshots.names(), cfg))
-    checkpoints = Checkpoints(cfg, run_dir, model, device, True)
+    writer, snapshots, checkpoints = open_outputs(
+        cfg, run_dir, writer, corpus, model, optimizer, model.sparse_tables(), device
+    )
 
     def checkpoint() -> Path | None:
-        payload = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng_state": torch.get_rng_state(),
-            **state.checkpoint_fields(),
-        }
-        return checkpoints.save(payload, state.step)
+        return checkpoints.save_run(model, optimizer, state)
 
     # ---- the loop
-    log_every = cfg.trainer.log_every
     bar = progress_bar(cfg, total_steps, state.step, True)
     model.train()
     log.info("training: steps %d to %d (%d per epoch)", state.step + 1, total_steps, per_epoch)
     state.window_start = time.perf_counter()
     with logging_redirect_tqdm(), stop_requests(True) as stop:
+        intervals = Intervals(
+            cfg, state, total_steps, writer, bar, snapshots, checkpoints, checkpoint, stop
+        )
         for epoch in range(start_epoch, cfg.trainer.epochs):
             if state.step >= total_steps:
                 break
@@ -122,23 +107,9 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
                     batch.centres.to(device), batch.targets.to(device), kernel
                 )
                 optimizer.step()
-                checkpoints.after_step(loss, state.step + 1)
-                state.add_step(loss.detach() / max(batch.num_pairs, 1), batch.words)
-                bar.update()
-
-                step, last = state.step, state.step >= total_steps
-                if (log_every and step % log_every == 0) or last:
-                    state.close_window(writer, bar)
-                snapshots.maybe(writer, state, last)
-                if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and not last:
-                    evaluate_vectors(cfg, None, corpus, model, writer, step)
-                if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0:
-                    checkpoints.last = checkpoint()
-                if stop.requested and not last:
-                    bar.close()
-                    saved = checkpoint()
-                    writer.close()
-                    raise TrainingInterrupted(step, saved)
+                last = intervals.after_step(loss.detach() / max(batch.num_pairs, 1), batch.words)
+                if intervals.evaluation_due():
+                    evaluate_vectors(cfg, None, corpus, model, writer, state.step)
                 if last:
                     break
     bar.close()

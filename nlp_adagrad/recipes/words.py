@@ -1,6 +1,6 @@
-"""What the word-vector recipes (skipgram, glove) share beyond nlp_adagrad.run: their
-TensorBoard layout, the check that they run in one process, and scoring the vectors (logged,
-written to TensorBoard)."""
+"""What the word-vector recipes (skipgram, glove) share beyond nlp_adagrad.run: their outputs
+(writer and layout, telemetry, checkpoints), the check that they run in one process, and
+scoring the vectors (logged, written to TensorBoard)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from nlp_adagrad import telemetry
 from nlp_adagrad.config import Config, PlantedGroupsConfig
 from nlp_adagrad.distributed import Topology
 from nlp_adagrad.errors import UserError
+from nlp_adagrad.optim import RowOptimizer
+from nlp_adagrad.run import Checkpoints, Snapshots, open_writer
 from nlp_adagrad.words.corpus import WordCorpus
 from nlp_adagrad.words.vectors import finish_vectors
 from nlp_adagrad.writer import MetricWriter
@@ -21,6 +23,30 @@ log = logging.getLogger("nlp_adagrad.train")
 
 # the scalars written to TensorBoard and the log line (metrics.json has every eval/ key)
 SHOWN = ("eval/ws353/rho", "eval/simlex/rho", "eval/analogy/accuracy")
+
+
+def open_outputs(
+    cfg: Config,
+    run_dir: Path,
+    writer: MetricWriter | None,
+    corpus: WordCorpus,
+    model: torch.nn.Module,
+    optimizer: RowOptimizer,
+    tables: dict[str, torch.Tensor],
+    device: torch.device,
+) -> tuple[MetricWriter, Snapshots, Checkpoints]:
+    """The writer (with the layout), telemetry of `tables`, the guarded checkpoints, and the
+    tokenizer saved in the run dir."""
+    writer = writer or open_writer(cfg, run_dir, True)
+    spec, missing = telemetry.make_spec(
+        corpus.tokens, corpus.counts, cfg.telemetry, cfg.trainer.seed
+    )
+    if missing:
+        log.warning("telemetry.tokens not in the vocabulary: %s", ", ".join(missing))
+    corpus.tokenizer.save(str(run_dir / "tokenizer.json"))
+    snapshots = Snapshots(cfg, spec, optimizer, tables)
+    writer.custom_layout(word_layout(spec, snapshots.names(), cfg))
+    return writer, snapshots, Checkpoints(cfg, run_dir, model, device, True)
 
 
 def word_layout(spec, tables: list[str] | None, cfg: Config) -> dict:
