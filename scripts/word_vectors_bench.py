@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from nlp_adagrad.guard import TrainingDiverged  # noqa: E402
 from scripts.bench import machine_line  # noqa: E402
 
 SETTINGS = {  # word2vec's and gensim's defaults, and the issue's tuned ones
@@ -52,6 +53,10 @@ SHOWN = [  # (header, metric key, format)
     ("words/s", "words_per_sec", ",.0f"),
 ]
 BANDS = ["count_lt20", "count_20_49", "count_ge50"]
+GLOVE = "ours GloVe (its defaults)"
+# SGD's summed minibatch gradient at the tuned settings (window 10, negative 10) diverged at
+# 2,048 words a step (seed 0, step 261); the table shows that row and one at this batch
+SGD_BATCH = 512
 
 
 PLANTED_LEVELS = (5, 20, 100, 500)  # data=planted's default group_counts
@@ -66,7 +71,14 @@ def config(*overrides: str):
 
 
 def ours(
-    task: str, optim: str | None, setting: dict, threads: int, seed: int, quick: bool, data: list
+    task: str,
+    optim: str | None,
+    setting: dict,
+    threads: int,
+    seed: int,
+    quick: bool,
+    data: list,
+    batch: int | None = None,
 ):
     from nlp_adagrad.train import train
 
@@ -80,6 +92,8 @@ def ours(
         overrides.append(f"trainer.epochs={1 if quick else setting['epochs']}")
     elif quick:
         overrides.append("trainer.epochs=2")
+    if batch is not None:
+        overrides.append(f"trainer.batch_size={batch}")
     with tempfile.TemporaryDirectory() as run_dir:
         metrics = train(config(*overrides), Path(run_dir))
     metrics["words_per_sec"] = metrics["train/tokens_per_sec"]
@@ -140,7 +154,10 @@ def by_count_table(rows: dict, first: dict) -> list[str]:
         + " |",
         "|" + " --- |" * (3 + len(BANDS)),
     ]
-    for (name, label, threads), ms in rows.items():
+    for (name, label, threads), runs in rows.items():
+        ms = [m for m in runs if "diverged" not in m]
+        if not ms:
+            continue
         cells = []
         for b in BANDS:
             rhos = [m[f"eval/by_count/{b}/rho"] for m in ms]
@@ -160,27 +177,40 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1 epoch each (a smoke test)")
     parser.add_argument("--data", choices=["bbc_news", "planted"], default="bbc_news")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench")
+    parser.add_argument(
+        "--report", type=Path, help="print the tables of an earlier run's words_bench.json"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    from nlp_adagrad.words.corpus import word_corpus
+
+    data = [f"data={args.data}"] + (
+        ["telemetry.rare_max_count=20"] if args.data == "planted" else []
+    )
+    corpus = word_corpus(config("task=skipgram", *data))
+    if args.report is not None:
+        saved = json.loads(args.report.read_text())
+        rows = {tuple(k.split(" / ")): v for k, v in saved.items()}
+        rows = {(name, label, int(threads)): ms for (name, label, threads), ms in rows.items()}
+        print(report(rows, corpus, args.data))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = run_all(args, corpus, data, args.out / "words_bench.json")
+    text = report(rows, corpus, args.data)
+    print(text)
+    (args.out / "words_bench.md").write_text(text + "\n")
+    return 0
+
+
+def run_all(args, corpus, data: list[str], saved: Path) -> dict[tuple, list[dict]]:
+    """Every system at every setting, thread count and seed: (settings, system, threads) ->
+    one metrics dict per seed, written to `saved` after each seed (`--report` reads it)."""
     import torch
 
-    from nlp_adagrad.words.corpus import word_corpus
     from nlp_adagrad.words.vectors import finish_vectors
 
-    data = [f"data={args.data}"]
-    shown = SHOWN
-    if args.data == "planted":
-        data.append("telemetry.rare_max_count=20")
-        shown = [
-            *(
-                (f"P@k count {n}", f"eval/planted/precision/count_{n}", ".3f")
-                for n in PLANTED_LEVELS
-            ),
-            SHOWN[-1],
-        ]
     seeds = [int(s) for s in args.seeds.split(",")]
     threads_list = [int(t) for t in args.threads.split(",")]
-    corpus = word_corpus(config("task=skipgram", *data))
     text = corpus.text
     sentences = [
         [corpus.tokens[i] for i in text.ids[a:b]]
@@ -200,17 +230,48 @@ def main() -> int:
                 )
                 metrics["words_per_sec"] = words_per_sec
                 rows.setdefault((name, "gensim skip-gram", threads), []).append(metrics)
-                for optim, label in (
-                    ("adagrad", "ours skip-gram, Adagrad"),
-                    ("sgd", "ours skip-gram, SGD + linear decay"),
+                for optim, label, batch in (
+                    ("adagrad", "ours skip-gram, Adagrad", None),
+                    ("sgd", "ours skip-gram, SGD + linear decay", None),
+                    *(
+                        [
+                            (
+                                "sgd",
+                                f"ours skip-gram, SGD + linear decay, {SGD_BATCH} words/step",
+                                SGD_BATCH,
+                            )
+                        ]
+                        if name == "tuned"
+                        else []
+                    ),
                 ):
-                    metrics, _ = ours("skipgram", optim, setting, threads, seed, args.quick, data)
+                    try:
+                        metrics, _ = ours(
+                            "skipgram", optim, setting, threads, seed, args.quick, data, batch
+                        )
+                    except TrainingDiverged as e:  # recorded, not hidden: the table says so
+                        metrics = {"diverged": str(e)}
                     rows.setdefault((name, label, threads), []).append(metrics)
                 if name == "default" and threads == 1:
                     metrics, _ = ours("glove", None, setting, 1, seed, args.quick, data)
-                    rows.setdefault((name, "ours GloVe (its defaults)", 1), []).append(metrics)
+                    rows.setdefault((name, GLOVE, 1), []).append(metrics)
                 print(f"done: {name} threads={threads} seed={seed}", file=sys.stderr, flush=True)
+                saved.write_text(
+                    json.dumps({" / ".join(map(str, k)): v for k, v in rows.items()}, indent=1)
+                )
+    return rows
 
+
+def report(rows: dict[tuple, list[dict]], corpus, data: str) -> str:
+    """The tables: scores and words/s against gensim's at the same settings and threads (GloVe
+    has no words/s: its epochs pass over co-occurrence entries; its seconds per epoch are
+    listed below), then for BBC News the OOV rates and rho by word frequency."""
+    shown = SHOWN
+    if data == "planted":
+        levels = [
+            (f"P@k count {n}", f"eval/planted/precision/count_{n}", ".3f") for n in PLANTED_LEVELS
+        ]
+        shown = [*levels, SHOWN[-1]]
     gensim_speed = {
         (s, t): statistics.fmean(m["words_per_sec"] for m in ms)
         for (s, label, t), ms in rows.items()
@@ -218,24 +279,38 @@ def main() -> int:
     }
     head = ["settings", "system", "threads", *(h for h, _, _ in shown), "x gensim words/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for (name, label, threads), ms in rows.items():
-        cells = [summary([m[k] for m in ms], spec) for _, k, spec in shown]
+    for (name, label, threads), runs in rows.items():
+        glove = label == GLOVE
+        ms = [m for m in runs if "diverged" not in m]
+        if not ms:
+            cells = [f"diverged ({len(runs)} of {len(runs)} seeds)"] + [""] * len(shown)
+            lines.append(f"| {name} | {label} | {threads} | " + " | ".join(cells) + " |")
+            continue
+        cells = [
+            "-" if glove and key == "words_per_sec" else summary([m[key] for m in ms], spec)
+            for _, key, spec in shown
+        ]
+        if len(ms) < len(runs):
+            cells[0] += f" ({len(runs) - len(ms)} of {len(runs)} seeds diverged)"
         ratio = statistics.fmean(m["words_per_sec"] for m in ms) / gensim_speed[(name, threads)]
-        lines.append(f"| {name} | {label} | {threads} | " + " | ".join(cells) + f" | {ratio:.2f} |")
-    first = next(iter(rows.values()))[0]
-    lines += ["", f"{len(corpus.tokens) - 1:,} words, {len(text.ids):,} corpus words"]
-    if args.data == "bbc_news":
-        lines += by_count_table(rows, first)
+        cells.append("-" if glove else f"{ratio:.2f}")
+        lines.append(f"| {name} | {label} | {threads} | " + " | ".join(cells) + " |")
+    lines += ["", f"{len(corpus.tokens) - 1:,} words, {len(corpus.text.ids):,} corpus words"]
+    for (_, label, _), ms in rows.items():
+        if label == GLOVE:
+            per_epoch = [
+                m["train/seconds"] * m["train/cooccurrences"] / m["train/tokens"] for m in ms
+            ]
+            entries = [m["train/tokens_per_sec"] for m in ms]
+            lines.append(
+                f"GloVe: {int(ms[0]['train/cooccurrences']):,} co-occurrence entries, "
+                f"{summary(per_epoch, '.1f')} s an epoch ({summary(entries, ',.0f')} entries/s)"
+            )
+    if data == "bbc_news":
+        lines += by_count_table(rows, next(iter(rows.values()))[0])
     command = "python scripts/word_vectors_bench.py " + shlex.join(sys.argv[1:])
     lines += ["", f"command: {command}", f"machine: {machine_line()}"]
-    report = "\n".join(lines)
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "words_bench.md").write_text(report + "\n")
-    (args.out / "words_bench.json").write_text(
-        json.dumps({" / ".join(map(str, k)): v for k, v in rows.items()}, indent=1)
-    )
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

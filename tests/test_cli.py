@@ -84,7 +84,8 @@ def test_help_lists_groups_and_every_key_with_its_type_default_and_description(t
 
 def test_console_commands_are_installed():
     bin_dir = Path(sys.executable).parent
-    for name in ("nlp-adagrad-train", "nlp-adagrad-predict", "nlp-adagrad-evaluate"):
+    commands = ("train", "predict", "evaluate", "neighbors")
+    for name in (f"nlp-adagrad-{command}" for command in commands):
         proc = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "usage" in proc.stdout.lower(), name
 

@@ -274,6 +274,16 @@ def test_glove_trains_and_reports_per_table_rates(tmp_path):
     assert metrics["train/cooccurrences"] > 0 and np.isfinite(metrics["train/loss"])
     assert {"eff_lr/word/rare", "eff_lr/context/rare"} <= set(metrics)
     assert (run_dir / "vectors.txt").is_file() and (run_dir / "token_stats_context.csv").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((run_dir / "tb").iterdir())))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for table in ("word", "context"):
+        assert {f"eff_lr_log10/{table}/rare", f"eff_lr/{table}/slope_vs_updates"} <= scalars
+        assert f"eff_lr_log10_hist/{table}/count_1e1" in events.Tags()["histograms"]
+    assert "eff_lr/rare" not in scalars  # several tables: every rate tag names its table
+    assert "eval/planted/precision/count_30" in scalars  # ws353: all out of vocabulary, NaN
 
 
 def without_timing(metrics: dict) -> str:
