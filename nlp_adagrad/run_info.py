@@ -30,6 +30,9 @@ BASE_HPARAMS = (
 # Metrics in HParams, in the order its table shows them (the first five are ticked)
 HPARAM_METRICS = (
     "test/accuracy",
+    "eval/ws353/rho",  # word-vector runs (no test/accuracy)
+    "eval/simlex/rho",
+    "eval/analogy/accuracy",
     "eff_lr/rare_to_common",
     "eff_lr/slope_vs_updates",
     "eff_lr/slope_vs_count",
@@ -102,7 +105,9 @@ def run_name(c: Config, overrides: list[str]) -> str:
     model = flat["model.name"] + (f"-d{flat['model.dim']}" if "model.dim" in flat else "")
     parts = [data, model, flat["optim.name"], f"lr={_short(flat['optim.lr'])}"]
     parts += [o.lstrip("+") for o in overrides if o.lstrip("+").startswith("experiment=")]
-    covered = {"data.name", "model.name", "model.dim", "optim.name", "optim.lr", *NOT_IN_NAME}
+    # the model names the task too: logreg / fasttext classify, skipgram and glove are tasks
+    covered = {"data.name", "model.name", "model.dim", "optim.name", "optim.lr", "task.name"}
+    covered |= set(NOT_IN_NAME)
     parts += [
         f"{k}={_short(flat[k])}"
         for k in overridden_keys(overrides)

@@ -382,3 +382,11 @@ def test_skipgram_reads_a_local_plain_text_file(tmp_path):
     metadata = next(run_dir.glob("tb/*/*/token_table/metadata.tsv")).read_text().splitlines()
     assert metadata[0].split("\t") == ["token", "count", "bucket", "eff_lr", "log10_eff_lr"]
     assert len(metadata) == 21
+
+
+def test_a_word_run_is_named_by_its_model_not_by_its_task_key():
+    from nlp_adagrad.run_info import run_name
+
+    cfg = make_config("task=skipgram", "optim=sgd", "task.window=10")
+    name = run_name(cfg, ["task=skipgram", "optim=sgd", "task.window=10"])
+    assert name == "bbc_news,skipgram-d100,sgd,lr=0.025,task.window=10"
