@@ -112,9 +112,9 @@ class SkipGram(nn.Module):
     ) -> torch.Tensor:
         """The batch's loss, summed over pairs, with both tables' gradients set as coalesced
         sparse rows: what `forward` and `backward` give (tested), computed without the
-        (pairs x (1 + negatives) x dim) gradient rows autograd builds and then sums (2.4x
-        faster per step on BBC News at dim 100). `kernel` (nlp_adagrad.words.kernel) does
-        it in one C++ pass over the pairs, another 1.6x."""
+        (pairs x (1 + negatives) x dim) gradient rows autograd builds and then sums.
+        `kernel` (nlp_adagrad.words.kernel) does it in one C++ pass over the pairs, faster
+        still (README, Word vectors)."""
         if kernel is not None and centres.device.type == "cpu":
             if self._slot_of is None:
                 self._slot_of = torch.full((self.input.weight.shape[0],), -1, dtype=torch.int32)

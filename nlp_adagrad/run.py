@@ -264,7 +264,8 @@ class Snapshots:
         """Table names for tags, or None when there is only one (untagged)."""
         return list(self.tables) if len(self.tables) > 1 else None
 
-    def _tag(self, name: str) -> str | None:
+    def tag_of(self, name: str) -> str | None:
+        """The table name tags carry: None when the model has one table (plain tags)."""
         return name if len(self.tables) > 1 else None
 
     def maybe(self, writer: MetricWriter, state: RunState, last: bool) -> None:
@@ -275,7 +276,7 @@ class Snapshots:
         histograms = telemetry.histograms_due(step, every, self.cfg.histogram_every)
         for name, table in self.tables.items():
             summary, _, _ = telemetry.log_snapshot(
-                writer, self.spec, self.optimizer, table, step, histograms, False, self._tag(name)
+                writer, self.spec, self.optimizer, table, step, histograms, False, self.tag_of(name)
             )
             first = not state.first_snapshot and math.isfinite(summary["eff_lr/rare_to_common"])
             if name == self.primary and first:
@@ -289,7 +290,7 @@ class Snapshots:
         metrics, rates = {}, {}
         for name, table in self.tables.items():
             summary, eff_lr, updates = telemetry.log_snapshot(
-                writer, self.spec, self.optimizer, table, state.step, True, True, self._tag(name)
+                writer, self.spec, self.optimizer, table, state.step, True, True, self.tag_of(name)
             )
             rates[name] = TableRates(eff_lr, updates)
             analysis = {**summary, **telemetry.final_analysis(self.spec, eff_lr, updates)}
@@ -403,7 +404,7 @@ def write_outputs(
     step = int(metrics["train/steps"])
     for name, table in snapshots.tables.items():
         suffix = "" if name == snapshots.primary else f"_{name}"
-        tag = telemetry.table_tag("eff_lr/buckets", snapshots._tag(name))
+        tag = telemetry.table_tag("eff_lr/buckets", snapshots.tag_of(name))
         eff_lr, updates = rates[name].eff_lr, rates[name].updates
         table_md = telemetry.bucket_table(spec, eff_lr, updates)
         log.info(
@@ -424,7 +425,9 @@ def write_outputs(
             )
             fig.savefig(run_dir / f"eff_lr_vs_count{suffix}.png")
             writer.figure(
-                telemetry.table_tag("eff_lr/vs_updates_and_count", snapshots._tag(name)), fig, step
+                telemetry.table_tag("eff_lr/vs_updates_and_count", snapshots.tag_of(name)),
+                fig,
+                step,
             )
             plt.close(fig)
         spread = telemetry.coordinate_spread(optimizer, table, spec.num_tokens)
@@ -441,8 +444,16 @@ def write_outputs(
         )
         writer.embedding(vectors, rows, header, "token_table", step)
     shown, varied = run_info.hparams(cfg, run_info.read_overrides(run_dir))
+    # HParams shows scalar tags: with several tables, the first table's tagged ones
+    primary = snapshots.tag_of(snapshots.primary)
     writer.hparams(
-        shown, {k: float(metrics[k]) for k in run_info.HPARAM_METRICS if k in metrics}, varied
+        shown,
+        {
+            telemetry.table_tag(k, primary): float(metrics[k])
+            for k in run_info.HPARAM_METRICS
+            if k in metrics
+        },
+        varied,
     )
     writer.close()
     write_json(run_dir / "metrics.json", metrics)

@@ -2,8 +2,8 @@
 `torch.utils.cpp_extension` (gcc, -O3 -march=native; ~30 s, into torch's extensions cache,
 which `scripts/setup.sh` fills), loaded in well under a second after that.
 
-`task.kernel=auto` uses it when it builds and falls back to torch ops (1.6x slower per step
-on BBC News) with one warning when it does not; `cpp` insists; `torch` never builds it.
+`task.kernel=auto` uses it when it builds and falls back to torch ops (slower: README, Word
+vectors) with one warning when it does not; `cpp` insists; `torch` never builds it.
 `python -m nlp_adagrad.words.kernel` builds it and says where.
 """
 

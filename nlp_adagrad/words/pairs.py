@@ -36,7 +36,7 @@ def keep_probabilities(counts: np.ndarray, sample: float) -> np.ndarray:
 
 def noise_table(counts: np.ndarray) -> np.ndarray:
     """word2vec's unigram table: word ids repeated in proportion to count^0.75, so a noise word
-    is one uniform index (a binary search per draw cost 1.5 ms of a 10 ms step). 100 entries
+    is one uniform index (a binary search per draw was most of building a batch). 100 entries
     per vocabulary word (at least 10^6, at most 10^8 as word2vec's): each word's chance is
     quantised to 1 / len(table)."""
     weights = np.asarray(counts, dtype=np.float64) ** NOISE_POWER
