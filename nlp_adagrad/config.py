@@ -52,9 +52,8 @@ class SkipGramTaskConfig(TaskConfig):
     window: int = 5  # context words each side, at most (the actual span is drawn from 1..window)
     negative: int = 5  # noise words per (centre, context) pair, drawn from counts^0.75
     sample: float = 1e-3  # frequent-word subsampling threshold (word2vec -sample); 0: off
-    kernel: str = (
-        "auto"  # the step's gradients: cpp (built once), torch, or auto (cpp if it builds)
-    )
+    # the step's gradients: cpp (built once per machine), torch, or auto (cpp if it builds)
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         _require(self.kernel in ("auto", "cpp", "torch"), "task.kernel must be auto, cpp or torch")

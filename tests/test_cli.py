@@ -75,7 +75,12 @@ def test_help_lists_groups_and_every_key_with_its_type_default_and_description(t
             block[line.split()[0]] = line
     assert blocks["model=fasttext"]["model.dim"].split()[1:4] == ["int", "64", "width"]
     assert blocks["model=glove|skipgram"]["model.dim"].split()[1:4] == ["int", "100", "width"]
-    assert set(blocks["task=skipgram"]) == {"task.window", "task.negative", "task.sample"}
+    assert set(blocks["task=skipgram"]) == {
+        "task.window",
+        "task.negative",
+        "task.sample",
+        "task.kernel",
+    }
     lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("    ")}
     assert "clr = lr / (1 + (step - 1) * lr_decay)" in lines["optim.lr_decay"]
     key_lines = [line for line in proc.stdout.splitlines() if line.startswith("    ")]
