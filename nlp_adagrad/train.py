@@ -52,9 +52,9 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     the final metrics."""
     # imported here, not at the top: --help and a mistyped key are answered before torch and
     # datasets load (1.6 s)
-    from nlp_adagrad.recipes import RECIPES
+    from nlp_adagrad.recipes import recipe
 
-    return RECIPES[cfg.task.name](cfg, run_dir, writer)
+    return recipe(cfg.task.name)(cfg, run_dir, writer)
 
 
 register_configs()
