@@ -49,18 +49,23 @@ def num_batches(num_docs: int, batch_size: int) -> int:
     return -(-num_docs // batch_size)
 
 
-def make_batch(split: EncodedSplit, docs: np.ndarray) -> Batch:
-    """Gather documents `docs` from the CSR arrays into one EmbeddingBag batch."""
+def gather_documents(split: EncodedSplit, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, offsets): documents `docs` from the CSR arrays, concatenated in that order, and
+    where each starts."""
     starts = split.offsets[docs]
     lengths = split.offsets[docs + 1] - starts
-    bag_offsets = np.zeros(len(docs), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=bag_offsets[1:])
-    # position k of the batch belongs to document j: source index = starts[j] + (k - bag_offsets[j])
-    positions = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(
-        starts - bag_offsets, lengths
-    )
+    offsets = np.zeros(len(docs), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    # position k of the result belongs to document j: source index = starts[j] + (k - offsets[j])
+    positions = np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(starts - offsets, lengths)
+    return split.ids[positions], offsets
+
+
+def make_batch(split: EncodedSplit, docs: np.ndarray) -> Batch:
+    """Gather documents `docs` from the CSR arrays into one EmbeddingBag batch."""
+    ids, offsets = gather_documents(split, docs)
     return Batch(
-        ids=torch.from_numpy(split.ids[positions]),
-        offsets=torch.from_numpy(bag_offsets),
+        ids=torch.from_numpy(ids),
+        offsets=torch.from_numpy(offsets),
         labels=torch.from_numpy(split.labels[docs]),
     )

@@ -40,6 +40,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from nlp_adagrad.guard import TrainingDiverged  # noqa: E402
 from scripts.bench import machine_line  # noqa: E402
+from scripts.compare_runs import summary  # noqa: E402
 
 SETTINGS = {  # word2vec's and gensim's defaults, and the tuned ones
     "default": {"window": 5, "negative": 5, "epochs": 5, "sample": 1e-3},
@@ -130,16 +131,6 @@ def gensim_run(sentences, words, setting: dict, threads: int, seed: int, quick: 
     for i, word in enumerate(words[1:], start=1):
         vectors[i] = model.wv[word]
     return vectors, total * epochs / seconds
-
-
-def summary(values: list[float], spec: str) -> str:
-    if not values:
-        return "n/a"
-    mean = format(statistics.fmean(values), spec)
-    if len(values) == 1:
-        return mean
-    sd = format(statistics.stdev(values), spec)
-    return f"{mean} ± {sd} [{format(min(values), spec)}, {format(max(values), spec)}]"
 
 
 def by_count_table(rows: dict, first: dict) -> list[str]:

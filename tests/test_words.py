@@ -390,3 +390,12 @@ def test_a_word_run_is_named_by_its_model_not_by_its_task_key():
     cfg = make_config("task=skipgram", "optim=sgd", "task.window=10")
     name = run_name(cfg, ["task=skipgram", "optim=sgd", "task.window=10"])
     assert name == "bbc_news,skipgram-d100,sgd,lr=0.025,task.window=10"
+
+
+def test_glove_on_text_where_no_two_words_meet_is_refused_in_one_line(tmp_path):
+    (tmp_path / "words.txt").write_text("\n".join(f"w{i % 5}" for i in range(50)) + "\n")
+    cfg = make_config(
+        "task=glove", "data=local", f"data.path={tmp_path / 'words.txt'}", "tokenizer.min_count=1"
+    )
+    with pytest.raises(UserError, match="no two vocabulary words share a window of 15"):
+        train(cfg, tmp_path)

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from nlp_adagrad.batching import num_batches
 from nlp_adagrad.config import Config
+from nlp_adagrad.errors import UserError
 from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
@@ -38,7 +40,6 @@ from nlp_adagrad.words.cooccurrence import (
     cooccurrences,
     entry_batch,
     epoch_permutation,
-    steps_per_epoch,
 )
 from nlp_adagrad.words.corpus import word_corpus
 from nlp_adagrad.writer import MetricWriter
@@ -61,11 +62,16 @@ def glove(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     entries = cooccurrences(corpus.text, task.window, num_rows)
     prepare_seconds = corpus.prepare_seconds + time.perf_counter() - started
     log.info("co-occurrences: %d non-zero entries (window %d)", len(entries), task.window)
+    if not len(entries):
+        raise UserError(
+            f"no two vocabulary words share a window of {task.window} in data={cfg.data.name}: "
+            f"GloVe has nothing to fit; use longer documents or a lower tokenizer.min_count"
+        )
     check_memory(cfg, num_rows, 0, device, tables=2)
 
     # ---- model and optimizer: word and context vectors and biases, all sparse tables
     model = build_model(cfg.model, num_rows).to(device)
-    per_epoch = steps_per_epoch(entries, cfg.trainer.batch_size)
+    per_epoch = num_batches(len(entries), cfg.trainer.batch_size)
     total_steps = planned_steps(cfg, per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
     state = fresh_or_resumed(cfg, model, optimizer, device)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from nlp_adagrad.batching import num_batches
 from nlp_adagrad.config import Config
 from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.memory import check_memory
@@ -38,7 +39,6 @@ from nlp_adagrad.words.pairs import (
     keep_probabilities,
     noise_table,
     pair_batch,
-    steps_per_epoch,
 )
 from nlp_adagrad.writer import MetricWriter
 
@@ -60,7 +60,7 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
 
     # ---- model and optimizer: input and output vectors, both sparse tables
     model = build_model(cfg.model, num_rows).to(device)
-    per_epoch = steps_per_epoch(corpus.text, cfg.trainer.batch_size)
+    per_epoch = num_batches(len(corpus.text.ids), cfg.trainer.batch_size)  # never 0 words
     total_steps = planned_steps(cfg, per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
     kernel = sgns_kernel(task.kernel) if device.type == "cpu" else None

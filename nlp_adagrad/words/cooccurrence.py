@@ -46,10 +46,6 @@ def cooccurrences(split: EncodedSplit, window: int, num_rows: int) -> Cooccurren
     )
 
 
-def steps_per_epoch(entries: Cooccurrences, batch_size: int) -> int:
-    return max(1, -(-len(entries) // batch_size))
-
-
 def epoch_permutation(entries: Cooccurrences, seed: int, epoch: int) -> np.ndarray:
     """The order of the entries in one epoch, seeded by (seed, epoch)."""
     return np.random.default_rng([seed, epoch, 3]).permutation(len(entries))

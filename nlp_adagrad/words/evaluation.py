@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -166,16 +167,25 @@ def analogies(index: VectorIndex, questions: list[tuple[str, ...]]) -> dict[str,
     return out
 
 
+@cache
+def _benchmark_sets() -> tuple[dict[str, list], list]:
+    """The similarity sets' pairs by name and the analogy questions, read once a process
+    (a run with trainer.eval_every scores its vectors many times)."""
+    pairs = {name: read_pairs(benchmark_path(file)) for name, file in SIMILARITY_SETS.items()}
+    return pairs, read_analogies(benchmark_path(ANALOGY_SET))
+
+
 def benchmarks(index: VectorIndex) -> dict[str, float]:
     """eval/<set>/... for both similarity sets and the analogies (metrics.json keys)."""
+    pairs, questions = _benchmark_sets()
     out = {}
-    for name, file in SIMILARITY_SETS.items():
-        for key, value in similarity(index, read_pairs(benchmark_path(file))).items():
+    for name, set_pairs in pairs.items():
+        for key, value in similarity(index, set_pairs).items():
             out[f"eval/{name}/{key}"] = value
-    for key, value in analogies(index, read_analogies(benchmark_path(ANALOGY_SET))).items():
+    for key, value in analogies(index, questions).items():
         out[f"eval/analogy/{key}"] = value
     # both sets' pairs together (both scored 0-10): enough pairs per band for an interval
-    pooled = [p for file in SIMILARITY_SETS.values() for p in read_pairs(benchmark_path(file))]
+    pooled = [p for set_pairs in pairs.values() for p in set_pairs]
     for key, value in similarity_by_count(index, pooled).items():
         out[f"eval/by_count/{key}"] = value
     return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nlp_adagrad.batching import epoch_order
+from nlp_adagrad.batching import epoch_order, gather_documents
 from nlp_adagrad.vocab import EncodedSplit
 
 NOISE_POWER = 0.75  # word2vec's exponent on counts for the noise distribution
@@ -46,10 +46,6 @@ def noise_table(counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(weights), dtype=np.int32), entries)
 
 
-def steps_per_epoch(split: EncodedSplit, batch_size: int) -> int:
-    return max(1, -(-len(split.ids) // batch_size))
-
-
 @dataclass
 class EpochStream:
     """One epoch's corpus in its document order, after subsampling."""
@@ -62,13 +58,8 @@ class EpochStream:
 def epoch_stream(split: EncodedSplit, keep: np.ndarray, seed: int, epoch: int) -> EpochStream:
     """Documents in the epoch's seeded order, each occurrence kept with `keep[id]`."""
     order = epoch_order(split.num_docs, seed, epoch)
-    lengths = split.lengths[order]
-    doc = np.repeat(np.arange(len(order)), lengths)
-    starts_out = np.cumsum(lengths) - lengths  # where each document starts in the stream
-    positions = np.arange(len(split.ids)) + np.repeat(
-        split.offsets[:-1][order] - starts_out, lengths
-    )
-    ids = split.ids[positions]
+    ids, _ = gather_documents(split, order)
+    doc = np.repeat(np.arange(len(order)), split.lengths[order])
     kept = np.random.default_rng([seed, epoch, 1]).random(len(ids)) < keep[ids]
     kept_before = np.zeros(len(ids) + 1, dtype=np.int64)
     np.cumsum(kept, out=kept_before[1:])
