@@ -276,7 +276,13 @@ class Snapshots:
         histograms = telemetry.histograms_due(step, every, self.cfg.histogram_every)
         for name, table in self.tables.items():
             summary, _, _ = telemetry.log_snapshot(
-                writer, self.spec, self.optimizer, table, step, histograms, False, self.tag_of(name)
+                writer,
+                self.spec,
+                self.optimizer,
+                table,
+                step,
+                histograms=histograms,
+                table_name=self.tag_of(name),
             )
             first = not state.first_snapshot and math.isfinite(summary["eff_lr/rare_to_common"])
             if name == self.primary and first:
@@ -289,8 +295,9 @@ class Snapshots:
         tables, every table's summary and bucket rows under eff_lr/<table>/..."""
         metrics, rates = {}, {}
         for name, table in self.tables.items():
+            tag = self.tag_of(name)
             summary, eff_lr, updates = telemetry.log_snapshot(
-                writer, self.spec, self.optimizer, table, state.step, True, True, self.tag_of(name)
+                writer, self.spec, self.optimizer, table, state.step, exact=True, table_name=tag
             )
             rates[name] = TableRates(eff_lr, updates)
             analysis = {**summary, **telemetry.final_analysis(self.spec, eff_lr, updates)}
@@ -299,8 +306,8 @@ class Snapshots:
                     summary, state.step
                 )
                 metrics.update({**analysis, **state.first_snapshot})
-            if len(self.tables) > 1:
-                metrics.update({telemetry.table_tag(k, name): v for k, v in analysis.items()})
+            if tag is not None:
+                metrics.update({telemetry.table_tag(k, tag): v for k, v in analysis.items()})
         return metrics, rates
 
 
