@@ -7,13 +7,18 @@ Batches are gathered from the CSR arrays with vectorised NumPy, never a loop ove
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 from nlp_adagrad.vocab import EncodedSplit
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,3 +74,19 @@ def make_batch(split: EncodedSplit, docs: np.ndarray) -> Batch:
         offsets=torch.from_numpy(offsets),
         labels=torch.from_numpy(split.labels[docs]),
     )
+
+
+def prefetched(make: Callable[[int], T], keys: Iterable[int], ahead: bool) -> Iterator[T]:
+    """make(k) for each key in order; with `ahead`, the next one is built on a second thread
+    while the caller works on the current one (the kernels release the GIL, NumPy mostly
+    does). Batches are pure functions of their key, so prefetching never changes a result."""
+    keys = iter(keys)
+    if not ahead:
+        yield from map(make, keys)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches") as pool:
+        pending = [pool.submit(make, k) for k in itertools.islice(keys, 1)]
+        while pending:
+            current = pending.pop().result()
+            pending.extend(pool.submit(make, k) for k in itertools.islice(keys, 1))
+            yield current

@@ -268,6 +268,9 @@ class AdagradConfig(OptimConfig):
     lr_decay: float = 0.0  # clr = lr / (1 + (step - 1) * lr_decay)
     initial_accumulator_value: float = 0.0  # G starts here: > 0 damps every row's first steps
     eps: float = 1e-10  # added outside the square root, as torch.optim.Adagrad does
+    # sparse steps in one C++ pass (nlp_adagrad/csrc/adagrad.cpp), the torch-ops step's numbers
+    # to ~1e-7: null uses it when it builds (CPU float32 tables), true insists, false never does
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

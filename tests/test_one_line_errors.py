@@ -191,7 +191,7 @@ def test_an_unknown_key_names_the_closest_real_one_even_with_plus(tmp_path, plus
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: optim.lrr is not a key of optim=adagrad; did you mean optim.lr? its keys: name, "
-        "lr, weight_decay, maximize, lr_decay, initial_accumulator_value, eps "
+        "lr, weight_decay, maximize, lr_decay, initial_accumulator_value, eps, fused "
         "(python -m nlp_adagrad.train --help lists them all)"
     ]
     assert not (tmp_path / "outputs").exists()

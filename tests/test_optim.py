@@ -11,7 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from nlp_adagrad import kernels
+from nlp_adagrad.errors import UserError
+from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.optim import SGD, Adagrad, unique_rows
+from nlp_adagrad.sparse_bag import ZERO_PADDED
 
 
 class NumpyAdagrad:
@@ -161,3 +165,59 @@ def test_a_checkpoint_without_last_steps_still_loads(caplog):
     assert fresh.state[p]["last_step"].tolist() == [2, 2, 2, 0, 0, 0]
     assert fresh.state[p]["last_step"].dtype == torch.int32
     np.testing.assert_array_equal(fresh.effective_lr(p).numpy(), opt.effective_lr(p).numpy())
+
+
+def _step_adagrad(fused, dim, padded, threads=1, steps=6, **kwargs):
+    """Weights and accumulators after `steps` sparse steps of Adagrad(fused=...)."""
+    gen = torch.Generator().manual_seed(dim)
+    p = nn.Parameter(torch.randn(300, dim, generator=gen))
+    opt = Adagrad([p], fused=fused, **kwargs)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(steps):
+            rows = torch.unique(torch.randint(0, 200, (120,), generator=gen))
+            values = torch.randn(rows.numel(), dim, generator=gen) * 0.01
+            if padded:  # the zero-padded form: the largest row repeated with zero rows
+                rows = torch.cat([rows, rows[-1:].repeat(7)])
+                values = torch.cat([values, values.new_zeros(7, dim)])
+            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape)
+            setattr(p.grad, ZERO_PADDED, padded)
+            opt.step()
+    finally:
+        torch.set_num_threads(previous)
+    return p.detach(), opt.state[p]["sum"]
+
+
+@pytest.mark.parametrize("dim", [1, 5, 100])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(lr=5.0),
+        dict(lr=0.3, lr_decay=0.1, initial_accumulator_value=0.2, weight_decay=0.01),
+        dict(lr=0.1, maximize=True, eps=1e-3),
+    ],
+)
+def test_the_fused_adagrad_step_is_the_torch_ops_step(dim, padded, kwargs):
+    native_kernels("cpp", "optim.fused")  # this test is about the kernel: it must build
+    fused_w, fused_sum = _step_adagrad(True, dim, padded, **kwargs)
+    ops_w, ops_sum = _step_adagrad(False, dim, padded, **kwargs)
+    # a weight moves ~lr a step: the steps agree to 1e-6 of that (torch's sqrt is off by an ulp
+    # now and then, ours is not), so a weight near 0 may differ by ~lr * 1e-7
+    torch.testing.assert_close(fused_w, ops_w, rtol=1e-6, atol=1e-6 * kwargs["lr"])
+    torch.testing.assert_close(fused_sum, ops_sum, rtol=1e-6, atol=0)
+    assert (fused_w[200:] == _step_adagrad(True, dim, padded, steps=0, **kwargs)[0][200:]).all()
+
+
+def test_the_fused_step_gives_the_same_bits_on_any_number_of_threads():
+    one = _step_adagrad(True, 64, False, threads=1, lr=0.5)
+    two = _step_adagrad(True, 64, False, threads=2, lr=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_fused_true_without_a_compiler_is_one_line(monkeypatch):
+    monkeypatch.setattr(kernels, "_build", lambda: "gcc: not found")
+    with pytest.raises(UserError, match=r"optim.fused=true but the C\+\+ kernels do not build"):
+        Adagrad([nn.Parameter(torch.zeros(3, 2))], fused=True)
+    assert Adagrad([nn.Parameter(torch.zeros(3, 2))])._kernels is None  # auto: torch ops

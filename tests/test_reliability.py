@@ -236,6 +236,20 @@ def test_guard_names_the_culprit_and_defers_its_read_back_as_configured():
     assert guard.check(5) == "loss at step 5"
 
 
+def test_guard_sees_any_non_finite_value_and_never_a_large_finite_one():
+    model, guard = _guarded_model()
+    loss = model(torch.ones(1, 3)).sum()
+    loss.backward()
+    with torch.no_grad():
+        model.weight.grad.fill_(3e38)  # float32's edge: a float32 sum would overflow
+    assert guard.after_step(loss, 1) is None and guard.after_step(loss, 2) is None
+    assert guard.after_step(loss, 3) is None
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        model.weight.grad[0, 2] = bad
+        assert guard.after_step(loss, 3) == "gradient of weight at step 3", bad
+        model.weight.grad[0, 2] = 1.0
+
+
 def test_guard_finds_a_non_finite_parameter_the_loss_has_not_met():
     # a rare row blown up by an update, before any batch reads it: caught before a checkpoint
     model, guard = _guarded_model()

@@ -86,3 +86,21 @@ def test_csr_from_a_sliced_arrow_list_column_starts_at_the_slice():
     column = pa.array([[1, 2], [3], [4, 5, 6], [7]], type=pa.list_(pa.int32())).slice(1, 2)
     ids, offsets = csr_from_lists(column)
     assert ids.tolist() == [3, 4, 5, 6] and offsets.tolist() == [0, 1, 4]
+
+
+def test_prefetched_batches_come_in_order_and_stop_early_cleanly():
+    from nlp_adagrad.batching import prefetched
+
+    made = []
+
+    def make(k):
+        made.append(k)
+        return k * k
+
+    assert list(prefetched(make, range(5), ahead=True)) == [0, 1, 4, 9, 16]
+    assert list(prefetched(make, range(5), ahead=False)) == [0, 1, 4, 9, 16]
+    made.clear()
+    for value in prefetched(make, range(100), ahead=True):
+        if value == 4:
+            break
+    assert made == [0, 1, 2, 3]  # one batch ahead at most, none after the loop stops

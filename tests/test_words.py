@@ -24,7 +24,7 @@ from nlp_adagrad.vocab import EncodedSplit
 from nlp_adagrad.words import evaluation
 from nlp_adagrad.words.cooccurrence import cooccurrences
 from nlp_adagrad.words.evaluation import VectorIndex, analogies, planted_precision, similarity
-from nlp_adagrad.words.kernel import sgns_kernel
+from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.words.pairs import (
     epoch_stream,
     keep_probabilities,
@@ -82,7 +82,7 @@ def test_skipgram_gradients_match_a_numpy_reference():
     for name, ref in (("input.weight", g_in), ("output.weight", g_out)):
         np.testing.assert_allclose(autograd[name], ref, atol=1e-5)
     # the step's own paths: torch ops, and the C++ kernel (setup builds it; CI has gcc)
-    for kernel in (None, sgns_kernel("cpp")):
+    for kernel in (None, native_kernels("cpp", "task.kernel")):
         model.zero_grad(set_to_none=True)
         fused_loss = model.loss_and_gradients(centres, targets, kernel)
         assert float(fused_loss) == pytest.approx(loss_ref, rel=1e-5)
@@ -94,6 +94,30 @@ def test_skipgram_gradients_match_a_numpy_reference():
             )
             np.testing.assert_allclose(grad.to_dense().double().numpy(), ref, atol=1e-5)
     assert loss.item() == pytest.approx(loss_ref, rel=1e-5)
+
+
+def test_the_kernel_splits_pairs_over_threads_without_changing_the_gradients():
+    # enough pairs for two chunks: each sums its own rows, added in chunk order
+    kernel = native_kernels("cpp", "task.kernel")
+    gen = torch.Generator().manual_seed(0)
+    model = SkipGram(num_rows=500, dim=32)
+    torch.nn.init.normal_(model.output.weight, std=0.1, generator=gen)
+    centres = torch.randint(0, 500, (3000,), generator=gen)
+    targets = torch.randint(0, 500, (3000, 6), generator=gen)
+    previous, results = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            model.zero_grad(set_to_none=True)
+            loss = model.loss_and_gradients(centres, targets, kernel)
+            grads = [t.grad.to_dense() for t in model.sparse_tables().values()]
+            results.setdefault(threads, []).append((loss, *grads))
+    finally:
+        torch.set_num_threads(previous)
+    (one,), (two, again) = results[1], results[2]
+    assert all(torch.equal(a, b) for a, b in zip(two, again))  # a thread count: fixed bits
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_glove_gradients_match_a_numpy_reference():
@@ -145,7 +169,7 @@ def test_a_step_changes_only_the_rows_in_the_batch(kind):
     before = {n: t.detach().clone() for n, t in model.sparse_tables().items()}
     optimizer = Adagrad(model.parameters(), lr=0.1, initial_accumulator_value=1.0)
     if kind == "skipgram":
-        model.loss_and_gradients(centres, targets, sgns_kernel("auto"))
+        model.loss_and_gradients(centres, targets, native_kernels("auto", "task.kernel"))
     else:
         (model(centres, targets) - 1.0).square().sum().backward()
     optimizer.step()

@@ -1,57 +1,49 @@
 // Skip-gram with negative sampling, one batch, in one pass over the pairs: the loss summed
 // over pairs and each table's gradient as (sorted distinct rows, summed rows), what
 // SkipGram.forward + backward give (tested to 1e-5). targets[:, 0] is the context word (label
-// 1), targets[:, 1:] the noise words (label 0). Built by nlp_adagrad/words/kernel.py.
+// 1), targets[:, 1:] the noise words (label 0). Built by nlp_adagrad/kernels.py.
 //
 // Why C++: the torch version gathers a (pairs x (1 + negative) x dim) block of output rows,
 // scores it with a batched matrix-vector product and reads it again for the gradients; here
 // each output row is read once per pair from the table itself (hot rows stay in cache) and
 // the gradients are summed straight into one row per distinct id.
+//
+// Threads: the pairs are cut into one contiguous chunk per torch thread; each chunk sums into
+// its own gradient rows, and the chunks are added in chunk order. The bits depend on the
+// thread count (trainer.num_threads, part of the config), never on scheduling; one thread
+// sums straight into the result, as before threads existed.
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-std::vector<torch::Tensor> sgns_gradients(torch::Tensor input, torch::Tensor output,
-                                          torch::Tensor centres, torch::Tensor targets,
-                                          torch::Tensor slot_of) {
-  TORCH_CHECK(input.is_contiguous() && output.is_contiguous() && input.scalar_type() == torch::kFloat32,
-              "sgns_gradients: contiguous float32 tables on the CPU");
-  const int64_t pairs = targets.size(0), width = targets.size(1), dim = input.size(1);
-  const float* W_in = input.data_ptr<float>();
-  const float* W_out = output.data_ptr<float>();
-  const int64_t* c = centres.data_ptr<int64_t>();
-  const int64_t* t = targets.data_ptr<int64_t>();
-  // slot_of: one int32 per table row, -1 everywhere on entry and on exit; maps a row id to
-  // its place in the gradient being built (the cost is the batch's rows, not the table's)
-  int32_t* slot = slot_of.data_ptr<int32_t>();
+namespace {
 
-  auto distinct = [&](const int64_t* ids, int64_t n) {
-    std::vector<int64_t> rows;
-    for (int64_t i = 0; i < n; ++i)
-      if (slot[ids[i]] < 0) { slot[ids[i]] = 0; rows.push_back(ids[i]); }
-    std::sort(rows.begin(), rows.end());
-    for (size_t k = 0; k < rows.size(); ++k) slot[rows[k]] = (int32_t)k;
-    return rows;
-  };
-  auto to_tensor = [](const std::vector<int64_t>& rows) {
-    auto out = torch::empty({(int64_t)rows.size()}, torch::kInt64);
-    std::copy(rows.begin(), rows.end(), out.data_ptr<int64_t>());
-    return out;
-  };
+// Sorted distinct ids of ids[0:n]; slot[id] = the id's place among them (slot is -1 for every
+// id on entry; the caller resets it).
+std::vector<int64_t> distinct_rows(const int64_t* ids, int64_t n, int32_t* slot) {
+  std::vector<int64_t> rows;
+  for (int64_t i = 0; i < n; ++i)
+    if (slot[ids[i]] < 0) { slot[ids[i]] = 0; rows.push_back(ids[i]); }
+  std::sort(rows.begin(), rows.end());
+  for (size_t k = 0; k < rows.size(); ++k) slot[rows[k]] = (int32_t)k;
+  return rows;
+}
 
-  std::vector<int64_t> in_rows = distinct(c, pairs);
-  auto grad_in = torch::zeros({(int64_t)in_rows.size(), dim}, torch::kFloat32);
-  std::vector<int32_t> in_slot(pairs);
-  for (int64_t p = 0; p < pairs; ++p) in_slot[p] = slot[c[p]];
-  for (int64_t r : in_rows) slot[r] = -1;
-  std::vector<int64_t> out_rows = distinct(t, pairs * width);
-  auto grad_out = torch::zeros({(int64_t)out_rows.size(), dim}, torch::kFloat32);
-  float* g_in = grad_in.data_ptr<float>();
-  float* g_out = grad_out.data_ptr<float>();
-  double loss = 0.0;
-  for (int64_t p = 0; p < pairs; ++p) {
+torch::Tensor to_tensor(const std::vector<int64_t>& rows) {
+  auto out = torch::empty({(int64_t)rows.size()}, torch::kInt64);
+  std::copy(rows.begin(), rows.end(), out.data_ptr<int64_t>());
+  return out;
+}
+
+// Pairs [begin, end): adds their loss to *loss and their gradients to g_in / g_out rows.
+void score_pairs(int64_t begin, int64_t end, int64_t width, int64_t dim, const float* W_in,
+                 const float* W_out, const int64_t* c, const int64_t* t, const int32_t* in_slot,
+                 const int32_t* out_slot, float* g_in, float* g_out, double* loss) {
+  double sum = 0.0;
+  for (int64_t p = begin; p < end; ++p) {
     const float* __restrict v = W_in + c[p] * dim;
     float* __restrict gv = g_in + (int64_t)in_slot[p] * dim;
     for (int64_t k = 0; k < width; ++k) {
@@ -66,15 +58,71 @@ std::vector<torch::Tensor> sgns_gradients(torch::Tensor input, torch::Tensor out
       // softplus(-s) for the context word, softplus(s) for noise words, from one exp
       const float z = k == 0 ? -s : s;
       const float e = expf(-std::fabs(z));
-      loss += std::max(z, 0.f) + log1pf(e);
+      sum += std::max(z, 0.f) + log1pf(e);
       const float sig = z >= 0 ? 1.f / (1.f + e) : e / (1.f + e);  // sigmoid(z)
       const float g = k == 0 ? -sig : sig;  // d softplus(z) / d s
-      float* __restrict gu = g_out + (int64_t)slot[row] * dim;
+      float* __restrict gu = g_out + (int64_t)out_slot[p * width + k] * dim;
       for (int64_t j2 = 0; j2 < dim; ++j2) { gv[j2] += g * u[j2]; gu[j2] += g * v[j2]; }
     }
   }
-  for (int64_t r : out_rows) slot[r] = -1;
-  return {torch::tensor(loss, torch::kFloat64), to_tensor(in_rows), grad_in, to_tensor(out_rows), grad_out};
+  *loss += sum;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("sgns_gradients", &sgns_gradients); }
+// result += each extra chunk's rows, in chunk order, rows split over threads.
+void add_chunks(torch::Tensor result, const std::vector<torch::Tensor>& extra) {
+  if (extra.empty()) return;
+  const int64_t rows = result.size(0), dim = result.size(1);
+  float* out = result.data_ptr<float>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (const auto& chunk : extra) {
+      const float* in = chunk.data_ptr<float>();
+      for (int64_t i = begin * dim; i < end * dim; ++i) out[i] += in[i];
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> sgns_gradients(torch::Tensor input, torch::Tensor output,
+                                          torch::Tensor centres, torch::Tensor targets,
+                                          torch::Tensor slot_of) {
+  TORCH_CHECK(input.is_contiguous() && output.is_contiguous() && input.scalar_type() == torch::kFloat32,
+              "sgns_gradients: contiguous float32 tables on the CPU");
+  const int64_t pairs = targets.size(0), width = targets.size(1), dim = input.size(1);
+  const int64_t* c = centres.data_ptr<int64_t>();
+  const int64_t* t = targets.data_ptr<int64_t>();
+  // slot_of: one int32 per table row, -1 everywhere on entry and on exit; maps a row id to
+  // its place in the gradient being built (the cost is the batch's rows, not the table's)
+  int32_t* slot = slot_of.data_ptr<int32_t>();
+
+  std::vector<int64_t> in_rows = distinct_rows(c, pairs, slot);
+  std::vector<int32_t> in_slot(pairs);
+  for (int64_t p = 0; p < pairs; ++p) in_slot[p] = slot[c[p]];
+  for (int64_t r : in_rows) slot[r] = -1;
+  std::vector<int64_t> out_rows = distinct_rows(t, pairs * width, slot);
+  std::vector<int32_t> out_slot(pairs * width);
+  for (int64_t i = 0; i < pairs * width; ++i) out_slot[i] = slot[t[i]];
+  for (int64_t r : out_rows) slot[r] = -1;
+
+  // a chunk is worth a thread from ~256 pairs up: below that, zeroing its rows costs more
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), pairs / 256));
+  std::vector<torch::Tensor> grad_in(chunks), grad_out(chunks);
+  std::vector<double> loss(chunks, 0.0);
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) {
+      grad_in[k] = torch::zeros({(int64_t)in_rows.size(), dim}, torch::kFloat32);
+      grad_out[k] = torch::zeros({(int64_t)out_rows.size(), dim}, torch::kFloat32);
+      score_pairs(pairs * k / chunks, pairs * (k + 1) / chunks, width, dim,
+                  input.data_ptr<float>(), output.data_ptr<float>(), c, t, in_slot.data(),
+                  out_slot.data(), grad_in[k].data_ptr<float>(), grad_out[k].data_ptr<float>(),
+                  &loss[k]);
+    }
+  });
+  add_chunks(grad_in[0], std::vector<torch::Tensor>(grad_in.begin() + 1, grad_in.end()));
+  add_chunks(grad_out[0], std::vector<torch::Tensor>(grad_out.begin() + 1, grad_out.end()));
+  double total = 0.0;
+  for (double l : loss) total += l;
+  return {torch::tensor(total, torch::kFloat64), to_tensor(in_rows), grad_in[0],
+          to_tensor(out_rows), grad_out[0]};
+}

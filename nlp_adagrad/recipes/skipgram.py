@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nlp_adagrad.batching import num_batches
+from nlp_adagrad.batching import num_batches, prefetched
 from nlp_adagrad.config import Config
 from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.memory import check_memory
@@ -33,8 +33,9 @@ from nlp_adagrad.run import (
     write_outputs,
 )
 from nlp_adagrad.words.corpus import word_corpus
-from nlp_adagrad.words.kernel import sgns_kernel
+from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.words.pairs import (
+    PairBatch,
     epoch_stream,
     keep_probabilities,
     noise_table,
@@ -63,7 +64,7 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     per_epoch = num_batches(len(corpus.text.ids), cfg.trainer.batch_size)  # never 0 words
     total_steps = planned_steps(cfg, per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
-    kernel = sgns_kernel(task.kernel) if device.type == "cpu" else None
+    kernel = native_kernels(task.kernel, "task.kernel") if device.type == "cpu" else None
     state = fresh_or_resumed(cfg, model, optimizer, device)
     start_epoch, start_batch = divmod(state.step, per_epoch)
 
@@ -89,10 +90,11 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
                 break
             stream = epoch_stream(corpus.text, keep, seed, epoch)
             first = start_batch if epoch == start_epoch else 0
-            for batch_in_epoch in range(first, per_epoch):
-                batch = pair_batch(
+
+            def make_batch(step_in_epoch: int, stream=stream, epoch=epoch) -> PairBatch:
+                return pair_batch(
                     stream,
-                    batch_in_epoch,
+                    step_in_epoch,
                     cfg.trainer.batch_size,
                     task.window,
                     task.negative,
@@ -100,6 +102,11 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
                     seed,
                     epoch,
                 )
+
+            # the next step's pairs are drawn on a second core while this one trains, when
+            # the run was given more than one (trainer.num_threads)
+            ahead = (cfg.trainer.num_threads or 2) > 1
+            for batch in prefetched(make_batch, range(first, per_epoch), ahead):
                 optimizer.zero_grad(set_to_none=True)
                 # -log sigmoid(context score) - sum log sigmoid(-noise score), summed over
                 # pairs: each pair's gradient at full weight, as word2vec applies it
