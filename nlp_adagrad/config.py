@@ -75,6 +75,47 @@ class GloVeTaskConfig(TaskConfig):
         _require(self.alpha > 0, "task.alpha must be > 0")
 
 
+PROBLEMS = ("canyon", "saddle", "nonstationary", "sparse_features", "text_replay")
+
+
+@dataclass
+class AnalyticTaskConfig(TaskConfig):
+    """The experiments' small objectives (nlp_adagrad.objectives), each run in float64 by the
+    optimizer family, on a learning-rate grid when one is given (the best rate is kept)."""
+
+    name: str = "analytic"
+    problem: str = "canyon"  # canyon | saddle | nonstationary | sparse_features | text_replay
+    condition: float = 100.0  # canyon: curvature ratio of the two axes (1 on x, this on y)
+    angle: float = 0.0  # canyon: the quadratic rotated by this many degrees
+    scale: float = 1.0  # reparameterisation theta = scale * z: the optimizer steps z
+    # 2-D problems: theta's start (no coordinate a round number: Adagrad's first step moves
+    # each coordinate by exactly lr, and a grid rate equal to it would land on 0 by chance)
+    start: list[float] = field(default_factory=lambda: [0.9, 0.6])
+    steps: int = 2000  # optimizer steps per run
+    tol: float = 1e-6  # canyon: a run converges at the first step with f(theta) < tol
+    # learning rates tried, each a full run, the best one's reported (canyon: fewest steps to
+    # tol; saddle: fewest to escape; nonstationary: lowest excess loss before the shift;
+    # sparse_features: lowest validation loss). Empty: optim.lr alone
+    lr_grid: list[float] = field(default_factory=list)
+    history: int = 0  # saddle: steps on an earlier objective first (gradient mass in G)
+    noise: float = 0.0  # std of Gaussian noise added to each gradient coordinate (seeded)
+    dim: int = 20  # nonstationary: features; sparse_features: vocabulary of binary features
+    examples: int = 4000  # sparse_features: training examples (validation and test alike)
+    weighting: str = "binary"  # text_replay: a token's weight in its document, binary or mean
+
+    def __post_init__(self) -> None:
+        _require(self.problem in PROBLEMS, f"task.problem must be one of {', '.join(PROBLEMS)}")
+        _require(self.condition >= 1, "task.condition must be >= 1")
+        _require(self.scale != 0, "task.scale must not be 0")
+        _require(len(self.start) == 2, "task.start must be two numbers [x, y]")
+        _require(self.steps >= 1, "task.steps must be >= 1")
+        _require(self.tol > 0, "task.tol must be > 0")
+        _require(all(lr > 0 for lr in self.lr_grid), "task.lr_grid must hold rates > 0")
+        _require(self.history >= 0 and self.noise >= 0, "task.history and task.noise must be >= 0")
+        _require(self.dim >= 2 and self.examples >= 10, "task.dim >= 2 and task.examples >= 10")
+        _require(self.weighting in ("binary", "mean"), "task.weighting must be binary or mean")
+
+
 # ---------------------------------------------------------------------------------------- data
 class DataFormat(enum.Enum):
     auto = "auto"  # from the file name: .csv .tsv .json .jsonl .parquet .txt (+ .gz .bz2 .xz .zst)
@@ -332,6 +373,13 @@ class SparseAdamConfig(OptimConfig):
         )
 
 
+@dataclass
+class FullMatrixAdagradConfig(OptimConfig):
+    name: str = "full_matrix_adagrad"
+    lr: float = 0.1  # steps move ~lr, as Adagrad's; small dense parameters only
+    eps: float = 1e-10  # added to G^(1/2)'s eigenvalues (outside the root, as Adagrad's eps)
+
+
 # ------------------------------------------------------------------------------------- trainer
 @dataclass
 class TrainerConfig:
@@ -431,6 +479,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "classify": ClassifyTaskConfig,
         "skipgram": SkipGramTaskConfig,
         "glove": GloVeTaskConfig,
+        "analytic": AnalyticTaskConfig,
     },
     "data": {
         "bbc_news": BBCNewsConfig,
@@ -447,6 +496,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "sgd": SGDConfig,
         "rmsprop": RMSpropConfig,
         "sparse_adam": SparseAdamConfig,
+        "full_matrix_adagrad": FullMatrixAdagradConfig,
     },
     "trainer": {"default": TrainerConfig},
     "telemetry": {"default": TelemetryConfig},
@@ -503,12 +553,18 @@ def check_override_keys(overrides: list[str]) -> str | None:
     the key silently ignored.
     """
     chosen = {group: [default_option(group)] for group in SCHEMAS}
-    settings = []
+    settings, explicit = [], set()
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
         if key in SCHEMAS:
             chosen[key] = value.split(",")  # a sweep may list several options
+            explicit.add(key)
+        elif key == "experiment":  # its `override /task: analytic` lines choose options too
+            for name in value.split(","):
+                for group, option in picked_options(CONF_DIR / "experiment" / f"{name}.yaml"):
+                    if group in SCHEMAS and group not in explicit:
+                        chosen[group] = [option]
         elif "." in key and key.split(".", 1)[0] in SCHEMAS:
             settings.append(key.split(".", 1))
     if not any(o.lstrip("+~").startswith("model=") for o in overrides):
@@ -521,11 +577,16 @@ def check_override_keys(overrides: list[str]) -> str | None:
     return None
 
 
+def picked_options(path: Path) -> list[tuple[str, str]]:
+    """The (group, option) pairs a config file picks with `override /<group>: <option>`."""
+    text = path.read_text() if path.is_file() else ""
+    return re.findall(r"^\s*- override /(\w+): (\w+)", text, re.M)
+
+
 def task_model(task: str) -> str | None:
     """The model conf/task/<task>.yaml picks (`override /model: skipgram`), if it picks one."""
-    path = CONF_DIR / "task" / f"{task}.yaml"
-    found = re.search(r"override /model: (\w+)", path.read_text()) if path.is_file() else None
-    return found.group(1) if found else None
+    picked = dict(picked_options(CONF_DIR / "task" / f"{task}.yaml"))
+    return picked.get("model")
 
 
 def default_option(group: str) -> str:

@@ -3,10 +3,11 @@
 Each step's loss and gradients are reduced on their device into one float64 number: each
 tensor's smallest plus largest value (`aminmax`, one pass, 4x cheaper than a float64 sum of
 it), which is NaN or infinite exactly when the tensor holds a NaN or an inf, and finite
-float32 extremes cannot overflow float64, so there are no false alarms. The sum is read back every `check_every` steps: every step on
-CPU, where reading is free; at the logging interval on CUDA, where a read per step would stall
-the stream. Parameters are checked in full before a checkpoint is written (the write costs
-more than the check), so no checkpoint ever holds a non-finite weight.
+float32 extremes cannot overflow float64, so there are no false alarms. The sum is read back
+every `check_every` steps: every step on CPU, where reading is free; at the logging interval
+on CUDA, where a read per step would stall the stream. Parameters are checked in full before
+a checkpoint is written (the write costs more than the check), so no checkpoint ever holds a
+non-finite weight.
 """
 
 from __future__ import annotations

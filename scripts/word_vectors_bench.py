@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from nlp_adagrad.compare import summary  # noqa: E402
 from nlp_adagrad.guard import TrainingDiverged  # noqa: E402
 from scripts.bench import machine_line  # noqa: E402
-from scripts.compare_runs import summary  # noqa: E402
 
 SETTINGS = {  # word2vec's and gensim's defaults, and the tuned ones
     "default": {"window": 5, "negative": 5, "epochs": 5, "sample": 1e-3},

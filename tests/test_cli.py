@@ -64,8 +64,9 @@ def test_help_lists_groups_and_every_key_with_its_type_default_and_description(t
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
     assert "schema/" not in proc.stdout  # the typed schemas are not options to pick
-    assert "  optim      adagrad (default), rmsprop, rowwise_adagrad, sgd, sparse_adam" in (
-        proc.stdout
+    assert (
+        "  optim      adagrad (default), full_matrix_adagrad, rmsprop, rowwise_adagrad, sgd, "
+        "sparse_adam" in proc.stdout
     )
     blocks, block = {}, None
     for line in proc.stdout.splitlines():

@@ -16,6 +16,7 @@ import torch
 from nlp_adagrad.config import PlantedGroupsConfig
 from nlp_adagrad.data import planted_groups, planted_groups_corpus
 from nlp_adagrad.errors import UserError
+from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.models import GloVe, SkipGram
 from nlp_adagrad.optim import Adagrad
 from nlp_adagrad.run import TIMING_KEYS
@@ -24,7 +25,6 @@ from nlp_adagrad.vocab import EncodedSplit
 from nlp_adagrad.words import evaluation
 from nlp_adagrad.words.cooccurrence import cooccurrences
 from nlp_adagrad.words.evaluation import VectorIndex, analogies, planted_precision, similarity
-from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.words.pairs import (
     epoch_stream,
     keep_probabilities,

@@ -12,6 +12,7 @@ import torch
 
 from nlp_adagrad.config import (
     AdagradConfig,
+    FullMatrixAdagradConfig,
     OptimConfig,
     RMSpropConfig,
     RowwiseAdagradConfig,
@@ -20,6 +21,7 @@ from nlp_adagrad.config import (
 )
 from nlp_adagrad.optim.adagrad import Adagrad
 from nlp_adagrad.optim.base import RowOptimizer, unique_rows
+from nlp_adagrad.optim.full_matrix_adagrad import FullMatrixAdagrad
 from nlp_adagrad.optim.rmsprop import RMSprop
 from nlp_adagrad.optim.rowwise_adagrad import RowwiseAdagrad
 from nlp_adagrad.optim.sgd import SGD
@@ -28,6 +30,7 @@ from nlp_adagrad.optim.sparse_adam import SparseAdam
 __all__ = [
     "SGD",
     "Adagrad",
+    "FullMatrixAdagrad",
     "RMSprop",
     "RowOptimizer",
     "RowwiseAdagrad",
@@ -48,6 +51,7 @@ OPTIMIZERS: dict[type, type[RowOptimizer]] = {
     SGDConfig: SGD,
     RMSpropConfig: RMSprop,
     SparseAdamConfig: SparseAdam,
+    FullMatrixAdagradConfig: FullMatrixAdagrad,
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-TASKS = ("classify", "skipgram", "glove")  # each is nlp_adagrad.recipes.<task>.<task>
+TASKS = ("classify", "skipgram", "glove", "analytic")  # each is nlp_adagrad.recipes.<task>.<task>
 
 
 def recipe(task: str) -> Callable:

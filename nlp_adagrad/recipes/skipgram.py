@@ -19,6 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nlp_adagrad.batching import num_batches, prefetched
 from nlp_adagrad.config import Config
 from nlp_adagrad.interrupt import stop_requests
+from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
@@ -33,7 +34,6 @@ from nlp_adagrad.run import (
     write_outputs,
 )
 from nlp_adagrad.words.corpus import word_corpus
-from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.words.pairs import (
     PairBatch,
     epoch_stream,
