@@ -300,30 +300,41 @@ def curve_figures(section: Section, panels: list[tuple[str, str, bool]]) -> None
 
 
 def replay_figure(section: Section) -> None:
-    """eff_lr against updates: binned means and the fitted line of each replay."""
+    """eff_lr against updates, binned means and fitted line, one line per setting (its first
+    seed drawn, the slope's mean ± sd over seeds in the legend), each scaled to 1 at its
+    first bin so the slopes compare."""
     from nlp_adagrad.fits import binned_fit
 
     fig, axes = _subplots(1, width=5.5, height=4.0)
     ax = axes[0]
-    for run, name in zip(section.runs, labels(section.runs)):
-        with open(run.path / "replay_stats.csv") as f:
-            rows = np.array([r for r in csv.reader(f)][1:], dtype=np.float64)
-        fit = binned_fit(rows[:, 2], rows[:, 4])
+    groups: dict[str, list[Run]] = {}
+    for run, name in zip(section.runs, labels(section.runs, skip=("trainer.seed",))):
+        groups.setdefault(name, []).append(run)
+    for name, members in groups.items():
+        fits = []
+        for run in members:
+            with open(run.path / "replay_stats.csv") as f:
+                rows = np.array([r for r in csv.reader(f)][1:], dtype=np.float64)
+            fits.append(binned_fit(rows[:, 2], rows[:, 4]))
+        fit = fits[0]
         if fit is None:
             continue
-        points = ax.plot(np.exp(fit.bin_x), np.exp(fit.bin_y), "o", ms=3)
-        x = np.exp(fit.bin_x[[0, -1]])
+        slopes = np.array([f.slope for f in fits if f is not None])
+        spread = f" ± {slopes.std(ddof=1):.3f}" if len(slopes) > 1 else ""
+        x, y = np.exp(fit.bin_x), np.exp(fit.bin_y - fit.bin_y[0])
+        points = ax.plot(x, y, "o", ms=3)
+        ends = x[[0, -1]]
         ax.plot(
-            x,
-            np.exp(fit.intercept) * x**fit.slope,
+            ends,
+            np.exp(fit.intercept - fit.bin_y[0]) * ends**fit.slope,
             "-",
             color=points[0].get_color(),
-            label=f"{name}: slope {fit.slope:.3f}",
+            label=f"{name}: slope {slopes.mean():.3f}{spread} ({len(slopes)} seeds)",
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("updates")
-    ax.set_ylabel("eff_lr = 1 / sqrt(G)")
+    ax.set_ylabel("eff_lr = 1 / sqrt(G), 1 at the first bin")
     ax.legend(fontsize=7)
     section.figures.append(("binned eff_lr against updates, replayed accumulators", _png(fig)))
 
