@@ -221,3 +221,35 @@ def test_fused_true_without_a_compiler_is_one_line(monkeypatch):
     with pytest.raises(UserError, match=r"optim.fused=true but the C\+\+ kernels do not build"):
         Adagrad([nn.Parameter(torch.zeros(3, 2))], fused=True)
     assert Adagrad([nn.Parameter(torch.zeros(3, 2))])._kernels is None  # auto: torch ops
+
+
+def test_our_optimizers_never_import_torch_dynamo():
+    # torch.optim.Optimizer's add_param_group, zero_grad and (load_)state_dict import it on
+    # first call (1 s of start-up); ours call the functions underneath
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from nlp_adagrad.optim import Adagrad, SGD\n"
+        "p = torch.nn.Parameter(torch.zeros(4, 2))\n"
+        "for o in (Adagrad([p]), SGD([p], lr=0.1)):\n"
+        "    p.grad = torch.ones(4, 2); o.step(); o.zero_grad()\n"
+        "    o.load_state_dict(o.state_dict())\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def test_the_kernels_build_is_named_by_its_sources_not_their_folder(tmp_path, monkeypatch):
+    copies = []
+    for source in kernels.SOURCES:
+        copy = tmp_path / source.name
+        copy.write_bytes(source.read_bytes())
+        copies.append(copy)
+    name = kernels.build_name()
+    monkeypatch.setattr(kernels, "SOURCES", copies)
+    assert kernels.build_name() == name  # another checkout of the same sources: no rebuild
+    copies[-1].write_bytes(copies[-1].read_bytes() + b"\n// changed\n")
+    assert kernels.build_name() != name  # changed sources: a build of their own

@@ -107,6 +107,18 @@ class RowOptimizer(torch.optim.Optimizer):
     state_per_weight: float = 0.0  # state floats per weight of a table (memory estimates)
     state_per_row: int = 0  # and per row
 
+    # torch.optim.Optimizer wraps these four in torch._disable_dynamo, whose first call imports
+    # torch._dynamo: 0.9-1.4 s of every run's start-up, for a guard against a compiler that
+    # never runs here. The functions underneath (`__wrapped__`) do the same work.
+    def add_param_group(self, param_group: dict) -> None:  # noqa: D102
+        torch.optim.Optimizer.add_param_group.__wrapped__(self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: D102
+        torch.optim.Optimizer.zero_grad.__wrapped__(self, set_to_none)
+
+    def state_dict(self) -> dict:  # noqa: D102
+        return torch.optim.Optimizer.state_dict.__wrapped__(self)
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch's signature)
         loss = None
@@ -164,7 +176,7 @@ class RowOptimizer(torch.optim.Optimizer):
             for i, s in state_dict["state"].items()
             if "updates" in s
         }
-        super().load_state_dict(state_dict)
+        torch.optim.Optimizer.load_state_dict.__wrapped__(self, state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
         for i, saved in counters.items():
             state, device = self.state[params[i]], params[i].device
