@@ -46,14 +46,11 @@ def eff_lr_figure(
     title: str,
     theory: bool,
 ):
-    """A matplotlib figure with the two panels (theory lines if `theory`); the caller saves
-    and closes it."""
-    import matplotlib
+    """A matplotlib figure with the two panels (theory lines if `theory`); `render` draws it."""
+    from matplotlib.figure import Figure  # not pyplot: no backend, no global figure list
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100, sharey=True)
+    fig = Figure(figsize=(11, 4.5), dpi=100)
+    left, right = fig.subplots(1, 2, sharey=True)
     panels = (
         (
             left,
@@ -87,3 +84,19 @@ def eff_lr_figure(
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def render(fig) -> np.ndarray:
+    """The figure drawn once, as (height, width, 4) uint8 RGBA: what both the PNG file and
+    TensorBoard's image take (add_figure and savefig would each draw it again)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def save_png(rgba: np.ndarray, path) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgba).save(path)

@@ -29,7 +29,7 @@ from nlp_adagrad.checkpoint import (
 )
 from nlp_adagrad.config import Config, config_to_dict
 from nlp_adagrad.errors import TrainingInterrupted, UserError
-from nlp_adagrad.figures import eff_lr_figure
+from nlp_adagrad.figures import eff_lr_figure, render, save_png
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.optim import Adagrad, RowOptimizer
 from nlp_adagrad.run_dir import write_json
@@ -419,24 +419,20 @@ def write_outputs(
         )
         writer.text(tag, table_md, step)
         if cfg.telemetry.figure:
-            import matplotlib.pyplot as plt
-
             what = "" if snapshots.names() is None else f" ({name} table)"
-            fig = eff_lr_figure(
-                spec.counts,
-                updates,
-                eff_lr,
-                steps_per_epoch,
-                f"{cfg.optim.name} on {cfg.data.name}: per-token effective learning rate{what}",
-                theory=isinstance(optimizer, Adagrad),  # row-wise Adagrad included
+            image = render(
+                eff_lr_figure(
+                    spec.counts,
+                    updates,
+                    eff_lr,
+                    steps_per_epoch,
+                    f"{cfg.optim.name} on {cfg.data.name}: per-token effective learning rate{what}",
+                    theory=isinstance(optimizer, Adagrad),  # row-wise Adagrad included
+                )
             )
-            fig.savefig(run_dir / f"eff_lr_vs_count{suffix}.png")
-            writer.figure(
-                telemetry.table_tag("eff_lr/vs_updates_and_count", snapshots.tag_of(name)),
-                fig,
-                step,
-            )
-            plt.close(fig)
+            save_png(image, run_dir / f"eff_lr_vs_count{suffix}.png")
+            tag = telemetry.table_tag("eff_lr/vs_updates_and_count", snapshots.tag_of(name))
+            writer.image(tag, image[..., :3], step)
         spread = telemetry.coordinate_spread(optimizer, table, spec.num_tokens)
         telemetry.write_token_stats(
             run_dir / f"token_stats{suffix}.csv", spec, eff_lr, updates, spread

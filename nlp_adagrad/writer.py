@@ -42,7 +42,7 @@ class MetricWriter(Protocol):
         with contextlib.suppress(ValueError):
             self._writer.add_histogram(tag, values, step, bins=HISTOGRAM_BINS)
 
-    def figure(self, tag: str, figure: Any, step: int) -> None: ...
+    def image(self, tag: str, image: np.ndarray, step: int) -> None: ...
     def text(self, tag: str, text: str, step: int) -> None: ...
     def custom_layout(self, layout: dict) -> None: ...
     def hparams(
@@ -66,7 +66,7 @@ class NullWriter:
     def histogram(self, tag, values, step):
         pass
 
-    def figure(self, tag, figure, step):
+    def image(self, tag, image, step):
         pass
 
     def text(self, tag, text, step):
@@ -117,8 +117,9 @@ class TensorBoardWriter:
         with contextlib.suppress(ValueError):
             self._writer.add_histogram(tag, values, step)
 
-    def figure(self, tag: str, figure: Any, step: int) -> None:
-        self._writer.add_figure(tag, figure, step, close=False)
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An (height, width, 3) uint8 image (a rendered figure: nlp_adagrad.figures.render)."""
+        self._writer.add_image(tag, image, step, dataformats="HWC")
 
     def text(self, tag: str, text: str, step: int) -> None:
         self._writer.add_text(tag, text, step)
