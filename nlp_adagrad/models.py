@@ -113,7 +113,7 @@ class SkipGram(nn.Module):
         """The batch's loss, summed over pairs, with both tables' gradients set as coalesced
         sparse rows: what `forward` and `backward` give (tested), computed without the
         (pairs x (1 + negatives) x dim) gradient rows autograd builds and then sums.
-        `kernel` (nlp_adagrad.words.kernel) does it in one C++ pass over the pairs, faster
+        `kernel` (nlp_adagrad.kernels) does it in one C++ pass over the pairs, faster
         still (README, Word vectors)."""
         if kernel is not None and centres.device.type == "cpu":
             if self._slot_of is None:
