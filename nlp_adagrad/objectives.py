@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nlp_adagrad.vocab import EncodedSplit
+
 ESCAPE = 0.5  # the saddle is escaped once |y| reaches half way to the minima at |y| = 1
 
 
@@ -116,7 +118,7 @@ class SparseFeatures:
     dim: int
     weights: np.ndarray  # (dim,) the true weights
     counts: np.ndarray  # (dim,) occurrences in the training split
-    splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]  # ids, offsets, labels
+    splits: dict[str, EncodedSplit]  # train, val, test: feature ids (CSR), 0/1 labels
     per_example: int = 8
     rare_from: int = 0  # features of rank >= this are "rare" (the 90% least frequent)
 
@@ -134,20 +136,20 @@ class SparseFeatures:
             ids = drawn[distinct]
             offsets = np.concatenate([[0], np.cumsum(distinct.sum(axis=1))])
             margin = np.add.reduceat(weights[ids], offsets[:-1])
-            labels = (rng.random(examples) < 1 / (1 + np.exp(-margin))).astype(np.float64)
-            splits[name] = (ids.astype(np.int64), offsets.astype(np.int64), labels)
-        counts = np.bincount(splits["train"][0], minlength=dim)
+            labels = (rng.random(examples) < 1 / (1 + np.exp(-margin))).astype(np.int64)
+            splits[name] = EncodedSplit(ids.astype(np.int64), offsets.astype(np.int64), labels)
+        counts = np.bincount(splits["train"].ids, minlength=dim)
         return cls(dim, weights, counts, splits, per_example, rare_from=dim // 10)
 
     def true_weights_accuracy(self, split: str) -> float:
         """Accuracy of the true weights' sign rule: the most any model can expect."""
-        ids, offsets, labels = self.splits[split]
-        margin = np.add.reduceat(self.weights[ids], offsets[:-1])
-        return float(((margin > 0) == (labels > 0.5)).mean())
+        s = self.splits[split]
+        margin = np.add.reduceat(self.weights[s.ids], s.offsets[:-1])
+        return float(((margin > 0) == (s.labels == 1)).mean())
 
     def rare_dominated(self, split: str) -> np.ndarray:
         """Examples whose rare features carry more true weight (in |w*|) than their common ones."""
-        ids, offsets, _ = self.splits[split]
-        w = np.abs(self.weights[ids])
-        rare = np.add.reduceat(np.where(ids >= self.rare_from, w, 0.0), offsets[:-1])
-        return rare > np.add.reduceat(w, offsets[:-1]) - rare
+        s = self.splits[split]
+        w = np.abs(self.weights[s.ids])
+        rare = np.add.reduceat(np.where(s.ids >= self.rare_from, w, 0.0), s.offsets[:-1])
+        return rare > np.add.reduceat(w, s.offsets[:-1]) - rare

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nlp_adagrad import objectives
+from nlp_adagrad.batching import gather_documents
 from nlp_adagrad.config import Config
 from nlp_adagrad.errors import UserError
 from nlp_adagrad.optim import build_optimizer
@@ -35,6 +36,7 @@ log = logging.getLogger("nlp_adagrad.train")
 
 TWO_D = ("canyon", "saddle")
 NO_CAP = 2**62
+SPARSE_BATCH = 16  # sparse_features: examples per step
 
 
 @dataclass
@@ -233,28 +235,25 @@ def nonstationary(cfg: Config, lr: float) -> Trace:
 
 def sparse_features(cfg: Config, lr: float) -> Trace:
     """Logistic regression on a sparse table (one weight per feature) plus a dense bias;
-    batches of 16 examples in a seeded order, task.steps steps."""
+    batches of SPARSE_BATCH examples in a seeded order, task.steps steps."""
     task, seed = cfg.task, cfg.trainer.seed
     data = objectives.SparseFeatures.draw(task.dim, task.examples, seed)
     table = torch.nn.EmbeddingBag(task.dim, 1, mode="sum", sparse=True).double()
     torch.nn.init.zeros_(table.weight)
     bias = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     optimizer = _optimizer(cfg, lr, [table.weight, bias])
-    ids, offsets, labels = (torch.from_numpy(a) for a in data.splits["train"])
+    train = data.splits["train"]
     rng = np.random.default_rng([seed, 17])
-    order = np.concatenate(
-        [rng.permutation(task.examples) for _ in range(task.steps * 16 // task.examples + 1)]
-    )
+    epochs = task.steps * SPARSE_BATCH // task.examples + 1
+    order = np.concatenate([rng.permutation(task.examples) for _ in range(epochs)])
     trace = Trace(lr, ["step", "loss", "val_loss", "eff_lr_rare", "eff_lr_common"])
     rare = torch.arange(task.dim) >= data.rare_from
     for step in range(task.steps):
-        docs = order[step * 16 : (step + 1) * 16]
-        batch_ids = torch.cat([ids[offsets[d] : offsets[d + 1]] for d in docs])
-        batch_offsets = torch.tensor(
-            np.concatenate([[0], np.cumsum(np.diff(offsets.numpy())[docs])[:-1]])
-        )
-        logits = table(batch_ids, batch_offsets).reshape(-1) + bias
-        loss = F.binary_cross_entropy_with_logits(logits, labels[docs])
+        docs = order[step * SPARSE_BATCH : (step + 1) * SPARSE_BATCH]
+        ids, offsets = gather_documents(train, docs)
+        logits = table(torch.from_numpy(ids), torch.from_numpy(offsets)).reshape(-1) + bias
+        labels = torch.from_numpy(train.labels[docs]).double()
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -269,7 +268,7 @@ def sparse_features(cfg: Config, lr: float) -> Trace:
                     float(torch.nanmedian(rates[~rare])),
                 ]
             )
-    val_loss, _ = _split_loss(data, "val", table, bias)
+    val_loss = trace.rows[-1][2]  # the last row is the last step's
     test_loss, correct = _split_loss(data, "test", table, bias)
     dominated = data.rare_dominated("test")
     trace.results = {
@@ -290,8 +289,9 @@ def sparse_features(cfg: Config, lr: float) -> Trace:
 @torch.no_grad()
 def _split_loss(data, split: str, table, bias) -> tuple[float, np.ndarray]:
     """(mean log loss, correct per example) of the model on a split."""
-    ids, offsets, labels = (torch.from_numpy(a) for a in data.splits[split])
-    logits = table(ids, offsets[:-1]).reshape(-1) + bias
+    s = data.splits[split]
+    labels = torch.from_numpy(s.labels).double()
+    logits = table(torch.from_numpy(s.ids), torch.from_numpy(s.offsets[:-1])).reshape(-1) + bias
     loss = float(F.binary_cross_entropy_with_logits(logits, labels))
     return loss, ((logits > 0).double() == labels).numpy()
 
