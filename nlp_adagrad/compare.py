@@ -118,9 +118,18 @@ def table(
     pooled: tuple[str, ...] = ("trainer.seed",),
     columns: list[tuple[str, str, str]] | None = None,
 ) -> str:
-    """The Markdown table: a row per group, the group's seeds summarised in each column
-    (`columns`: (header, metric key, format); the classifier's or word vectors' by default)."""
-    runs = load_runs(run_dirs)
+    """The Markdown table of the runs in `run_dirs` (`runs_table`)."""
+    return runs_table(load_runs(run_dirs), pooled, columns)
+
+
+def runs_table(
+    runs: list[tuple[dict, dict]],
+    pooled: tuple[str, ...] = ("trainer.seed",),
+    columns: list[tuple[str, str, str]] | None = None,
+) -> str:
+    """The Markdown table of (flat config, metrics) runs: a row per group, the group's seeds
+    summarised in each column (`columns`: (header, metric key, format); the classifier's or
+    word vectors' by default)."""
     varying, groups = group_runs(runs, pooled)
     columns = columns or columns_for([metrics for _, metrics in runs])
     label_headers = varying or ["runs"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nlp_adagrad.batching import epoch_order
+from nlp_adagrad.batching import epoch_order, num_batches
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_corpus
 from nlp_adagrad.errors import UserError
@@ -87,7 +87,9 @@ def text_replay(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) 
     metrics = {
         "eff_lr/slope_vs_updates": vs_updates.slope if vs_updates else float("nan"),
         "eff_lr/slope_vs_count": vs_count.slope if vs_count else float("nan"),
-        "train/steps": float(cfg.trainer.epochs * -(-train.num_docs // cfg.trainer.batch_size)),
+        "train/steps": float(
+            cfg.trainer.epochs * num_batches(train.num_docs, cfg.trainer.batch_size)
+        ),
         "replay/tokens_updated": float((updates > 0).sum()),
     }
     with open(run_dir / "replay_stats.csv", "w", newline="") as f:

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nlp_adagrad.compare import find_runs, group_runs, load_runs
+from nlp_adagrad.compare import find_runs, group_runs, load_runs, runs_table
 from nlp_adagrad.config import CONF_DIR
+from nlp_adagrad.run_info import read_overrides
 
 ANALYTIC_COLUMNS = {
     "canyon": [
@@ -129,39 +130,42 @@ def read_runs(dirs: list[Path]) -> list[Run]:
     paths = find_runs(dirs)
     runs = []
     for path, (config, metrics) in zip(paths, load_runs(paths)):
-        overrides_file = path / ".hydra" / "overrides.yaml"
-        overrides = []
-        if overrides_file.is_file():
-            import yaml
-
-            overrides = list(yaml.safe_load(overrides_file.read_text()) or [])
-        runs.append(Run(path, config, metrics, overrides))
+        runs.append(Run(path, config, metrics, read_overrides(path)))
     return runs
 
 
+TRAIN = "python -m nlp_adagrad.train"
+
+
+def experiment_file(name: str) -> tuple[list[str], list[str]]:
+    """(the commands, the description) in conf/experiment/<name>.yaml's header comment: its
+    `python -m nlp_adagrad.train ...` lines, and the rest."""
+    path = CONF_DIR / "experiment" / f"{name}.yaml"
+    commands, text = [], []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if not line.startswith("#"):
+            break
+        line = line.lstrip("# ")
+        if TRAIN in line:
+            commands.append(line[line.index(TRAIN) :])
+        elif not line.startswith("@package"):
+            text.append(line)
+    return commands, text
+
+
 def experiment_header(runs: list[Run]) -> tuple[list[str], list[str]]:
-    """(the commands, the description) of the conf/experiment files the runs were made with:
-    their header comments, command lines (`python -m ...`) apart."""
+    """(the commands, the description) of the experiment files the runs were made with."""
     commands, text = [], []
     for name in sorted({r.experiment for r in runs if r.experiment}):
-        path = CONF_DIR / "experiment" / f"{name}.yaml"
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            if not line.startswith("#"):
-                break
-            line = line.lstrip("# ")
-            if "python -m nlp_adagrad.train" in line:
-                commands.append(line[line.index("python -m") :])
-            elif not line.startswith("@package"):
-                text.append(line)
+        more_commands, more_text = experiment_file(name)
+        commands += more_commands
+        text += more_text
     return commands, text
 
 
 def commands(runs: list[Run]) -> list[str]:
     """The command line of each distinct run (a sweep's jobs each have theirs)."""
-    seen = {
-        "python -m nlp_adagrad.train " + " ".join(o for o in r.overrides if "hydra." not in o)
-        for r in runs
-    }
+    seen = {TRAIN + " " + " ".join(o for o in r.overrides if "hydra." not in o) for r in runs}
     return sorted(seen)
 
 
@@ -374,13 +378,11 @@ def text_run_figures(section: Section) -> None:
 
 
 def build_section(title: str, runs: list[Run]) -> Section:
-    from nlp_adagrad.compare import table
-
     section = Section(title, runs, *experiment_header(runs))
     problem = runs[0].problem
     columns = ANALYTIC_COLUMNS.get(problem)
     pooled = ("trainer.seed", *quiet_keys(runs))
-    section.table = table([r.path for r in runs], pooled, columns)
+    section.table = runs_table([(r.config, r.metrics) for r in runs], pooled, columns)
     if problem in ("canyon", "saddle"):
         two_d_figures(section)
     elif problem == "nonstationary":

@@ -12,7 +12,6 @@ Prints each command, its wall time and the machine.
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import subprocess
 import sys
@@ -22,22 +21,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nlp_adagrad.report import CLAIMS  # noqa: E402
+from nlp_adagrad.report import CLAIMS, TRAIN, experiment_file  # noqa: E402
 from scripts.bench import machine_line  # noqa: E402
 
 EXPERIMENTS = REPO / "conf" / "experiment"
 
 
 def header_commands(name: str) -> list[list[str]]:
-    """The argument lists of the `python -m nlp_adagrad.train ...` commands in a file's header."""
-    commands = []
-    for line in (EXPERIMENTS / f"{name}.yaml").read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        found = re.search(r"python -m nlp_adagrad\.train (.*)$", line)
-        if found:
-            commands.append(shlex.split(found.group(1)))
-    return commands
+    """The argument lists of the training commands in an experiment file's header."""
+    commands, _ = experiment_file(name)
+    return [shlex.split(command.removeprefix(TRAIN)) for command in commands]
 
 
 def main() -> int:

@@ -107,10 +107,6 @@ def _optimizer(cfg: Config, lr: float, params: list[torch.Tensor]):
     return build_optimizer(dataclasses.replace(cfg.optim, lr=lr), params, cfg.task.steps)
 
 
-def _coordinate_rates(optimizer, p: torch.Tensor) -> list[float]:
-    return optimizer.effective_lr_coords(p).reshape(-1).tolist()
-
-
 def _descend_2d(
     cfg: Config, lr: float, f, gradient, done, z: torch.nn.Parameter, optimizer, cap: int
 ) -> Trace:
@@ -125,7 +121,7 @@ def _descend_2d(
     for step in range(min(task.steps, cap) + 1):
         theta = task.scale * z.detach()
         loss = f(theta)
-        rates = _coordinate_rates(optimizer, z) if step else [math.nan, math.nan]
+        rates = optimizer.effective_lr_coords(z).reshape(-1).tolist() if step else [math.nan] * 2
         trace.rows.append([step, float(loss), *theta.reshape(-1).tolist(), *rates])
         if not math.isfinite(float(loss)):
             break
