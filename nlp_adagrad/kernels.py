@@ -13,6 +13,7 @@ builds the module and says where.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -36,29 +37,58 @@ LDFLAGS = ["-fopenmp"]
 
 
 def build_name() -> str:
-    """The module's name: the sources' and flags' digest in it. Two checkouts with the same
-    sources share one build; torch's own cache is keyed by name and rebuilds whenever the
-    source paths change (its build.ninja names them), which made a fresh clone and a working
-    copy rebuild (~35 s) on every alternate run."""
+    """The module's name: the digest of the sources, the flags, torch's and Python's versions
+    in it. Two checkouts with the same sources share one build; torch's own cache is keyed by
+    name and rebuilds whenever the source paths change (its build.ninja names them), which
+    made a fresh clone and a working copy rebuild (~35 s) on every alternate run."""
+    import torch
+
     digest = hashlib.sha256()
     for source in SOURCES:
         digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
-    digest.update(" ".join(CFLAGS + LDFLAGS).encode())
+    digest.update(" ".join([*CFLAGS, *LDFLAGS, torch.__version__, sys.version]).encode())
     return f"nlp_adagrad_kernels_{digest.hexdigest()[:16]}"
+
+
+def build_dir(name: str) -> Path:
+    """Where the module is built: $TORCH_EXTENSIONS_DIR, else torch's default root
+    (~/.cache/torch_extensions, under $XDG_CACHE_HOME when set), then the name."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cache_home / "torch_extensions"
+    return Path(root) / name
+
+
+def _import_built(name: str) -> ModuleType | None:
+    """The module as built before, imported straight from its file: torch's `load` would
+    import setuptools and run ninja to find it up to date (~85 ms of every run's start-up).
+    The name pins the sources, flags and versions, so a file there is this build; one cut
+    short by an interrupted build fails to import and is rebuilt."""
+    path = build_dir(name) / f"{name}.so"
+    if not path.is_file():
+        return None
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError):
+        return None
+    return module
 
 
 @cache
 def _build() -> ModuleType | str:
     """The compiled module, or why it could not be built."""
+    name = build_name()
+    built = _import_built(name)
+    if built is not None:
+        return built
     # the ninja that requirements.lock installs sits beside this Python, on PATH or not
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
     try:
-        from torch.utils.cpp_extension import get_default_build_root, load
+        from torch.utils.cpp_extension import load
 
-        name = build_name()
         # the sources are copied beside the build, so its paths are the same from any checkout
-        build_dir = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-        source_dir = build_dir / name / "src"
+        source_dir = build_dir(name) / "src"
         source_dir.mkdir(parents=True, exist_ok=True)
         for source in SOURCES:
             copy = source_dir / source.name
@@ -69,6 +99,7 @@ def _build() -> ModuleType | str:
             sources=[str(source_dir / source.name) for source in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=LDFLAGS,
+            build_directory=str(build_dir(name)),
             verbose=False,
         )
     except Exception as e:  # no compiler, no ninja, a read-only cache: all mean "use torch"

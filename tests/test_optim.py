@@ -253,3 +253,16 @@ def test_the_kernels_build_is_named_by_its_sources_not_their_folder(tmp_path, mo
     assert kernels.build_name() == name  # another checkout of the same sources: no rebuild
     copies[-1].write_bytes(copies[-1].read_bytes() + b"\n// changed\n")
     assert kernels.build_name() != name  # changed sources: a build of their own
+
+
+def test_a_finished_build_is_imported_straight_from_its_file(tmp_path, monkeypatch):
+    name = kernels.build_name()
+    assert native_kernels("cpp", "optim.fused") is not None  # built (setup builds it)
+    module = kernels._import_built(name)
+    assert module is not None and hasattr(module, "adagrad_rows_")
+    # elsewhere: nothing built yet, or a file cut short by an interrupted build -> rebuild
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert kernels._import_built(name) is None
+    (tmp_path / name).mkdir()
+    (tmp_path / name / f"{name}.so").write_bytes(b"\x7fELF cut short")
+    assert kernels._import_built(name) is None
