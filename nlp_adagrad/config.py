@@ -41,9 +41,22 @@ class TaskConfig:
     name: str = MISSING
 
 
+KERNEL_CHOICES = ("auto", "cpp", "torch")
+
+
+def _check_kernel(kernel: str) -> None:
+    _require(kernel in KERNEL_CHOICES, "task.kernel must be auto, cpp or torch")
+
+
 @dataclass
 class ClassifyTaskConfig(TaskConfig):
     name: str = "classify"  # labelled documents -> a bag-of-tokens classifier
+    # the step's loss and gradients on the CPU: cpp (built once per machine), torch (forward +
+    # backward), or auto (cpp if it builds); CUDA and torchrun runs always use torch
+    kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_kernel(self.kernel)
 
 
 @dataclass
@@ -56,7 +69,7 @@ class SkipGramTaskConfig(TaskConfig):
     kernel: str = "auto"
 
     def __post_init__(self) -> None:
-        _require(self.kernel in ("auto", "cpp", "torch"), "task.kernel must be auto, cpp or torch")
+        _check_kernel(self.kernel)
         _require(self.window >= 1, "task.window must be >= 1")
         _require(self.negative >= 1, "task.negative must be >= 1")
         _require(self.sample >= 0, "task.sample must be >= 0 (0 turns subsampling off)")

@@ -48,6 +48,7 @@ def eff_lr_figure(
 ):
     """A matplotlib figure with the two panels (theory lines if `theory`); `render` draws it."""
     from matplotlib.figure import Figure  # not pyplot: no backend, no global figure list
+    from matplotlib.ticker import NullLocator
 
     fig = Figure(figsize=(11, 4.5), dpi=100)
     left, right = fig.subplots(1, 2, sharey=True)
@@ -78,11 +79,16 @@ def eff_lr_figure(
             _fit_lines(ax, fit, curve, label if theory else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # no minor ticks: on 5-10 log decades they are ~250 tick artists, 0.2 s to draw
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_locator(NullLocator())
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
     left.set_ylabel("effective learning rate")
     fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins, what tight_layout chose for this size with room for 10^-10 ticks:
+    # tight_layout measures every tick label first, 0.3 s of a 3 s run
+    fig.subplots_adjust(left=0.08, right=0.985, bottom=0.135, top=0.895, wspace=0.05)
     return fig
 
 

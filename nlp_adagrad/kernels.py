@@ -1,10 +1,10 @@
-"""The C++ kernels (nlp_adagrad/csrc/): the skip-gram step's gradients (`sgns.cpp`) and
-Adagrad's fused row step (`adagrad.cpp`), one module built once per machine with
+"""The C++ kernels (nlp_adagrad/csrc/): the skip-gram step's gradients (`sgns.cpp`), a bag
+classifier's (`bag.cpp`) and Adagrad's fused row step (`adagrad.cpp`), one module built once per machine with
 `torch.utils.cpp_extension` (gcc, -O3 -march=native, OpenMP through torch's own runtime;
 ~30 s, into torch's extensions cache, which `scripts/setup.sh` fills), loaded in well under a
 second after that.
 
-`task.kernel=auto` uses the skip-gram kernel when it builds and falls back to torch ops
+`task.kernel=auto` uses the task's kernel (skip-gram, classify) when it builds and falls back to torch ops
 (slower: README, Word vectors) with one warning when it does not; `cpp` insists; `torch`
 never builds it. Adagrad's `optim.fused` works the same way. `python -m nlp_adagrad.kernels`
 builds the module and says where.
@@ -27,7 +27,8 @@ from nlp_adagrad.errors import UserError, one_line
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = [CSRC / name for name in ("module.cpp", "sgns.cpp", "adagrad.cpp")]
+SOURCES = [CSRC / name for name in ("module.cpp", "sgns.cpp", "bag.cpp", "adagrad.cpp")]
+HEADERS = [CSRC / "rows.h"]  # compiled through the sources that include them
 
 
 # built where it runs (this CPU's vectors); no contraction into fused multiply-adds but the
@@ -44,7 +45,7 @@ def build_name() -> str:
     import torch
 
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in [*SOURCES, *HEADERS]:
         digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
     digest.update(" ".join([*CFLAGS, *LDFLAGS, torch.__version__, sys.version]).encode())
     return f"nlp_adagrad_kernels_{digest.hexdigest()[:16]}"
@@ -90,7 +91,7 @@ def _build() -> ModuleType | str:
         # the sources are copied beside the build, so its paths are the same from any checkout
         source_dir = build_dir(name) / "src"
         source_dir.mkdir(parents=True, exist_ok=True)
-        for source in SOURCES:
+        for source in [*SOURCES, *HEADERS]:
             copy = source_dir / source.name
             if not copy.is_file() or copy.read_bytes() != source.read_bytes():
                 shutil.copyfile(source, copy)

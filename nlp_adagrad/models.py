@@ -18,7 +18,62 @@ from nlp_adagrad.config import ModelConfig
 from nlp_adagrad.sparse_bag import SparseBag, group_ids
 
 
-class LogReg(nn.Module):
+class BagClassifier(nn.Module):
+    """What the two classifiers share: a `SparseBag` token table (`self.embedding`), a dense
+    `classify` on its bag outputs, and the batch's loss with its gradients."""
+
+    embedding: SparseBag
+    _slot_of: torch.Tensor | None = None  # the C++ kernel's row -> slot scratch
+
+    def sparse_tables(self) -> dict[str, nn.Parameter]:
+        """The tables with sparse gradients, by name: what telemetry reads."""
+        return {"embedding": self.embedding.weight}
+
+    def classify(self, bags: torch.Tensor) -> torch.Tensor:
+        """Logits from the bag outputs (what data parallelism recomputes on every rank)."""
+        raise NotImplementedError
+
+    def dense_layer(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(weight or None, bias) of the dense layer after the bags."""
+        raise NotImplementedError
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embedding(ids, offsets))
+
+    def loss_and_gradients(
+        self, ids: torch.Tensor, offsets: torch.Tensor, labels: torch.Tensor, kernel=None
+    ) -> torch.Tensor:
+        """The batch's mean cross-entropy, every parameter's .grad set as backward sets it.
+
+        With `kernel` (nlp_adagrad.kernels) on the CPU, one C++ pass over the documents gives
+        the same loss and gradients (tested to 1e-6) without the ~40 operator calls and the
+        autograd graph of forward + backward, ~1 ms a step at 32 documents."""
+        if kernel is None or ids.device.type != "cpu":
+            loss = F.cross_entropy(self(ids, offsets), labels, reduction="sum") / len(offsets)
+            loss.backward()
+            return loss
+        table = self.embedding.weight
+        if self._slot_of is None:
+            self._slot_of = torch.full((table.shape[0],), -1, dtype=torch.int32)
+        weight, bias = self.dense_layer()
+        loss, rows, row_grads, weight_grad, bias_grad = kernel.bag_gradients(
+            table.detach(),
+            torch.empty(0) if weight is None else weight.detach(),
+            bias.detach(),
+            ids,
+            offsets,
+            labels,
+            self.embedding.mode == "mean",
+            self._slot_of,
+        )
+        _set_sparse_grad(table, rows, row_grads)
+        if weight is not None:
+            weight.grad = weight_grad
+        bias.grad = bias_grad
+        return loss
+
+
+class LogReg(BagClassifier):
     """Multinomial logistic regression on the bag of tokens.
 
     Row i of the table holds token i's weight for every class, so logits = bag(ids) + bias is
@@ -32,19 +87,14 @@ class LogReg(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_classes))
         nn.init.zeros_(self.embedding.weight)
 
-    def sparse_tables(self) -> dict[str, nn.Parameter]:
-        """The tables with sparse gradients, by name: what telemetry reads."""
-        return {"embedding": self.embedding.weight}
-
     def classify(self, bags: torch.Tensor) -> torch.Tensor:
-        """Logits from the bag outputs (what data parallelism recomputes on every rank)."""
         return bags + self.bias
 
-    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.embedding(ids, offsets))
+    def dense_layer(self) -> tuple[None, torch.Tensor]:
+        return None, self.bias
 
 
-class FastText(nn.Module):
+class FastText(BagClassifier):
     """fastText's supervised model: mean of token vectors, then a linear layer.
 
     Initialised as fastText does: input vectors uniform in (-1/dim, 1/dim), output zero.
@@ -58,14 +108,11 @@ class FastText(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def sparse_tables(self) -> dict[str, nn.Parameter]:
-        return {"embedding": self.embedding.weight}
-
     def classify(self, bags: torch.Tensor) -> torch.Tensor:
         return self.head(bags)
 
-    def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.embedding(ids, offsets))
+    def dense_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head.weight, self.head.bias
 
 
 def _word2vec_init(table: nn.Embedding) -> nn.Embedding:

@@ -39,6 +39,8 @@ def test_cli_run_writes_a_microsecond_run_dir(tmp_path):
         assert (run_dir / name).exists(), name
     log = (run_dir / "train.log").read_text()
     assert "reproduce with: python -m nlp_adagrad.train" in log and "test/accuracy" in log
+    # the command ends without the interpreter's teardown (train.console): logs still flushed
+    assert "run dir: " in log.splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -148,11 +150,12 @@ def test_hub_loading_code_on_a_local_folder(tmp_path):
 
 def test_help_and_a_mistyped_key_are_answered_without_loading_torch():
     code = (
-        "import runpy, sys\n"
+        "import sys\n"
+        "from nlp_adagrad.train import cli\n"
         "for argv in (['--help'], ['optim.lrr=1']):\n"
         "    sys.argv = ['nlp_adagrad.train', *argv]\n"
         "    try:\n"
-        "        runpy.run_module('nlp_adagrad.train', run_name='__main__')\n"
+        "        cli()\n"
         "    except SystemExit:\n"
         "        pass\n"
         "print('torch' in sys.modules, 'datasets' in sys.modules)\n"

@@ -1,11 +1,16 @@
-"""SparseBag gives stock EmbeddingBag's forward and (coalesced) gradient, with distinct rows."""
+"""SparseBag gives stock EmbeddingBag's forward and (coalesced) gradient, with distinct rows;
+the classifiers' C++ kernel gives what their forward and backward give."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 from torch import nn
 
+from nlp_adagrad.kernels import native_kernels
+from nlp_adagrad.models import FastText, LogReg
 from nlp_adagrad.optim import unique_rows
 from nlp_adagrad.sparse_bag import SparseBag
 
@@ -93,3 +98,64 @@ def test_the_zero_padded_gradient_is_the_same_gradient_at_a_fixed_size(mode):
     rows2, values2 = unique_rows(bag.weight.grad)
     assert torch.equal(rows2, coalesced._indices()[0])
     torch.testing.assert_close(values2, 2 * coalesced._values())
+
+
+def _classifier(kind: str, mode: str, gen: torch.Generator):
+    model = LogReg(300, 4, mode) if kind == "logreg" else FastText(300, 4, 8, mode)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.5, generator=gen)
+    return model
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {
+        name: p.grad.coalesce().to_dense() if p.grad.is_sparse else p.grad
+        for name, p in model.named_parameters()
+    }
+
+
+@pytest.mark.parametrize("kind", ["logreg", "fasttext"])
+@pytest.mark.parametrize("mode", ["mean", "sum"])
+def test_the_bag_kernel_gives_forward_and_backwards_loss_and_gradients(kind, mode):
+    kernel = native_kernels("cpp", "task.kernel")  # this test is about the kernel: it must build
+    gen = torch.Generator().manual_seed(0)
+    model = _classifier(kind, mode, gen)
+    reference = copy.deepcopy(model)
+    ids = torch.randint(0, 120, (400,), generator=gen)  # rows 120+ stay untouched
+    offsets = torch.tensor([0, 10, 10, 150, 399])  # an empty bag and a one-token bag
+    labels = torch.tensor([0, 3, 1, 2, 3])
+    loss = model.loss_and_gradients(ids, offsets, labels, kernel)
+    expected = reference.loss_and_gradients(ids, offsets, labels)  # forward + backward
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    table = model.embedding.weight.grad
+    assert table.is_coalesced()
+    assert torch.equal(table._indices()[0], torch.unique(ids))  # sorted distinct rows only
+    got, want = _grads(model), _grads(reference)
+    assert got.keys() == want.keys()
+    for name in want:
+        scale = want[name].abs().max().item()
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-6 * scale)
+
+
+def test_the_bag_kernel_splits_documents_over_threads_without_changing_the_gradients():
+    kernel = native_kernels("cpp", "task.kernel")
+    gen = torch.Generator().manual_seed(1)
+    model = _classifier("fasttext", "mean", gen)
+    ids = torch.randint(0, 300, (40_000,), generator=gen)  # 8,192 tokens a chunk: 2 chunks
+    offsets = torch.arange(0, 40_000, 1000)
+    labels = torch.randint(0, 4, (40,), generator=gen)
+    previous, results = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            model.zero_grad(set_to_none=True)
+            loss = model.loss_and_gradients(ids, offsets, labels, kernel)
+            results.setdefault(threads, []).append([loss, *_grads(model).values()])
+    finally:
+        torch.set_num_threads(previous)
+    (one,), (two, again) = results[1], results[2]
+    assert all(torch.equal(a, b) for a, b in zip(two, again))  # a thread count: fixed bits
+    for a, b in zip(one, two):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert not all(torch.equal(a, b) for a, b in zip(one, two))  # two chunks really ran

@@ -1,4 +1,4 @@
-// The Python module of the C++ kernels (nlp_adagrad/kernels.py builds it). Both release the
+// The Python module of the C++ kernels (nlp_adagrad/kernels.py builds it). All release the
 // GIL: they touch only the tensors passed in, and the next batch can be drawn meanwhile.
 #include <torch/extension.h>
 
@@ -7,11 +7,16 @@
 std::vector<torch::Tensor> sgns_gradients(torch::Tensor input, torch::Tensor output,
                                           torch::Tensor centres, torch::Tensor targets,
                                           torch::Tensor slot_of);
+std::vector<torch::Tensor> bag_gradients(torch::Tensor table, torch::Tensor head,
+                                         torch::Tensor bias, torch::Tensor ids,
+                                         torch::Tensor offsets, torch::Tensor labels, bool mean,
+                                         torch::Tensor slot_of);
 void adagrad_rows_(torch::Tensor weight, torch::Tensor sum, torch::Tensor rows,
                    torch::Tensor values, double alpha, double eps);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto unlocked = py::call_guard<py::gil_scoped_release>();
   m.def("sgns_gradients", &sgns_gradients, unlocked, "skip-gram loss and row gradients");
+  m.def("bag_gradients", &bag_gradients, unlocked, "a bag classifier's loss and gradients");
   m.def("adagrad_rows_", &adagrad_rows_, unlocked, "Adagrad's step on the touched rows, in place");
 }

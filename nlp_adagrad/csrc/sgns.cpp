@@ -12,31 +12,11 @@
 // its own gradient rows, and the chunks are added in chunk order. The bits depend on the
 // thread count (trainer.num_threads, part of the config), never on scheduling; one thread
 // sums straight into the result, as before threads existed.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "rows.h"
 
-#include <algorithm>
 #include <cmath>
-#include <vector>
 
 namespace {
-
-// Sorted distinct ids of ids[0:n]; slot[id] = the id's place among them (slot is -1 for every
-// id on entry; the caller resets it).
-std::vector<int64_t> distinct_rows(const int64_t* ids, int64_t n, int32_t* slot) {
-  std::vector<int64_t> rows;
-  for (int64_t i = 0; i < n; ++i)
-    if (slot[ids[i]] < 0) { slot[ids[i]] = 0; rows.push_back(ids[i]); }
-  std::sort(rows.begin(), rows.end());
-  for (size_t k = 0; k < rows.size(); ++k) slot[rows[k]] = (int32_t)k;
-  return rows;
-}
-
-torch::Tensor to_tensor(const std::vector<int64_t>& rows) {
-  auto out = torch::empty({(int64_t)rows.size()}, torch::kInt64);
-  std::copy(rows.begin(), rows.end(), out.data_ptr<int64_t>());
-  return out;
-}
 
 // Pairs [begin, end): adds their loss to *loss and their gradients to g_in / g_out rows.
 void score_pairs(int64_t begin, int64_t end, int64_t width, int64_t dim, const float* W_in,
@@ -68,20 +48,6 @@ void score_pairs(int64_t begin, int64_t end, int64_t width, int64_t dim, const f
   *loss += sum;
 }
 
-// result += each extra chunk's rows, in chunk order, rows split over threads.
-void add_chunks(torch::Tensor result, const std::vector<torch::Tensor>& extra) {
-  if (extra.empty()) return;
-  const int64_t rows = result.size(0), dim = result.size(1);
-  float* out = result.data_ptr<float>();
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1)),
-                   [&](int64_t begin, int64_t end) {
-    for (const auto& chunk : extra) {
-      const float* in = chunk.data_ptr<float>();
-      for (int64_t i = begin * dim; i < end * dim; ++i) out[i] += in[i];
-    }
-  });
-}
-
 }  // namespace
 
 std::vector<torch::Tensor> sgns_gradients(torch::Tensor input, torch::Tensor output,
@@ -96,14 +62,14 @@ std::vector<torch::Tensor> sgns_gradients(torch::Tensor input, torch::Tensor out
   // its place in the gradient being built (the cost is the batch's rows, not the table's)
   int32_t* slot = slot_of.data_ptr<int32_t>();
 
-  std::vector<int64_t> in_rows = distinct_rows(c, pairs, slot);
+  std::vector<int64_t> in_rows = rows::distinct(c, pairs, slot);
   std::vector<int32_t> in_slot(pairs);
   for (int64_t p = 0; p < pairs; ++p) in_slot[p] = slot[c[p]];
-  for (int64_t r : in_rows) slot[r] = -1;
-  std::vector<int64_t> out_rows = distinct_rows(t, pairs * width, slot);
+  rows::release(in_rows, slot);
+  std::vector<int64_t> out_rows = rows::distinct(t, pairs * width, slot);
   std::vector<int32_t> out_slot(pairs * width);
   for (int64_t i = 0; i < pairs * width; ++i) out_slot[i] = slot[t[i]];
-  for (int64_t r : out_rows) slot[r] = -1;
+  rows::release(out_rows, slot);
 
   // a chunk is worth a thread from ~256 pairs up: below that, zeroing its rows costs more
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), pairs / 256));
@@ -119,10 +85,10 @@ std::vector<torch::Tensor> sgns_gradients(torch::Tensor input, torch::Tensor out
                   &loss[k]);
     }
   });
-  add_chunks(grad_in[0], std::vector<torch::Tensor>(grad_in.begin() + 1, grad_in.end()));
-  add_chunks(grad_out[0], std::vector<torch::Tensor>(grad_out.begin() + 1, grad_out.end()));
+  rows::add_chunks(grad_in[0], std::vector<torch::Tensor>(grad_in.begin() + 1, grad_in.end()));
+  rows::add_chunks(grad_out[0], std::vector<torch::Tensor>(grad_out.begin() + 1, grad_out.end()));
   double total = 0.0;
   for (double l : loss) total += l;
-  return {torch::tensor(total, torch::kFloat64), to_tensor(in_rows), grad_in[0],
-          to_tensor(out_rows), grad_out[0]};
+  return {torch::tensor(total, torch::kFloat64), rows::to_tensor(in_rows), grad_in[0],
+          rows::to_tensor(out_rows), grad_out[0]};
 }

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nlp_adagrad import distributed, telemetry
@@ -23,6 +22,7 @@ from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_bat
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_corpus, split_digest
 from nlp_adagrad.interrupt import stop_requests
+from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
@@ -82,6 +82,10 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
 
     # ---- model and optimizer; the token table is the one with sparse gradients
     model = build_model(cfg.model, num_rows, len(class_names)).to(device)
+    # the C++ loss and gradients (tested equal to forward + backward to 1e-6); torchrun's
+    # ranks pool slices of a batch with torch ops (nlp_adagrad.distributed)
+    single_cpu = device.type == "cpu" and topology.world_size == 1
+    kernel = native_kernels(cfg.task.kernel, "task.kernel") if single_cpu else None
     steps_per_epoch = num_batches(train_split.num_docs, cfg.trainer.batch_size)
     total_steps = planned_steps(cfg, steps_per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
@@ -123,9 +127,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
                 optimizer.zero_grad(set_to_none=True)
                 if topology.world_size == 1:
                     batch = make_batch(train_split, global_docs).to(device)
-                    logits = model(batch.ids, batch.offsets)
-                    loss = F.cross_entropy(logits, batch.labels, reduction="sum") / len(global_docs)
-                    loss.backward()
+                    loss = model.loss_and_gradients(batch.ids, batch.offsets, batch.labels, kernel)
                 else:  # each rank pools its slice; gradients as one process computes them
                     loss = distributed.global_batch_backward(
                         model, train_split, global_docs, topology, device

@@ -1,0 +1,50 @@
+// Helpers the kernels share for building a sparse gradient: one row per distinct id, found
+// through a caller-owned row -> slot scratch (int32 per table row, -1 everywhere on entry and
+// on exit), so the cost is the batch's rows, never the table's.
+#pragma once
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace rows {
+
+// Sorted distinct ids of ids[0:n]; slot[id] = the id's place among them. The caller resets
+// slot[id] to -1 for every returned id (`release`) once it has read what it needs.
+inline std::vector<int64_t> distinct(const int64_t* ids, int64_t n, int32_t* slot) {
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < n; ++i)
+    if (slot[ids[i]] < 0) { slot[ids[i]] = 0; out.push_back(ids[i]); }
+  std::sort(out.begin(), out.end());
+  for (size_t k = 0; k < out.size(); ++k) slot[out[k]] = (int32_t)k;
+  return out;
+}
+
+inline void release(const std::vector<int64_t>& ids, int32_t* slot) {
+  for (int64_t r : ids) slot[r] = -1;
+}
+
+inline torch::Tensor to_tensor(const std::vector<int64_t>& ids) {
+  auto out = torch::empty({(int64_t)ids.size()}, torch::kInt64);
+  std::copy(ids.begin(), ids.end(), out.data_ptr<int64_t>());
+  return out;
+}
+
+// result += each extra chunk, in chunk order, the rows split over threads: per-thread partial
+// gradients summed in a fixed order, so the bits depend on the chunk count, not on scheduling.
+inline void add_chunks(torch::Tensor result, const std::vector<torch::Tensor>& extra) {
+  if (extra.empty()) return;
+  const int64_t n = result.size(0), width = result.numel() / std::max<int64_t>(n, 1);
+  float* out = result.data_ptr<float>();
+  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)),
+                   [&](int64_t begin, int64_t end) {
+    for (const auto& chunk : extra) {
+      const float* in = chunk.data_ptr<float>();
+      for (int64_t i = begin * width; i < end * width; ++i) out[i] += in[i];
+    }
+  });
+}
+
+}  // namespace rows
