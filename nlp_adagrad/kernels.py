@@ -1,13 +1,13 @@
-"""The C++ kernels (nlp_adagrad/csrc/): the skip-gram step's gradients (`sgns.cpp`), a bag
-classifier's (`bag.cpp`) and Adagrad's fused row step (`adagrad.cpp`), one module built once per machine with
-`torch.utils.cpp_extension` (gcc, -O3 -march=native, OpenMP through torch's own runtime;
-~30 s, into torch's extensions cache, which `scripts/setup.sh` fills), loaded in well under a
-second after that.
+"""The C++ kernels (nlp_adagrad/csrc/): the gradients of a skip-gram step (`sgns.cpp`) and
+of a bag classifier's (`bag.cpp`), and Adagrad's fused row step (`adagrad.cpp`): one module
+built once per machine with `torch.utils.cpp_extension` (gcc, -O3 -march=native, OpenMP
+through torch's own runtime; ~60 s, into torch's extensions cache, which `scripts/setup.sh`
+fills), loaded in well under a second after that.
 
-`task.kernel=auto` uses the task's kernel (skip-gram, classify) when it builds and falls back to torch ops
-(slower: README, Word vectors) with one warning when it does not; `cpp` insists; `torch`
-never builds it. Adagrad's `optim.fused` works the same way. `python -m nlp_adagrad.kernels`
-builds the module and says where.
+`task.kernel=auto` uses the task's kernel (skip-gram, classify) when it builds and falls back
+to torch ops (slower: README, Word vectors and Performance) with one warning when it does not;
+`cpp` insists; `torch` never builds it. Adagrad's `optim.fused` works the same way.
+`python -m nlp_adagrad.kernels` builds the module and says where.
 """
 
 from __future__ import annotations
