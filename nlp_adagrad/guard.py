@@ -4,14 +4,18 @@ Each step's loss and gradients are reduced on their device into one float64 numb
 tensor's smallest plus largest value (`aminmax`, one pass, 4x cheaper than a float64 sum of
 it), which is NaN or infinite exactly when the tensor holds a NaN or an inf, and finite
 float32 extremes cannot overflow float64, so there are no false alarms. The sum is read back
-every `check_every` steps: every step on CPU, where reading is free; at the logging interval
-on CUDA, where a read per step would stall the stream. Parameters are checked in full before
-a checkpoint is written (the write costs more than the check), so no checkpoint ever holds a
-non-finite weight.
+every `check_every` steps: every step on CPU, where reading is free (and the extremes are
+taken with NumPy, whose calls cost a fraction of torch's: ~0.1 ms of a 0.9 ms classifier
+step); at the logging interval on CUDA, where a read per step would stall the stream.
+Parameters are checked in full before a checkpoint is written (the write costs more than the
+check), so no checkpoint ever holds a non-finite weight.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +36,15 @@ def _probe(t: torch.Tensor) -> torch.Tensor:
     return low.double() + high.double()
 
 
+def _finite_on_cpu(t: torch.Tensor) -> bool:
+    """What `_probe` tells, for a CPU tensor, read at once."""
+    values = t.detach().numpy().reshape(-1)
+    # the ufuncs' reduce, not ndarray.min/max: those add a Python wrapper call each
+    return values.size == 0 or math.isfinite(
+        float(np.minimum.reduce(values)) + float(np.maximum.reduce(values))
+    )
+
+
 def _gradients(model: nn.Module):
     for name, p in model.named_parameters():
         if p.grad is not None:
@@ -50,7 +63,11 @@ class DivergenceGuard:
     def after_step(self, loss: torch.Tensor, step: int) -> str | None:
         """None, or what went non-finite and when ("loss at step 12")."""
         self._loss = loss.detach()
-        parts = [self._loss.double(), *(_probe(g) for _, g in _gradients(self.model))]
+        if self.check_every == 1 and self._loss.device.type == "cpu":
+            if all(_finite_on_cpu(t) for t in (self._loss, *self._values())):
+                return None
+            return self._culprit(f"step {step}")
+        parts = [self._loss.double(), *(_probe(g) for g in self._values())]
         total = torch.stack(parts).sum()
         self._total = total if self._total is None else self._total + total
         self._since = step if self._since is None else self._since
@@ -67,7 +84,13 @@ class DivergenceGuard:
         self._total = self._since = None
         if finite:
             return None
-        when = f"step {step}" if since == step else f"steps {since}..{step}"
+        return self._culprit(f"step {step}" if since == step else f"steps {since}..{step}")
+
+    def _values(self):
+        return (g for _, g in _gradients(self.model))
+
+    def _culprit(self, when: str) -> str:
+        """What went non-finite, named: the loss, else the first such gradient."""
         if not torch.isfinite(self._loss).all():
             return f"loss at {when}"
         for name, g in _gradients(self.model):

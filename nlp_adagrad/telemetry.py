@@ -260,15 +260,22 @@ def read_rates(
 
 
 def _median(values: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Median of the finite values; weighted when the weights differ (a sample across buckets)."""
-    finite = np.isfinite(values)
-    values = values[finite]
+    """Median of the finite values; with weights (a sample), the weighted lower median of
+    those that count (weight > 0: tokens of weight 0 are only shown)."""
+    keep = np.isfinite(values)
+    if weights is not None:
+        keep &= weights > 0
+    values = values[keep]
     if not len(values):
         return float("nan")
-    if weights is None or np.ptp(weights[finite]) == 0:
+    if weights is None:
         return float(np.median(values))
+    weights = weights[keep]
+    if weights.min() == weights.max():  # a bucket's draw: one weight, the lower middle
+        k = (len(values) - 1) // 2
+        return float(np.partition(values, k)[k])
     order = np.argsort(values)
-    cumulative = np.cumsum(weights[finite][order])
+    cumulative = np.cumsum(weights[order])
     return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
@@ -364,17 +371,29 @@ def write_histograms(
     """Per bucket, log10 of the row rates and, where an optimizer keeps a second moment per
     coordinate, log10 of the coordinate rates: the spread the row summary hides."""
     shown = {}  # bucket -> positions in the view of the tokens whose coordinates are read
+    histograms = {}
     for name in spec.bucket_names:
         positions = view.members[name]
         rates = eff_lr[positions]
         rates = rates[np.isfinite(rates) & (rates > 0)]  # 0: a rate under an overflowed G
         if len(rates):
-            tag = table_tag(f"eff_lr_log10_hist/{name}", table_name)
-            writer.histogram(tag, np.log10(rates), step)
+            histograms[table_tag(f"eff_lr_log10_hist/{name}", table_name)] = np.log10(rates)
             # evenly spaced when there are more: deterministic, and the shape is kept
             shown[name] = positions[:: -(-len(positions) // MAX_COORD_HISTOGRAM_TOKENS)]
-    if not shown or not optimizer.has_coordinate_rates(table):
-        return
+    if shown and optimizer.has_coordinate_rates(table):
+        histograms.update(_coordinate_histograms(optimizer, table, view, shown, table_name))
+    writer.histograms(histograms, step)
+
+
+def _coordinate_histograms(
+    optimizer: RowOptimizer,
+    table: torch.Tensor,
+    view: TokenView,
+    shown: dict[str, np.ndarray],
+    table_name: str | None,
+) -> dict[str, np.ndarray]:
+    """log10 of the coordinate rates of the `shown` tokens, by bucket."""
+    out = {}
     positions = np.concatenate(list(shown.values()))
     ids = positions if view.ids is None else view.ids[positions]
     coords = optimizer.effective_lr_coords(table, torch.from_numpy(ids).to(table.device))
@@ -385,8 +404,8 @@ def write_histograms(
         start += len(chosen)
         values = values[np.isfinite(values) & (values > 0)]
         if len(values):
-            tag = table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)
-            writer.histogram(tag, np.log10(values), step)
+            out[table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)] = np.log10(values)
+    return out
 
 
 def bucket_range(name: str) -> tuple[int, int]:

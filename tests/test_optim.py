@@ -168,10 +168,13 @@ def test_a_checkpoint_without_last_steps_still_loads(caplog):
 
 
 def _step_adagrad(fused, dim, padded, threads=1, steps=6, **kwargs):
-    """Weights and accumulators after `steps` sparse steps of Adagrad(fused=...)."""
+    """After `steps` steps of Adagrad(fused=...) on a table with sparse gradients, a matrix
+    and a vector with dense ones: the table, its accumulator and its two row counters, then
+    the dense parameters and their accumulators."""
     gen = torch.Generator().manual_seed(dim)
     p = nn.Parameter(torch.randn(300, dim, generator=gen))
-    opt = Adagrad([p], fused=fused, **kwargs)
+    dense = [nn.Parameter(torch.randn(shape, generator=gen)) for shape in ((7, 3), (4,))]
+    opt = Adagrad([p, *dense], fused=fused, **kwargs)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -183,10 +186,16 @@ def _step_adagrad(fused, dim, padded, threads=1, steps=6, **kwargs):
                 values = torch.cat([values, values.new_zeros(7, dim)])
             p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape)
             setattr(p.grad, ZERO_PADDED, padded)
+            for q in dense:
+                q.grad = torch.randn(q.shape, generator=gen)
             opt.step()
     finally:
         torch.set_num_threads(previous)
-    return p.detach(), opt.state[p]["sum"]
+    state = opt.state
+    table = [p.detach(), state[p]["sum"]]
+    if steps:
+        table += [state[p]["updates"], state[p]["last_step"]]
+    return table + [t for q in dense for t in (q.detach(), state[q]["sum"])]
 
 
 @pytest.mark.parametrize("dim", [1, 5, 100])
@@ -201,12 +210,20 @@ def _step_adagrad(fused, dim, padded, threads=1, steps=6, **kwargs):
 )
 def test_the_fused_adagrad_step_is_the_torch_ops_step(dim, padded, kwargs):
     native_kernels("cpp", "optim.fused")  # this test is about the kernel: it must build
-    fused_w, fused_sum = _step_adagrad(True, dim, padded, **kwargs)
-    ops_w, ops_sum = _step_adagrad(False, dim, padded, **kwargs)
+    fused_w, fused_sum, *fused_counts, m, m_sum, v, v_sum = _step_adagrad(
+        True, dim, padded, **kwargs
+    )
+    ops_w, ops_sum, *ops_counts, ops_m, ops_m_sum, ops_v, ops_v_sum = _step_adagrad(
+        False, dim, padded, **kwargs
+    )
     # a weight moves ~lr a step: the steps agree to 1e-6 of that (torch's sqrt is off by an ulp
     # now and then, ours is not), so a weight near 0 may differ by ~lr * 1e-7
-    torch.testing.assert_close(fused_w, ops_w, rtol=1e-6, atol=1e-6 * kwargs["lr"])
-    torch.testing.assert_close(fused_sum, ops_sum, rtol=1e-6, atol=0)
+    for got, want in ((fused_w, ops_w), (m, ops_m), (v, ops_v)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * kwargs["lr"])
+    for got, want in ((fused_sum, ops_sum), (m_sum, ops_m_sum), (v_sum, ops_v_sum)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    assert all(torch.equal(a, b) for a, b in zip(fused_counts, ops_counts))  # updates, last step
+    assert fused_counts[0].sum() > 0
     assert (fused_w[200:] == _step_adagrad(True, dim, padded, steps=0, **kwargs)[0][200:]).all()
 
 
@@ -266,3 +283,22 @@ def test_a_finished_build_is_imported_straight_from_its_file(tmp_path, monkeypat
     (tmp_path / name).mkdir()
     (tmp_path / name / f"{name}.so").write_bytes(b"\x7fELF cut short")
     assert kernels._import_built(name) is None
+
+
+def test_step_hooks_and_the_profiler_label_still_work_when_asked_for():
+    # torch's wrapper around step (hooks, a profiler label) runs only when something needs it
+    p = nn.Parameter(torch.zeros(3, 2))
+    opt = Adagrad([p], lr=0.1)
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    p.grad = torch.ones(3, 2)
+    opt.step()
+    assert calls == ["pre", "post"]
+    unhooked = Adagrad([p], lr=0.1)
+    with torch.profiler.profile() as prof:
+        unhooked.step()
+        unhooked.zero_grad()
+    names = {event.name for event in prof.events()}
+    assert {"Optimizer.step#Adagrad.step", "Optimizer.zero_grad#Adagrad.zero_grad"} <= names
+    assert p.grad is None

@@ -214,13 +214,13 @@ def test_a_run_dir_that_holds_a_run_is_refused(tmp_path):
     assert {p: p.read_bytes() for p in (tmp_path / "same").rglob("*") if p.is_file()} == before
 
 
-def _guarded_model():
+def _guarded_model(check_every: int = 3):
     from torch import nn
 
     from nlp_adagrad.guard import DivergenceGuard
 
     model = nn.Linear(3, 1)
-    return model, DivergenceGuard(model, check_every=3)
+    return model, DivergenceGuard(model, check_every=check_every)
 
 
 def test_guard_names_the_culprit_and_defers_its_read_back_as_configured():
@@ -236,12 +236,14 @@ def test_guard_names_the_culprit_and_defers_its_read_back_as_configured():
     assert guard.check(5) == "loss at step 5"
 
 
-def test_guard_sees_any_non_finite_value_and_never_a_large_finite_one():
-    model, guard = _guarded_model()
+@pytest.mark.parametrize("check_every", [1, 3])  # 1: read at once, with NumPy on the CPU
+def test_guard_sees_any_non_finite_value_and_never_a_large_finite_one(check_every):
+    model, guard = _guarded_model(check_every)
     loss = model(torch.ones(1, 3)).sum()
     loss.backward()
     with torch.no_grad():
         model.weight.grad.fill_(3e38)  # float32's edge: a float32 sum would overflow
+        model.weight.grad[0, 0] = -3e38
     assert guard.after_step(loss, 1) is None and guard.after_step(loss, 2) is None
     assert guard.after_step(loss, 3) is None
     for bad in (float("nan"), float("inf"), -float("inf")):

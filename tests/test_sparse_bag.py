@@ -159,3 +159,14 @@ def test_the_bag_kernel_splits_documents_over_threads_without_changing_the_gradi
     for a, b in zip(one, two):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert not all(torch.equal(a, b) for a, b in zip(one, two))  # two chunks really ran
+
+
+def test_the_kernels_rows_come_sorted_from_any_byte_of_a_large_table():
+    # the distinct rows are radix-sorted a byte a pass: ids that differ only in their 1st,
+    # 2nd, 3rd or 4th byte (a table of 2^24 + 5 rows, 4 passes)
+    kernel = native_kernels("cpp", "task.kernel")
+    model = LogReg(2**24 + 5, 2, "sum")
+    ids = torch.tensor([2**24 + 4, 0, 65536, 255, 2**24, 256, 65535, 2**24 - 1, 256, 1, 2**24])
+    offsets = torch.tensor([0, 4])
+    model.loss_and_gradients(ids, offsets, torch.tensor([0, 1]), kernel)
+    assert model.embedding.weight.grad._indices()[0].tolist() == torch.unique(ids).tolist()

@@ -163,8 +163,8 @@ class Recorder(NullWriter):
     def scalars(self, values, step):
         self.tags.update(values)
 
-    def histogram(self, tag, values, step):
-        self.tags[tag] = np.asarray(values)
+    def histograms(self, values, step):
+        self.tags.update({tag: np.asarray(v) for tag, v in values.items()})
 
 
 def test_snapshot_writes_log10_medians_and_coordinate_histograms_per_bucket():

@@ -44,3 +44,22 @@ void adagrad_rows_(torch::Tensor weight, torch::Tensor sum, torch::Tensor rows,
     }
   });
 }
+
+// The per-row counters telemetry reads (nlp_adagrad/optim/base.py), for the rows a sparse step
+// touched: updates[r] += 1 and last_step[r] = step, once per distinct row (a zero-padded
+// gradient repeats a row right after its real entry). Three torch calls in one.
+void count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tensor rows,
+                 int64_t step) {
+  TORCH_CHECK(updates.scalar_type() == torch::kInt32 && last_step.scalar_type() == torch::kInt32 &&
+                  rows.scalar_type() == torch::kInt64 && updates.is_contiguous() &&
+                  last_step.is_contiguous(),
+              "count_rows_: contiguous int32 counters and int64 rows on the CPU");
+  int32_t* u = updates.data_ptr<int32_t>();
+  int32_t* last = last_step.data_ptr<int32_t>();
+  const int64_t* r = rows.data_ptr<int64_t>();
+  for (int64_t i = 0, n = rows.numel(); i < n; ++i) {
+    if (i > 0 && r[i] == r[i - 1]) continue;
+    u[r[i]] += 1;
+    last[r[i]] = (int32_t)step;
+  }
+}

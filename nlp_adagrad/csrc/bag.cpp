@@ -103,7 +103,7 @@ std::vector<torch::Tensor> bag_gradients(torch::Tensor table, torch::Tensor head
   TORCH_CHECK(has_head || dim == classes, "bag_gradients: without a head the table's width is the class count");
   const int64_t* id = ids.data_ptr<int64_t>();
   int32_t* slot = slot_of.data_ptr<int32_t>();
-  const std::vector<int64_t> touched = rows::distinct(id, num_ids, slot);
+  const std::vector<int64_t> touched = rows::distinct(id, num_ids, slot, slot_of.size(0));
   std::vector<int32_t> slot_of_position(num_ids);
   for (int64_t k = 0; k < num_ids; ++k) slot_of_position[k] = slot[id[k]];
   rows::release(touched, slot);

@@ -13,10 +13,13 @@ std::vector<torch::Tensor> bag_gradients(torch::Tensor table, torch::Tensor head
                                          torch::Tensor slot_of);
 void adagrad_rows_(torch::Tensor weight, torch::Tensor sum, torch::Tensor rows,
                    torch::Tensor values, double alpha, double eps);
+void count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tensor rows,
+                 int64_t step);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   const auto unlocked = py::call_guard<py::gil_scoped_release>();
   m.def("sgns_gradients", &sgns_gradients, unlocked, "skip-gram loss and row gradients");
   m.def("bag_gradients", &bag_gradients, unlocked, "a bag classifier's loss and gradients");
   m.def("adagrad_rows_", &adagrad_rows_, unlocked, "Adagrad's step on the touched rows, in place");
+  m.def("count_rows_", &count_rows_, unlocked, "a sparse step's per-row counters, in place");
 }

@@ -62,11 +62,11 @@ std::vector<torch::Tensor> sgns_gradients(torch::Tensor input, torch::Tensor out
   // its place in the gradient being built (the cost is the batch's rows, not the table's)
   int32_t* slot = slot_of.data_ptr<int32_t>();
 
-  std::vector<int64_t> in_rows = rows::distinct(c, pairs, slot);
+  std::vector<int64_t> in_rows = rows::distinct(c, pairs, slot, slot_of.size(0));
   std::vector<int32_t> in_slot(pairs);
   for (int64_t p = 0; p < pairs; ++p) in_slot[p] = slot[c[p]];
   rows::release(in_rows, slot);
-  std::vector<int64_t> out_rows = rows::distinct(t, pairs * width, slot);
+  std::vector<int64_t> out_rows = rows::distinct(t, pairs * width, slot, slot_of.size(0));
   std::vector<int32_t> out_slot(pairs * width);
   for (int64_t i = 0; i < pairs * width; ++i) out_slot[i] = slot[t[i]];
   rows::release(out_rows, slot);
