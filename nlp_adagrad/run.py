@@ -29,7 +29,7 @@ from nlp_adagrad.checkpoint import (
 )
 from nlp_adagrad.config import Config, config_to_dict
 from nlp_adagrad.errors import TrainingInterrupted, UserError
-from nlp_adagrad.figures import eff_lr_figure, render, save_png
+from nlp_adagrad.figures import FigureData, draw_later
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.optim import Adagrad, RowOptimizer
 from nlp_adagrad.run_dir import write_json
@@ -409,8 +409,8 @@ def write_outputs(
     hparams and metrics.json (DESIGN section 4)."""
     spec, optimizer = snapshots.spec, snapshots.optimizer
     step = int(metrics["train/steps"])
-    for name, table in snapshots.tables.items():
-        suffix = "" if name == snapshots.primary else f"_{name}"
+    figures = {}  # table name -> its figure's data
+    for name in snapshots.tables:
         tag = telemetry.table_tag("eff_lr/buckets", snapshots.tag_of(name))
         eff_lr, updates = rates[name].eff_lr, rates[name].updates
         table_md = telemetry.bucket_table(spec, eff_lr, updates)
@@ -420,22 +420,21 @@ def write_outputs(
         writer.text(tag, table_md, step)
         if cfg.telemetry.figure:
             what = "" if snapshots.names() is None else f" ({name} table)"
-            image = render(
-                eff_lr_figure(
-                    spec.counts,
-                    updates,
-                    eff_lr,
-                    steps_per_epoch,
-                    f"{cfg.optim.name} on {cfg.data.name}: per-token effective learning rate{what}",
-                    theory=isinstance(optimizer, Adagrad),  # row-wise Adagrad included
-                )
+            figures[name] = FigureData(
+                spec.counts,
+                updates,
+                eff_lr,
+                steps_per_epoch,
+                f"{cfg.optim.name} on {cfg.data.name}: per-token effective learning rate{what}",
+                theory=isinstance(optimizer, Adagrad),  # row-wise Adagrad included
             )
-            save_png(image, run_dir / f"eff_lr_vs_count{suffix}.png")
-            tag = telemetry.table_tag("eff_lr/vs_updates_and_count", snapshots.tag_of(name))
-            writer.image(tag, image[..., :3], step)
+    images = draw_later(list(figures.values()))  # drawn while token_stats.csv is written
+    suffixes = {name: "" if name == snapshots.primary else f"_{name}" for name in snapshots.tables}
+    for name, table in snapshots.tables.items():
         spread = telemetry.coordinate_spread(optimizer, table, spec.num_tokens)
+        eff_lr, updates = rates[name].eff_lr, rates[name].updates
         telemetry.write_token_stats(
-            run_dir / f"token_stats{suffix}.csv", spec, eff_lr, updates, spread
+            run_dir / f"token_stats{suffixes[name]}.csv", spec, eff_lr, updates, spread
         )
     if cfg.telemetry.projector_tokens:
         primary = rates[snapshots.primary]
@@ -446,6 +445,10 @@ def write_outputs(
             cfg.telemetry.projector_tokens,
         )
         writer.embedding(vectors, rows, header, "token_table", step)
+    for name, encoded in zip(figures, images()):
+        (run_dir / f"eff_lr_vs_count{suffixes[name]}.png").write_bytes(encoded)
+        tag = telemetry.table_tag("eff_lr/vs_updates_and_count", snapshots.tag_of(name))
+        writer.image(tag, encoded, step)
     shown, varied = run_info.hparams(cfg, run_info.read_overrides(run_dir))
     # HParams shows scalar tags: with several tables, the first table's tagged ones
     primary = snapshots.tag_of(snapshots.primary)

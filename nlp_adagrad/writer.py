@@ -18,7 +18,7 @@ class MetricWriter(Protocol):
     def scalar(self, tag: str, value: float, step: int) -> None: ...
     def scalars(self, values: dict[str, float], step: int) -> None: ...
     def histograms(self, values: dict[str, np.ndarray], step: int) -> None: ...
-    def image(self, tag: str, image: np.ndarray, step: int) -> None: ...
+    def image(self, tag: str, png: bytes, step: int) -> None: ...
     def text(self, tag: str, text: str, step: int) -> None: ...
     def custom_layout(self, layout: dict) -> None: ...
     def hparams(
@@ -42,7 +42,7 @@ class NullWriter:
     def histograms(self, values, step):
         pass
 
-    def image(self, tag, image, step):
+    def image(self, tag, png, step):
         pass
 
     def text(self, tag, text, step):
@@ -108,9 +108,22 @@ class TensorBoardWriter:
         if parts:
             self._writer.file_writer.add_summary(Summary(value=parts), step)
 
-    def image(self, tag: str, image: np.ndarray, step: int) -> None:
-        """An (height, width, 3) uint8 image (a rendered figure: nlp_adagrad.figures.render)."""
-        self._writer.add_image(tag, image, step, dataformats="HWC")
+    def image(self, tag: str, png: bytes, step: int) -> None:
+        """A PNG image (a figure: nlp_adagrad.figures.png), as add_image stores it, without
+        decoding and encoding it a second time."""
+        import io
+
+        from PIL import Image
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        with Image.open(io.BytesIO(png)) as picture:  # reads the header, not the pixels
+            width, height = picture.size
+            channels = len(picture.getbands())
+        image = Summary.Image(
+            height=height, width=width, colorspace=channels, encoded_image_string=png
+        )
+        summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+        self._writer.file_writer.add_summary(summary, step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         self._writer.add_text(tag, text, step)

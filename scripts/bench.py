@@ -1,8 +1,9 @@
-"""Benchmarks, side by side in one process tree: nlp_adagrad against fastText and Vowpal Wabbit
-end to end, step time against table size, our sparse Adagrad step against torch.optim.Adagrad,
-telemetry overhead, the row-traffic limit, and peak memory.
+"""Benchmarks, side by side in one process tree: the default run's start-up against an earlier
+tree, nlp_adagrad against fastText and Vowpal Wabbit, step time against table size, our sparse
+Adagrad step against torch.optim.Adagrad, telemetry overhead, the row-traffic limit, and peak
+memory.
 
-    python scripts/bench.py                      # everything (~12 min on 2 cores)
+    python scripts/bench.py                      # everything (~15 min on 2 cores)
     python scripts/bench.py --sections scaling,optimizer --quick
 
 Writes bench.json and bench.md to --out and prints the table, the exact command and a machine
@@ -29,7 +30,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SECTIONS = ["e2e", "scaling", "optimizer", "telemetry", "limit", "memory"]
+SECTIONS = ["startup", "e2e", "scaling", "optimizer", "telemetry", "limit", "memory"]
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -121,182 +122,299 @@ def _vowpal(train_file, test_file, classes, passes, workdir):
     return seconds, correct / total
 
 
-def _ours(overrides: list[str], workdir: Path):
-    from hydra import compose, initialize_config_dir
-
-    from nlp_adagrad.config import CONF_DIR, register_configs, to_config
-    from nlp_adagrad.train import train
-
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = to_config(compose("config", overrides=["trainer.progress=false", *overrides]))
+def _ours(overrides: list[str], workdir: Path, cwd: Path = REPO) -> dict:
+    """`python -m nlp_adagrad.train` in a subprocess, as a user runs it: its metrics, plus the
+    wall seconds from the command to metrics.json and to the process's exit."""
     run_dir = Path(tempfile.mkdtemp(dir=workdir))
-    metrics = train(cfg, run_dir)
-    return metrics["train/prepare_seconds"] + metrics["train/seconds"], metrics["test/accuracy"]
-
-
-def bench_e2e(quick: bool, workdir: Path) -> list[dict]:
-    import datasets
-
-    from nlp_adagrad.config import BBCNewsConfig, SyntheticDataConfig
-    from nlp_adagrad.data import load_corpus
-
-    datasets.disable_progress_bars()
-    datasets.config.HF_DATASETS_CACHE = str(workdir / "hf")  # the token cache, gone afterwards
-    synthetic = (
-        dict(vocab_size=20_000, num_docs=4_000, doc_length=100)
-        if quick
-        else dict(vocab_size=1_000_000, num_docs=200_000, doc_length=100)
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    start = time.time()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nlp_adagrad.train",
+            "trainer.progress=false",
+            *overrides,
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
     )
-    setups = [
-        ("bbc_news", BBCNewsConfig(), [], dict(epochs=5, dim=64, ngrams=1, buckets=0, tuned=[])),
+    exited = time.time() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(overrides)}: {proc.stderr.strip()[-500:]}")
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["wall/to_metrics"] = metrics_file.stat().st_mtime - start
+    metrics["wall/to_exit"] = exited
+    metrics["phases"] = _phases(run_dir / "train.log", start, exited)
+    return metrics
+
+
+# train.log lines that end each phase of a classification run, and the phase's name
+PHASE_MARKS = [
+    ("reproduce with", "command to Hydra's config (imports, compose)"),
+    ("data=", "imports of torch and datasets, corpus and token ids"),
+    ("training: steps", "model, optimizer, writer, telemetry spec"),
+    ("test/accuracy", "training loop and final evaluation"),
+    ("run dir:", "end-of-run files (figure, token_stats, Projector, hparams)"),
+]
+
+
+def _phases(log_file: Path, start: float, exited: float) -> dict[str, float]:
+    """Seconds of each phase, from train.log's timestamps (milliseconds, local time)."""
+    import datetime
+    import re
+
+    stamps = {}
+    for line in log_file.read_text().splitlines():
+        m = re.match(r"\[(\d+-\d+-\d+ \d+:\d+:\d+),(\d+)\]", line)
+        if not m:
+            continue
+        when = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+        for mark, _ in PHASE_MARKS:
+            if mark in line and mark not in stamps:
+                stamps[mark] = when + int(m.group(2)) / 1e3 - start
+    out, previous = {}, 0.0
+    for mark, name in PHASE_MARKS:
+        if mark in stamps:
+            out[name] = stamps[mark] - previous
+            previous = stamps[mark]
+    out["interpreter exit"] = exited - previous
+    return out
+
+
+# ------------------------------------------------------------------ start-up, before and after
+BEFORE = "031f9ec"  # the tree when issue 14's work began (the commit before the fused step)
+
+
+def bench_startup(quick: bool, workdir: Path, before: str) -> list[dict]:
+    """The default BBC run, `python -m nlp_adagrad.train`, from the command to metrics.json and
+    to the process's exit: the tree at `before` (git archive) against this one, alternating,
+    the median of 5 runs each (2 with --quick), after one untimed run each to fill the token
+    cache. Each run's phases come from its train.log."""
+    old = workdir / f"before-{before}"
+    old.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", before], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    trees = {f"before ({before})": old, "after (this tree)": REPO}
+    runs: dict[str, list[dict]] = {name: [] for name in trees}
+    repeats = 2 if quick else 5
+    for tree in trees.values():
+        _ours([], workdir, cwd=tree)  # token cache and kernels ready, not timed
+    for _ in range(repeats):
+        for name, tree in trees.items():
+            runs[name].append(_ours([], workdir, cwd=tree))
+    out = []
+    for name, ms in runs.items():
+        median = sorted(ms, key=lambda m: m["wall/to_metrics"])[len(ms) // 2]
+        out.append(
+            dict(
+                tree=name,
+                runs=len(ms),
+                to_metrics=median["wall/to_metrics"],
+                to_exit=median["wall/to_exit"],
+                to_metrics_range=[
+                    min(m["wall/to_metrics"] for m in ms),
+                    max(m["wall/to_metrics"] for m in ms),
+                ],
+                loop_seconds=median["train/seconds"],
+                accuracy=median["test/accuracy"],
+                phases=median["phases"],
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------------ end to end vs peers
+SYNTHETIC = dict(vocab_size=1_000_000, num_docs=200_000, doc_length=100)
+SYNTHETIC_QUICK = dict(vocab_size=20_000, num_docs=4_000, doc_length=100)
+FASTTEXT_LRS = (0.1, 0.5, 1.0)  # fastText's rate: the best of these at 1 thread, by accuracy
+
+
+def _setups(quick: bool) -> list[tuple]:
+    """(corpus, data config, our data overrides, settings): fastText's model at the issue's
+    sizes, the same for every tool."""
+    from nlp_adagrad.config import BBCNewsConfig, SyntheticDataConfig
+
+    synthetic = SYNTHETIC_QUICK if quick else SYNTHETIC
+    return [
+        (
+            "bbc_news",
+            BBCNewsConfig(),
+            [],
+            dict(epochs=2 if quick else 20, dim=10, ngrams=1, buckets=0, ours=["optim.lr=0.5"]),
+        ),
         (
             "synthetic",
             SyntheticDataConfig(**synthetic),
             ["data=synthetic"] + [f"data.{k}={v}" for k, v in synthetic.items()],
-            # the best of initial_accumulator_value 0 / 1e-4 / 1e-3 here (0.906 / 0.930 /
-            # 0.926); on BBC News 1e-4 costs 7 points, so it is not the default
             dict(
                 epochs=5,
                 dim=16,
                 ngrams=2,
                 buckets=200_000 if quick else 2_000_000,
-                tuned=["optim.initial_accumulator_value=1e-4"],
+                ours=["optim.lr=0.5"],
             ),
         ),
     ]
+
+
+def _peer_files(corpus, name: str, workdir: Path) -> tuple[dict, int]:
+    """fastText's and VW's train and test files (our words), and the training words."""
+    labels = corpus["train"].features["label"].names
+    files, words = {}, 0
+    for split in ("train", "test"):
+        lines = _tokenized_lines(corpus, split, labels)
+        if split == "train":
+            words = sum(len(t.split()) for _, t in lines)
+        files[f"ft_{split}"] = workdir / f"{name}.{split}.ft"
+        files[f"ft_{split}"].write_text(
+            "".join(f"__label__{label} {text}\n" for label, text in lines)
+        )
+        files[f"vw_{split}"] = workdir / f"{name}.{split}.vw"
+        files[f"vw_{split}"].write_text(
+            "".join(
+                f"{labels.index(label) + 1} | {text.replace(':', ';').replace('|', '/')}\n"
+                for label, text in lines
+            )
+        )
+    return files, words
+
+
+def bench_e2e(quick: bool, workdir: Path) -> list[dict]:
+    """fastText's model on BBC News (dim 10, 20 epochs) and the synthetic corpus (dim 16,
+    bigrams, 5 epochs): ours and fastText at 1 and 2 threads, Vowpal Wabbit at 1. Ours runs
+    as a user runs it (a subprocess, tokenizing in the run: tokenizer.cache=false) and reports
+    its loop alone (`train/seconds`) and tokenizing + loop (`train/prepare_seconds` + that);
+    fastText's seconds are `train_supervised` on pre-tokenized files (its reading and
+    dictionary included). Tokens/s: training words (our tokenization) x epochs / seconds."""
+    import datasets
+
+    from nlp_adagrad.data import load_corpus
+
+    datasets.disable_progress_bars()
     rows = []
-    for name, data_cfg, data_overrides, s in setups:
+    for name, data_cfg, data, s in _setups(quick):
         corpus = load_corpus(data_cfg)
-        names = corpus["train"].features["label"].names
-        train_lines = _tokenized_lines(corpus, "train", names)
-        tokens = sum(len(t.split()) for _, t in train_lines)
-        files = {}
-        for split in ("train", "test"):
-            lines = train_lines if split == "train" else _tokenized_lines(corpus, split, names)
-            files[f"ft_{split}"] = workdir / f"{name}.{split}.ft"
-            files[f"ft_{split}"].write_text(
-                "".join(f"__label__{label} {text}\n" for label, text in lines)
-            )
-            files[f"vw_{split}"] = workdir / f"{name}.{split}.vw"
-            files[f"vw_{split}"].write_text(
-                "".join(
-                    f"{names.index(label) + 1} | {text.replace(':', ';').replace('|', '/')}\n"
-                    for label, text in lines
-                )
-            )
-        base = [
-            *data_overrides,
+        files, words = _peer_files(corpus, name, workdir)
+        common = dict(corpus=name, words=words, epochs=s["epochs"], dim=s["dim"])
+        ours_args = [
+            *data,
+            "model=fasttext",
+            f"model.dim={s['dim']}",
             f"trainer.epochs={s['epochs']}",
             f"tokenizer.ngrams={s['ngrams']}",
-            "tokenizer.cache=false",  # every run below tokenizes, but the one marked cached
-        ] + ([f"tokenizer.buckets={s['buckets']}"] if s["ngrams"] > 1 else [])
-        common = dict(corpus=name, tokens=tokens, epochs=s["epochs"])
+            "tokenizer.cache=false",
+            *([f"tokenizer.buckets={s['buckets']}"] if s["ngrams"] > 1 else []),
+            *s["ours"],
+        ]
+        try:
+            tried = {}
+            for lr in FASTTEXT_LRS:  # at 1 thread; "Encountered NaN" is a result too
+                try:
+                    tried[lr] = _fasttext(
+                        files["ft_train"],
+                        files["ft_test"],
+                        s["epochs"],
+                        s["dim"],
+                        1,
+                        s["ngrams"],
+                        s["buckets"],
+                        lr,
+                    )
+                except RuntimeError as e:
+                    rows.append(dict(common, tool=f"fastText (lr {lr})", threads=1, error=str(e)))
+            best = max(tried, key=lambda lr: tried[lr][1])
+        except ImportError:
+            best = None
+            rows.append(dict(common, tool="fastText", threads=1, error="not installed"))
         for threads in (1, 2):
-            ours_setups = [
-                ("nlp_adagrad logreg (adagrad)", []),
-                (
-                    f"nlp_adagrad fasttext dim {s['dim']} (adagrad)",
-                    ["model=fasttext", f"model.dim={s['dim']}", "optim.lr=0.5"],
-                ),
-            ]
-            if threads == 1:  # fewer, larger steps: less per-step overhead, fewer updates
-                ours_setups.append(
-                    ("nlp_adagrad logreg (adagrad), batch 256", ["trainer.batch_size=256"])
+            m = _ours([*ours_args, f"trainer.num_threads={threads}"], workdir)
+            rows.append(
+                dict(
+                    common,
+                    tool=f"nlp_adagrad fasttext ({' '.join(s['ours'])})",
+                    threads=threads,
+                    loop_seconds=m["train/seconds"],
+                    seconds=m["train/prepare_seconds"] + m["train/seconds"],
+                    process_seconds=m["wall/to_exit"],
+                    accuracy=m["test/accuracy"],
                 )
-            for label, extra in ours_setups:
-                seconds, acc = _ours([*base, *extra, f"trainer.num_threads={threads}"], workdir)
-                rows.append(
-                    dict(common, tool=label, threads=threads, seconds=seconds, accuracy=acc)
-                )
+            )
+            if best is None:
+                continue
             try:
-                seconds, acc = _fasttext(
-                    files["ft_train"],
-                    files["ft_test"],
-                    s["epochs"],
-                    s["dim"],
-                    threads,
-                    s["ngrams"],
-                    s["buckets"],
-                    lr=2.0,
+                seconds, accuracy = (
+                    tried[best]
+                    if threads == 1
+                    else _fasttext(
+                        files["ft_train"],
+                        files["ft_test"],
+                        s["epochs"],
+                        s["dim"],
+                        threads,
+                        s["ngrams"],
+                        s["buckets"],
+                        best,
+                    )
                 )
                 rows.append(
                     dict(
                         common,
-                        tool=f"fastText dim {s['dim']} (lr 2.0)",
+                        tool=f"fastText (lr {best})",
                         threads=threads,
                         seconds=seconds,
-                        accuracy=acc,
+                        accuracy=accuracy,
                     )
                 )
-            except ImportError:
-                rows.append(dict(common, tool="fastText", threads=threads, error="not installed"))
-            except RuntimeError as e:  # fastText's "Encountered NaN"
-                rows.append(dict(common, tool="fastText", threads=threads, error=str(e)))
-        # a sweep's second run on the same corpus: tokenizer and ids read from the cache
-        cached = [*base, "tokenizer.cache=true", "trainer.num_threads=1"]
-        _ours(cached, workdir)  # fills the cache (not timed)
-        variants = [("adagrad", [])]
-        if s["tuned"]:
-            variants.append((f"adagrad, {' '.join(s['tuned'])}", s["tuned"]))
-        for label, extra in variants:
-            seconds, acc = _ours([*cached, *extra], workdir)
+            except RuntimeError as e:
+                rows.append(
+                    dict(common, tool=f"fastText (lr {best})", threads=threads, error=str(e))
+                )
+        try:
+            labels = corpus["train"].features["label"].names
+            seconds, accuracy = _vowpal(
+                files["vw_train"], files["vw_test"], len(labels), s["epochs"], workdir
+            )
             rows.append(
                 dict(
                     common,
-                    tool=f"nlp_adagrad logreg ({label}), token ids cached",
+                    tool="Vowpal Wabbit --oaa (logistic)",
                     threads=1,
                     seconds=seconds,
-                    accuracy=acc,
+                    accuracy=accuracy,
                 )
-            )
-        try:
-            seconds, vw_accuracy = _vowpal(
-                files["vw_train"], files["vw_test"], len(names), s["epochs"], workdir
             )
         except ImportError:
             rows.append(dict(common, tool="Vowpal Wabbit", threads=1, error="not installed"))
-            continue
-        rows.append(
-            dict(
-                common,
-                tool="Vowpal Wabbit --oaa (logistic)",
-                threads=1,
-                seconds=seconds,
-                accuracy=vw_accuracy,
-            )
-        )
-        # time to VW's accuracy: Adagrad's steps do not depend on the planned epoch count, so
-        # a k-epoch run is exactly the first k epochs of a longer one
-        label, extra = variants[-1]
-        tool = f"nlp_adagrad logreg ({label}), token ids cached, to VW's accuracy"
-        for epochs in range(1, s["epochs"] + 1):
-            seconds, acc = _ours([*cached, *extra, f"trainer.epochs={epochs}"], workdir)
-            if acc >= vw_accuracy:
-                rows.append(
-                    dict(
-                        common,
-                        tool=f"{tool}: {epochs} epoch(s)",
-                        epochs=epochs,
-                        threads=1,
-                        seconds=seconds,
-                        accuracy=acc,
-                    )
-                )
-                break
-        else:
-            rows.append(
-                dict(
-                    common,
-                    tool=tool,
-                    threads=1,
-                    error=f"not reached in {s['epochs']} epochs ({acc:.4f})",
-                )
-            )
     for row in rows:
-        if "seconds" in row:
-            row["tokens_per_sec"] = row["tokens"] * row["epochs"] / row["seconds"]
+        for key in ("seconds", "loop_seconds"):
+            if key in row:
+                row[key.replace("seconds", "tokens_per_sec")] = (
+                    row["words"] * row["epochs"] / row[key]
+                )
+    _ratios(rows)
     return rows
+
+
+def _ratios(rows: list[dict]) -> None:
+    """Our tokens/s over fastText's at the same corpus and threads, loop and whole run."""
+    peer = {
+        (r["corpus"], r["threads"]): r
+        for r in rows
+        if r["tool"].startswith("fastText (") and "seconds" in r
+    }
+    for r in rows:
+        other = peer.get((r["corpus"], r["threads"]))
+        if r["tool"].startswith("nlp_adagrad") and other is not None:
+            r["x_fasttext_loop"] = r["loop_tokens_per_sec"] / other["tokens_per_sec"]
+            r["x_fasttext_run"] = r["tokens_per_sec"] / other["tokens_per_sec"]
+            r["accuracy_vs_fasttext"] = r["accuracy"] - other["accuracy"]
 
 
 # --------------------------------------------------------------------- step time vs table size
@@ -554,27 +672,83 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _e2e_row(r: dict) -> list[str]:
+    head = [r["corpus"], r["tool"], str(r["threads"])]
     if "error" in r:
-        return [r["corpus"], r["tool"], str(r["threads"]), r["error"], "", ""]
+        return [*head, r["error"], "", "", "", "", ""]
+
+    def ratio(key: str) -> str:
+        return f"{r[key]:.2f}x" if key in r else ""
+
     return [
-        r["corpus"],
-        r["tool"],
-        str(r["threads"]),
+        *head,
+        f"{r['loop_tokens_per_sec'] / 1e6:.2f} M" if "loop_seconds" in r else "",
+        ratio("x_fasttext_loop"),
         f"{r['seconds']:.2f}",
         f"{r['tokens_per_sec'] / 1e6:.2f} M",
+        ratio("x_fasttext_run"),
         f"{r['accuracy']:.4f}",
     ]
 
 
+def _startup_tables(rows: list[dict]) -> list[str]:
+    lines = _table(
+        "**Start-up: the default run** (`python -m nlp_adagrad.train`, BBC News, token ids "
+        "cached), median of the runs, alternating the two trees:",
+        [
+            "tree",
+            "runs",
+            "command to metrics.json s",
+            "range s",
+            "to exit s",
+            "loop s",
+            "test accuracy",
+        ],
+        [
+            [
+                r["tree"],
+                str(r["runs"]),
+                f"{r['to_metrics']:.2f}",
+                f"{r['to_metrics_range'][0]:.2f}-{r['to_metrics_range'][1]:.2f}",
+                f"{r['to_exit']:.2f}",
+                f"{r['loop_seconds']:.3f}",
+                f"{r['accuracy']:.4f}",
+            ]
+            for r in rows
+        ],
+    )
+    phases = list(rows[0]["phases"])
+    return lines + _table(
+        "Where the time goes (seconds, from the median run's train.log timestamps):",
+        ["phase", *(r["tree"] for r in rows)],
+        [
+            [phase, *(f"{r['phases'].get(phase, float('nan')):.2f}" for r in rows)]
+            for phase in phases
+        ],
+    )
+
+
 def markdown(results: dict, command: str, machine: str) -> str:
     lines = [f"Command: `{command}`", f"Machine: {machine}", ""]
+    if "startup" in results:
+        lines += _startup_tables(results["startup"])
     if "e2e" in results:
         lines += _table(
-            "**End to end** (raw text to trained model, same words for every tool; ours "
-            "includes training its tokenizer and encoding, except the row marked cached: a "
-            "second run on the same corpus, as in a sweep; fastText and VW read pre-tokenized "
-            "files):",
-            ["corpus", "tool", "threads", "seconds", "tokens/s", "test accuracy"],
+            "**Against fastText** (fastText's model, same words, dim and epochs for every tool; "
+            "BBC News: dim 10, 20 epochs; synthetic: dim 16, bigrams, 5 epochs. Ours: the loop "
+            "alone, and tokenizing + loop from raw text in memory; fastText: train_supervised "
+            "on pre-tokenized files, its reading and dictionary included; its lr the best of "
+            f"{', '.join(map(str, FASTTEXT_LRS))} at 1 thread):",
+            [
+                "corpus",
+                "tool",
+                "threads",
+                "loop tokens/s",
+                "x fastText",
+                "seconds",
+                "tokens/s",
+                "x fastText",
+                "test accuracy",
+            ],
             [_e2e_row(r) for r in results["e2e"]],
         )
     if "scaling" in results:
@@ -671,6 +845,9 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    parser.add_argument(
+        "--before", default=BEFORE, help="the git revision `startup` compares this tree with"
+    )
     args = parser.parse_args()
     sections = [s for s in args.sections.split(",") if s]
     unknown = sorted(set(sections) - set(SECTIONS))
@@ -688,6 +865,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         runners = {
+            "startup": lambda: bench_startup(args.quick, workdir, args.before),
             "e2e": lambda: bench_e2e(args.quick, workdir),
             "scaling": lambda: bench_scaling(args.quick),
             "optimizer": lambda: bench_optimizer(args.quick),

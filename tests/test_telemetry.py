@@ -3,6 +3,7 @@ custom-scalars layout and the coordinate spread, on data with known answers."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -213,3 +214,40 @@ def test_custom_layout_charts_exactly_rare_and_common_and_groups_followed_tokens
     assert sorted(shown) == sorted(f"eff_lr/token/{t}" for t in spec.followed)
     t5_charts = [title for title, (_, tags) in followed.items() if any("t5$" in t for t in tags)]
     assert t5_charts == [f"followed tokens, {bucket_label(spec.buckets[5])}"]
+
+
+def _figure_data() -> list:
+    from nlp_adagrad.figures import FigureData
+
+    rng = np.random.default_rng(0)
+    counts = rng.zipf(1.5, 2_000).astype(float)
+    updates = np.minimum(counts, 50)
+    return [
+        FigureData(counts, updates, 1 / np.sqrt(updates), 10, "a figure", theory=True),
+        FigureData(counts, updates, np.full(2_000, np.nan), 10, "no rates", theory=False),
+    ]
+
+
+def test_the_figure_worker_draws_what_this_process_draws():
+    from nlp_adagrad import figures
+
+    here = figures.draw_later(_figure_data())()  # no worker: drawn here
+    with figures.background():
+        assert figures._worker is not None
+        pid = figures._worker.process.pid
+        there = figures.draw_later(_figure_data())()
+        assert figures._worker is None  # used once
+    assert there == here and here[0].startswith(b"\x89PNG")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the worker is gone
+
+
+def test_a_failed_figure_worker_still_gives_the_figures(caplog):
+    from nlp_adagrad import figures
+
+    with figures.background():
+        figures._worker.process.kill()
+        figures._worker.process.wait()
+        got = figures.draw_later(_figure_data())()
+    assert got == figures.draw_later(_figure_data())()
+    assert "the figure worker failed" in caplog.text
