@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nlp_adagrad import pages
 from nlp_adagrad.config import ModelConfig
 from nlp_adagrad.sparse_bag import SparseBag, group_ids
 
@@ -115,6 +116,13 @@ class FastText(BagClassifier):
         return self.head.weight, self.head.bias
 
 
+def _table(num_rows: int, dim: int) -> nn.Embedding:
+    """nn.Embedding(num_rows, dim, sparse=True), on 2 MB pages when large (nlp_adagrad.pages)."""
+    table = nn.Embedding(num_rows, dim, sparse=True, _weight=pages.empty(num_rows, dim))
+    table.reset_parameters()  # what the constructor does without _weight
+    return table
+
+
 def _word2vec_init(table: nn.Embedding) -> nn.Embedding:
     """Uniform in (-0.5/dim, 0.5/dim), as word2vec.c starts its input vectors."""
     dim = table.weight.shape[1]
@@ -136,8 +144,8 @@ class SkipGram(nn.Module):
 
     def __init__(self, num_rows: int, dim: int) -> None:
         super().__init__()
-        self.input = _word2vec_init(nn.Embedding(num_rows, dim, sparse=True))
-        self.output = nn.Embedding(num_rows, dim, sparse=True)
+        self.input = _word2vec_init(_table(num_rows, dim))
+        self.output = _table(num_rows, dim)
         nn.init.zeros_(self.output.weight)
         self._slot_of: torch.Tensor | None = None  # the C++ kernel's row -> slot scratch
 
@@ -203,10 +211,10 @@ class GloVe(nn.Module):
 
     def __init__(self, num_rows: int, dim: int) -> None:
         super().__init__()
-        self.word = nn.Embedding(num_rows, dim, sparse=True)
-        self.context = nn.Embedding(num_rows, dim, sparse=True)
-        self.word_bias = nn.Embedding(num_rows, 1, sparse=True)
-        self.context_bias = nn.Embedding(num_rows, 1, sparse=True)
+        self.word = _table(num_rows, dim)
+        self.context = _table(num_rows, dim)
+        self.word_bias = _table(num_rows, 1)
+        self.context_bias = _table(num_rows, 1)
         for table in (self.word, self.context, self.word_bias, self.context_bias):
             nn.init.uniform_(table.weight, -0.5 / dim, 0.5 / dim)
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nlp_adagrad import pages
+
 ZERO_PADDED = "nlp_adagrad_zero_padded"  # attribute marking a zero_padded_bag_grad gradient
 
 
@@ -175,7 +177,9 @@ class SparseBag(nn.EmbeddingBag):
     def __init__(self, num_embeddings: int, embedding_dim: int, mode: str = "mean") -> None:
         if mode not in ("mean", "sum"):
             raise ValueError(f"mode must be mean or sum, got {mode!r}")
-        super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=True)
+        weight = pages.empty(num_embeddings, embedding_dim)  # large tables on 2 MB pages
+        super().__init__(num_embeddings, embedding_dim, mode=mode, sparse=True, _weight=weight)
+        self.reset_parameters()  # what the constructor does without _weight
         self.zero_padded_grad: bool | None = None
         self._emitted = _Emitted()
         self.weight.register_post_accumulate_grad_hook(self._emitted.restore_layout)

@@ -4,6 +4,7 @@ the classifiers' C++ kernel gives what their forward and backward give."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +171,23 @@ def test_the_kernels_rows_come_sorted_from_any_byte_of_a_large_table():
     offsets = torch.tensor([0, 4])
     model.loss_and_gradients(ids, offsets, torch.tensor([0, 1]), kernel)
     assert model.embedding.weight.grad._indices()[0].tolist() == torch.unique(ids).tolist()
+
+
+def _huge_page_kb() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_large_table_sits_on_2mb_pages_and_starts_as_embedding_bags_does():
+    torch.manual_seed(0)
+    stock = nn.EmbeddingBag(1_100_000, 16, mode="mean", sparse=True).weight.detach().clone()
+    torch.manual_seed(0)
+    before = _huge_page_kb() if Path("/proc/self/smaps_rollup").exists() else 0
+    bag = SparseBag(1_100_000, 16, "mean")  # 70 MB: above pages.MIN_BYTES
+    assert torch.equal(bag.weight.detach(), stock)  # same draws, same values
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.exists() or "[never]" in mode.read_text():
+        pytest.skip("this system gives no 2 MB pages")
+    assert _huge_page_kb() - before > 60 * 1024  # most of its 70 MB

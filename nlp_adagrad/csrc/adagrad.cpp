@@ -11,8 +11,7 @@
 // A zero-padded gradient (classification's bags) repeats a row id after its real entry with
 // zero rows; only a row's first position is applied, as the torch step's index_copy_ does.
 // Rows are split over torch's threads; each row is one thread's, so threads never change bits.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "rows.h"
 
 #include <cmath>
 
@@ -31,6 +30,10 @@ void adagrad_rows_(torch::Tensor weight, torch::Tensor sum, torch::Tensor rows,
   at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(dim, 1)),
                    [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
+      if (i + rows::kAhead < end) {  // scattered rows: ask for later ones early
+        __builtin_prefetch(w + r[i + rows::kAhead] * dim, 1);
+        __builtin_prefetch(G + r[i + rows::kAhead] * dim, 1);
+      }
       if (i > 0 && r[i] == r[i - 1]) continue;  // a zero-padded repeat
       float* __restrict wr = w + r[i] * dim;
       float* __restrict Gr = G + r[i] * dim;
@@ -58,6 +61,10 @@ void count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tensor r
   int32_t* last = last_step.data_ptr<int32_t>();
   const int64_t* r = rows.data_ptr<int64_t>();
   for (int64_t i = 0, n = rows.numel(); i < n; ++i) {
+    if (i + rows::kAhead < n) {
+      __builtin_prefetch(u + r[i + rows::kAhead], 1);
+      __builtin_prefetch(last + r[i + rows::kAhead], 1);
+    }
     if (i > 0 && r[i] == r[i - 1]) continue;
     u[r[i]] += 1;
     last[r[i]] = (int32_t)step;

@@ -40,6 +40,7 @@ void score_documents(int64_t begin, int64_t end, int64_t docs, int64_t dim, int6
     const int64_t first = offsets[b], last = b + 1 < docs ? offsets[b + 1] : num_ids;
     std::fill(h.begin(), h.end(), 0.f);
     for (int64_t k = first; k < last; ++k) {
+      if (k + rows::kAhead < num_ids) __builtin_prefetch(table + ids[k + rows::kAhead] * dim);
       const float* __restrict row = table + ids[k] * dim;
       for (int64_t j = 0; j < dim; ++j) h[j] += row[j];
     }

@@ -11,6 +11,10 @@
 
 namespace rows {
 
+// How many rows ahead a loop over scattered table rows requests their memory: one at a time
+// each costs a memory latency (a 3M x 16 table's Adagrad step: 1.6 -> 0.5 ms for 6,400 rows)
+constexpr int64_t kAhead = 16;
+
 // Non-negative ids below `limit`, sorted: LSD radix sort, a byte a pass, as many passes as
 // `limit` has bytes (3 for up to 16.7M rows). A step's ~5,000 distinct rows sort in a third
 // of std::sort's time, which was 40% of a classifier batch (perf, BBC News).

@@ -26,6 +26,8 @@ void score_pairs(int64_t begin, int64_t end, int64_t width, int64_t dim, const f
   for (int64_t p = begin; p < end; ++p) {
     const float* __restrict v = W_in + c[p] * dim;
     float* __restrict gv = g_in + (int64_t)in_slot[p] * dim;
+    if (p + 1 < end)  // the next pair's rows, scattered over the tables: asked for early
+      for (int64_t k = 0; k < width; ++k) __builtin_prefetch(W_out + t[(p + 1) * width + k] * dim);
     for (int64_t k = 0; k < width; ++k) {
       const int64_t row = t[p * width + k];
       const float* __restrict u = W_out + row * dim;

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from nlp_adagrad import pages
 from nlp_adagrad.config import AdagradConfig
 from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.optim.base import RowOptimizer
@@ -50,6 +51,8 @@ class Adagrad(RowOptimizer):
                 state["sum"] = self._init_sum(p, group["initial_accumulator_value"])
 
     def _init_sum(self, p: torch.Tensor, value: float) -> torch.Tensor:
+        if p.device.type == "cpu" and p.is_contiguous():  # a large table's on 2 MB pages
+            return pages.empty_like(p).fill_(value)
         return torch.full_like(p, value, memory_format=torch.preserve_format)
 
     @staticmethod
