@@ -83,24 +83,53 @@ def _tokenized_lines(corpus, split: str, names: list[str]) -> list[tuple[str, st
     return out
 
 
-def _fasttext(train_file, test_file, epochs, dim, threads, ngrams, buckets, lr):
-    import fasttext
-
-    start = time.perf_counter()
+_FASTTEXT = """
+import json, sys, time
+import fasttext
+train, test, epochs, dim, threads, ngrams, buckets, lr = sys.argv[1:]
+start = time.perf_counter()
+try:
     model = fasttext.train_supervised(
-        str(train_file),
-        epoch=epochs,
-        dim=dim,
-        thread=threads,
-        wordNgrams=ngrams,
-        bucket=buckets if ngrams > 1 else 0,
-        lr=lr,
-        minCount=1,
-        verbose=0,
+        train, epoch=int(epochs), dim=int(dim), thread=int(threads), wordNgrams=int(ngrams),
+        bucket=int(buckets), lr=float(lr), minCount=1, verbose=0,
     )
-    seconds = time.perf_counter() - start
-    _, precision_at_1, _ = model.test(str(test_file))  # single label: P@1 is accuracy
-    return seconds, precision_at_1
+except RuntimeError as e:  # "Encountered NaN"
+    print(json.dumps({"error": str(e)}))
+    sys.exit(0)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "accuracy": model.test(test)[1]}))  # P@1: accuracy
+"""
+
+
+def _fasttext(train_file, test_file, epochs, dim, threads, ngrams, buckets, lr):
+    """(seconds of train_supervised, test accuracy), in a process of its own, as its command
+    line runs: inside this one (torch, datasets and tokenizers at work) the same call stopped
+    with "Encountered NaN" at every lr, and in a fresh one it trains (seen here)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _FASTTEXT,
+            str(train_file),
+            str(test_file),
+            str(epochs),
+            str(dim),
+            str(threads),
+            str(ngrams),
+            str(buckets if ngrams > 1 else 0),
+            str(lr),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        if "No module named 'fasttext'" in proc.stderr:
+            raise ImportError("fasttext")
+        raise RuntimeError(proc.stderr.strip()[-300:])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "error" in out:
+        raise RuntimeError(out["error"])
+    return out["seconds"], out["accuracy"]
 
 
 def _vowpal(train_file, test_file, classes, passes, workdir):
@@ -253,12 +282,14 @@ def _setups(quick: bool) -> list[tuple]:
             "synthetic",
             SyntheticDataConfig(**synthetic),
             ["data=synthetic"] + [f"data.{k}={v}" for k, v in synthetic.items()],
+            # damped first steps for its 2M mostly-noise bigram rows: 0.907 -> 0.933 here
+            # (on BBC News the same setting costs 7 points, so it is not the default)
             dict(
                 epochs=5,
                 dim=16,
                 ngrams=2,
                 buckets=200_000 if quick else 2_000_000,
-                ours=["optim.lr=0.5"],
+                ours=["optim.lr=0.5", "optim.initial_accumulator_value=1e-4"],
             ),
         ),
     ]
@@ -329,7 +360,7 @@ def bench_e2e(quick: bool, workdir: Path) -> list[dict]:
                     )
                 except RuntimeError as e:
                     rows.append(dict(common, tool=f"fastText (lr {lr})", threads=1, error=str(e)))
-            best = max(tried, key=lambda lr: tried[lr][1])
+            best = max(tried, key=lambda lr: tried[lr][1]) if tried else None
         except ImportError:
             best = None
             rows.append(dict(common, tool="fastText", threads=1, error="not installed"))

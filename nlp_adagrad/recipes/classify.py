@@ -18,14 +18,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nlp_adagrad import distributed, telemetry
-from nlp_adagrad.batching import (
-    Batch,
-    batch_indices,
-    epoch_order,
-    make_batch,
-    num_batches,
-    prefetched,
-)
+from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_corpus, split_digest
 from nlp_adagrad.interrupt import stop_requests
@@ -116,13 +109,6 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
         )
 
     # ---- the loop
-    def gather(docs: np.ndarray) -> tuple[np.ndarray, Batch | None]:
-        # torchrun's ranks gather their own slices (nlp_adagrad.distributed)
-        return docs, make_batch(train_split, docs) if topology.world_size == 1 else None
-
-    # the next batch is gathered on a second thread while the GIL-free kernels run, when
-    # the run was given more than one (trainer.num_threads)
-    ahead = kernel is not None and (cfg.trainer.num_threads or 2) > 1
     bar = progress_bar(cfg, total_steps, state.step, is_main)
     doc_lengths = train_split.lengths
     model.train()
@@ -137,11 +123,12 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
                 break
             order = epoch_order(train_split.num_docs, cfg.trainer.seed, epoch)
             first = start_batch if epoch == start_epoch else 0
-            docs = batch_indices(order, cfg.trainer.batch_size, first)
-            for global_docs, batch in prefetched(gather, docs, ahead):
+            # (a second thread gathering the next batch made 2-thread runs 1.4x slower:
+            # the GIL it takes costs more than the ~0.1 ms gather it saves)
+            for global_docs in batch_indices(order, cfg.trainer.batch_size, first):
                 optimizer.zero_grad(set_to_none=True)
                 if topology.world_size == 1:
-                    batch = batch.to(device)
+                    batch = make_batch(train_split, global_docs).to(device)
                     loss = model.loss_and_gradients(batch.ids, batch.offsets, batch.labels, kernel)
                 else:  # each rank pools its slice; gradients as one process computes them
                     loss = distributed.global_batch_backward(
