@@ -27,7 +27,9 @@ from nlp_adagrad.errors import UserError, one_line
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = [CSRC / name for name in ("module.cpp", "sgns.cpp", "bag.cpp", "adagrad.cpp")]
+SOURCES = [
+    CSRC / name for name in ("module.cpp", "sgns.cpp", "bag.cpp", "adagrad.cpp", "words.cpp")
+]
 HEADERS = [CSRC / "rows.h"]  # compiled through the sources that include them
 
 
@@ -110,9 +112,11 @@ def _build() -> ModuleType | str:
 def native_kernels(choice: str, setting: str) -> ModuleType | None:
     """The compiled module for a setting's choice (auto, cpp or torch); None means torch ops.
 
-    `setting` names the config key in the messages (task.kernel, optim.fused).
+    `setting` names the config key in the messages (task.kernel, optim.fused,
+    tokenizer.kernel).
     """
-    insist, avoid = {"optim.fused": ("true", "false")}.get(setting, ("cpp", "torch"))
+    names = {"optim.fused": ("true", "false"), "tokenizer.kernel": ("cpp", "tokenizers")}
+    insist, avoid = names.get(setting, ("cpp", "torch"))
     if choice == "torch":
         return None
     built = _build()

@@ -104,3 +104,55 @@ def test_prefetched_batches_come_in_order_and_stop_early_cleanly():
         if value == 4:
             break
     assert made == [0, 1, 2, 3]  # one batch ahead at most, none after the loop stops
+
+
+TRICKY = [
+    "The QUICK brown_fox, 42 times!! ... (again)",  # case, underscores, digits, runs of marks
+    "tabs\tand\nnewlines\x0bvt\x0cff\rcr  spaces",  # \s on ASCII: \t \n \v \f \r and space
+    "file\x1cgroup\x1drecord\x1funit\x00nul\x7fdel",  # neither \w nor \s: 'other' runs
+    "Café crème, naïve — “quoted” ｆｕｌｌｗｉｄｔｈ ＡＢＣ",  # not ASCII: NFKC folds the last two
+    "non\xa0breaking\u2003em space, 東京 tokyo",  # not ASCII: Unicode spaces and letters
+    "",
+    "a a a b b b c c d",  # ties broken by the word
+    "the the the quick fox",
+]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(lowercase=False),
+        dict(min_count=2),
+        dict(max_vocab=5),  # truncation inside a tie
+    ],
+)
+def test_the_word_kernel_makes_tokenizers_own_tokenizer_and_ids(settings):
+    from nlp_adagrad.kernels import native_kernels
+
+    native_kernels("cpp", "tokenizer.kernel")  # this test is about the kernel: it must build
+    train, test = dataset(TRICKY), dataset([*TRICKY[::-1], "QUICK unseen fox!"])
+    made = {}
+    for kernel in ("tokenizers", "cpp"):
+        cfg = TokenizerConfig(kernel=kernel, **settings)
+        tokenizer = train_tokenizer(train, cfg)
+        splits = [encode_split(ds, tokenizer, cfg) for ds in (train, test)]
+        made[kernel] = tokenizer.to_str(), [(s.ids.tolist(), s.offsets.tolist()) for s in splits]
+    assert made["cpp"] == made["tokenizers"]  # the same tokenizer.json, the same ids
+    assert len(made["cpp"][1][0][0]) > 10  # the texts did become ids
+
+
+def test_the_word_kernel_encodes_a_batch_of_ascii_texts_as_one_arrow_table():
+    # one table per batch: datasets converts a list of arrays one row at a time
+    cfg = TokenizerConfig(kernel="cpp")
+    ascii_only = dataset(["one two", "two three two", "", "four"])
+    split = encode_split(ascii_only, train_tokenizer(ascii_only, cfg), cfg)
+    assert split.offsets.tolist() == [0, 2, 5, 5, 6]
+    assert split.labels.tolist() == [0, 0, 0, 0]
+
+
+def test_the_word_kernel_keeps_every_documents_label():
+    cfg = TokenizerConfig(kernel="cpp")
+    ds = datasets.Dataset.from_dict({"text": ["a b", "b c", "c d e"], "label": [2, 0, 1]})
+    split = encode_split(ds.select([2, 0, 1]), train_tokenizer(ds, cfg), cfg)
+    assert split.labels.tolist() == [1, 2, 0]  # the labels of the documents, in split order

@@ -13,6 +13,7 @@ std::vector<torch::Tensor> bag_gradients(torch::Tensor table, torch::Tensor head
                                          torch::Tensor slot_of);
 void adagrad_rows_(torch::Tensor weight, torch::Tensor sum, torch::Tensor rows,
                    torch::Tensor values, double alpha, double eps);
+void bind_words(pybind11::module_& m);
 void count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tensor rows,
                  int64_t step);
 
@@ -22,4 +23,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bag_gradients", &bag_gradients, unlocked, "a bag classifier's loss and gradients");
   m.def("adagrad_rows_", &adagrad_rows_, unlocked, "Adagrad's step on the touched rows, in place");
   m.def("count_rows_", &count_rows_, unlocked, "a sparse step's per-row counters, in place");
+  bind_words(m);
 }
