@@ -24,6 +24,20 @@ def make_config(*overrides: str) -> Config:
         return to_config(compose("config", overrides=[*QUIET, *overrides]))
 
 
+def at_thread_counts(compute, counts=(1, 2, 2)) -> list:
+    """compute() at each torch thread count, in order; the thread count restored after."""
+    import torch
+
+    previous, out = torch.get_num_threads(), []
+    try:
+        for threads in counts:
+            torch.set_num_threads(threads)
+            out.append(compute())
+    finally:
+        torch.set_num_threads(previous)
+    return out
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 300):
     """`python -m nlp_adagrad.train ARGS` in a subprocess: the user's view, exit code included."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -14,6 +14,7 @@ from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.models import FastText, LogReg
 from nlp_adagrad.optim import unique_rows
 from nlp_adagrad.sparse_bag import SparseBag
+from tests.helpers import at_thread_counts
 
 
 @pytest.mark.parametrize("mode", ["mean", "sum"])
@@ -146,16 +147,13 @@ def test_the_bag_kernel_splits_documents_over_threads_without_changing_the_gradi
     ids = torch.randint(0, 300, (40_000,), generator=gen)  # 8,192 tokens a chunk: 2 chunks
     offsets = torch.arange(0, 40_000, 1000)
     labels = torch.randint(0, 4, (40,), generator=gen)
-    previous, results = torch.get_num_threads(), {}
-    try:
-        for threads in (1, 2, 2):
-            torch.set_num_threads(threads)
-            model.zero_grad(set_to_none=True)
-            loss = model.loss_and_gradients(ids, offsets, labels, kernel)
-            results.setdefault(threads, []).append([loss, *_grads(model).values()])
-    finally:
-        torch.set_num_threads(previous)
-    (one,), (two, again) = results[1], results[2]
+
+    def step() -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        loss = model.loss_and_gradients(ids, offsets, labels, kernel)
+        return [loss, *_grads(model).values()]
+
+    one, two, again = at_thread_counts(step)
     assert all(torch.equal(a, b) for a, b in zip(two, again))  # a thread count: fixed bits
     for a, b in zip(one, two):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -32,7 +32,7 @@ from nlp_adagrad.words.pairs import (
     pair_batch,
 )
 from nlp_adagrad.words.vectors import read_word2vec_text
-from tests.helpers import make_config
+from tests.helpers import at_thread_counts, make_config
 
 # a planted corpus small enough for seconds: 2 levels x 3 groups x 3 words
 PLANTED = [
@@ -104,17 +104,13 @@ def test_the_kernel_splits_pairs_over_threads_without_changing_the_gradients():
     torch.nn.init.normal_(model.output.weight, std=0.1, generator=gen)
     centres = torch.randint(0, 500, (3000,), generator=gen)
     targets = torch.randint(0, 500, (3000, 6), generator=gen)
-    previous, results = torch.get_num_threads(), {}
-    try:
-        for threads in (1, 2, 2):
-            torch.set_num_threads(threads)
-            model.zero_grad(set_to_none=True)
-            loss = model.loss_and_gradients(centres, targets, kernel)
-            grads = [t.grad.to_dense() for t in model.sparse_tables().values()]
-            results.setdefault(threads, []).append((loss, *grads))
-    finally:
-        torch.set_num_threads(previous)
-    (one,), (two, again) = results[1], results[2]
+
+    def step() -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        loss = model.loss_and_gradients(centres, targets, kernel)
+        return [loss, *(t.grad.to_dense() for t in model.sparse_tables().values())]
+
+    one, two, again = at_thread_counts(step)
     assert all(torch.equal(a, b) for a, b in zip(two, again))  # a thread count: fixed bits
     for a, b in zip(one, two):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
