@@ -52,9 +52,11 @@ def train(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     """Train with the configured task's recipe; write the run-dir files (DESIGN §4); return
     the final metrics."""
     from nlp_adagrad import figures
+    from nlp_adagrad.recipes import DRAW_EFF_LR_FIGURE
 
     # matplotlib is imported in a worker while this process imports torch and trains
-    with figures.background(cfg.telemetry.figure and int(os.environ.get("RANK", "0")) == 0):
+    draws = cfg.telemetry.figure and cfg.task.name in DRAW_EFF_LR_FIGURE
+    with figures.background(draws and int(os.environ.get("RANK", "0")) == 0):
         # imported here, not at the top: --help and a mistyped key are answered before
         # torch and datasets load (1.6 s)
         from nlp_adagrad.recipes import recipe

@@ -9,6 +9,9 @@ import importlib
 from collections.abc import Callable
 
 TASKS = ("classify", "skipgram", "glove", "analytic")  # each is nlp_adagrad.recipes.<task>.<task>
+# the tasks whose runs end with the eff_lr figure (nlp_adagrad.run.write_outputs); the
+# experiments' analytic runs write their own trajectory files instead
+DRAW_EFF_LR_FIGURE = ("classify", "skipgram", "glove")
 
 
 def recipe(task: str) -> Callable:
