@@ -9,9 +9,9 @@ to the theory. Other optimizers' rates follow other laws: no theory line is draw
 Importing matplotlib and drawing took 0.45 s of a 3 s default run, after training, when the
 user waits. `background()` starts a worker process (`python -m nlp_adagrad.figures`) as a
 run begins, which imports matplotlib on the other core while the run imports torch and
-trains; at the end `draw_later` hands it the figures' data and the run writes its other files while
-the worker draws. Without a worker, or when it fails, the figures are drawn in this process:
-the same pixels (tested).
+trains; at the end `draw_later` hands it the figures' data, and the run writes its other files
+while the worker draws and encodes them. Without a worker, or when it fails, the figures are
+drawn in this process: the same PNG bytes (tested).
 """
 
 from __future__ import annotations
@@ -219,24 +219,34 @@ def draw_later(figures: list[FigureData]) -> Callable[[], list[bytes]]:
     goes on; otherwise that function draws them here."""
     global _worker
     worker, _worker = _worker, None
-    if worker is None or not figures:
-        return lambda: [figure.png() for figure in figures]
 
-    def result() -> list[bytes]:
-        try:
-            return worker.receive()
-        except Exception as e:  # the figure is worth drawing here rather than losing
-            log.warning("the figure worker failed (%s); drawing the figure here", e)
-            return [figure.png() for figure in figures]
-        finally:
-            worker.close()
+    def here() -> list[bytes]:
+        return [figure.png() for figure in figures]
 
+    def give_up(e: Exception) -> None:  # the figures are worth drawing here, not losing
+        log.warning("the figure worker failed (%s); drawing the figure here", e)
+        worker.close()
+
+    if worker is None:
+        return here
+    if not figures:  # nothing to draw: the worker is let go
+        worker.close()
+        return here
     try:
         worker.send(figures)
     except OSError as e:  # it is gone already
-        log.warning("the figure worker failed (%s); drawing the figure here", e)
+        give_up(e)
+        return here
+
+    def result() -> list[bytes]:
+        try:
+            drawn = worker.receive()
+        except Exception as e:
+            give_up(e)
+            return here()
         worker.close()
-        return lambda: [figure.png() for figure in figures]
+        return drawn
+
     return result
 
 

@@ -1,12 +1,14 @@
 """The C++ kernels (nlp_adagrad/csrc/): the gradients of a skip-gram step (`sgns.cpp`) and
-of a bag classifier's (`bag.cpp`), and Adagrad's fused row step (`adagrad.cpp`): one module
+of a bag classifier's (`bag.cpp`), Adagrad's fused row step (`adagrad.cpp`) and word-level
+tokenizing of ASCII text (`words.cpp`): one module
 built once per machine with `torch.utils.cpp_extension` (gcc, -O3 -march=native, OpenMP
 through torch's own runtime; ~60 s, into torch's extensions cache, which `scripts/setup.sh`
 fills), loaded in well under a second after that.
 
 `task.kernel=auto` uses the task's kernel (skip-gram, classify) when it builds and falls back
 to torch ops (slower: README, Word vectors and Performance) with one warning when it does not;
-`cpp` insists; `torch` never builds it. Adagrad's `optim.fused` works the same way.
+`cpp` insists; `torch` never builds it. Adagrad's `optim.fused` and `tokenizer.kernel` work
+the same way.
 `python -m nlp_adagrad.kernels` builds the module and says where.
 """
 
@@ -109,25 +111,30 @@ def _build() -> ModuleType | str:
         return one_line(e)
 
 
-def native_kernels(choice: str, setting: str) -> ModuleType | None:
-    """The compiled module for a setting's choice (auto, cpp or torch); None means torch ops.
+# each setting's value that insists on the kernels and its value that never uses them; the
+# third value of every setting is auto (the kernels where they build)
+CHOICES = {
+    "task.kernel": ("cpp", "torch"),
+    "optim.fused": ("true", "false"),
+    "tokenizer.kernel": ("cpp", "tokenizers"),
+}
 
-    `setting` names the config key in the messages (task.kernel, optim.fused,
-    tokenizer.kernel).
-    """
-    names = {"optim.fused": ("true", "false"), "tokenizer.kernel": ("cpp", "tokenizers")}
-    insist, avoid = names.get(setting, ("cpp", "torch"))
-    if choice == "torch":
+
+def native_kernels(choice: str, setting: str) -> ModuleType | None:
+    """The compiled module for `setting`'s value `choice` (its own words: `CHOICES`), or
+    None: the setting's fallback (torch ops, tokenizers) runs instead."""
+    insist, avoid = CHOICES[setting]
+    if choice == avoid:
         return None
     built = _build()
     if not isinstance(built, str):
         return built
-    if choice == "cpp":
+    if choice == insist:
         raise UserError(
             f"{setting}={insist} but the C++ kernels do not build ({built}); install gcc "
             f"and ninja, or use {setting}={avoid}"
         )
-    log.warning("the C++ kernels do not build (%s); %s uses torch ops", built, setting)
+    log.warning("the C++ kernels do not build (%s); %s falls back to %s", built, setting, avoid)
     return None
 
 

@@ -52,8 +52,9 @@ def train_tokenizer(texts: datasets.Dataset, cfg: TokenizerConfig) -> Tokenizer:
     token at id 0: what tokenizers' WordLevelTrainer makes, and, with the C++ kernel
     (`tokenizer.kernel`), the same tokenizer made from its counts of the ASCII texts (tested).
     """
+    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-    tokenizer.normalizer = _normalizer(cfg)
+    tokenizer.normalizer = normalizers.Sequence(norm)
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     kernel = word_kernel(cfg)
     if kernel is not None:
@@ -85,12 +86,7 @@ def word_kernel(cfg: TokenizerConfig):
     """The C++ word kernels for `tokenizer.kernel` (auto: where they build), or None."""
     from nlp_adagrad.kernels import native_kernels
 
-    return native_kernels({"tokenizers": "torch"}.get(cfg.kernel, cfg.kernel), "tokenizer.kernel")
-
-
-def _normalizer(cfg: TokenizerConfig):
-    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
-    return normalizers.Sequence(norm)
+    return native_kernels(cfg.kernel, "tokenizer.kernel")
 
 
 def _ranked_words(texts: list, cfg: TokenizerConfig, kernel, tokenizer: Tokenizer) -> list[str]:

@@ -209,7 +209,7 @@ def _step_adagrad(fused, dim, padded, threads=1, steps=6, **kwargs):
     ],
 )
 def test_the_fused_adagrad_step_is_the_torch_ops_step(dim, padded, kwargs):
-    native_kernels("cpp", "optim.fused")  # this test is about the kernel: it must build
+    native_kernels("true", "optim.fused")  # this test is about the kernel: it must build
     fused_w, fused_sum, *fused_counts, m, m_sum, v, v_sum = _step_adagrad(
         True, dim, padded, **kwargs
     )
@@ -274,7 +274,7 @@ def test_the_kernels_build_is_named_by_its_sources_not_their_folder(tmp_path, mo
 
 def test_a_finished_build_is_imported_straight_from_its_file(tmp_path, monkeypatch):
     name = kernels.build_name()
-    assert native_kernels("cpp", "optim.fused") is not None  # built (setup builds it)
+    assert native_kernels("true", "optim.fused") is not None  # built (setup builds it)
     module = kernels._import_built(name)
     assert module is not None and hasattr(module, "adagrad_rows_")
     # elsewhere: nothing built yet, or a file cut short by an interrupted build -> rebuild

@@ -17,16 +17,16 @@
 
 namespace {
 
-enum Kind : unsigned char { kSpace, kWord, kOther, kNotAscii };
+enum Kind : unsigned char { kSpace, kWord, kOther };
 
-struct Table {
+struct Table {  // only ASCII texts are read (is_ascii): bytes from 128 up never come here
   Kind kind[256];
   Table() {
     for (int c = 0; c < 256; ++c) {
       const bool word = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
                         (c >= '0' && c <= '9') || c == '_';
       const bool space = c == ' ' || (c >= 9 && c <= 13);
-      kind[c] = c >= 128 ? kNotAscii : word ? kWord : space ? kSpace : kOther;
+      kind[c] = word ? kWord : space ? kSpace : kOther;
     }
   }
 };

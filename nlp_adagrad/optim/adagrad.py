@@ -41,7 +41,7 @@ class Adagrad(RowOptimizer):
             maximize=maximize,
         )
         super().__init__(params, defaults)
-        choice = {None: "auto", True: "cpp", False: "torch"}[fused]
+        choice = {None: "auto", True: "true", False: "false"}[fused]
         self._kernels = native_kernels(choice, "optim.fused")
         self._row_ranges: dict[int, torch.Tensor] = {}
         for group in self.param_groups:
@@ -95,8 +95,8 @@ class Adagrad(RowOptimizer):
                 group["eps"],
             )
             return
-        state["sum"].addcmul_(grad, grad, value=1)
-        std = state["sum"].sqrt().add_(group["eps"])
+        total.addcmul_(grad, grad, value=1)
+        std = total.sqrt().add_(group["eps"])
         p.addcdiv_(grad, std, value=-self._clr(state["step"], group))
 
     def _all_rows(self, n: int) -> torch.Tensor:

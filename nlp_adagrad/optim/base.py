@@ -107,8 +107,8 @@ class RowOptimizer(torch.optim.Optimizer):
     """
 
     state_per_weight: float = 0.0  # state floats per weight of a table (memory estimates)
-    _kernels: ModuleType | None = None  # the C++ kernels, where a subclass loads them
     state_per_row: int = 0  # and per row
+    _kernels: ModuleType | None = None  # the C++ kernels, where a subclass loads them
 
     # torch.optim.Optimizer wraps these four in torch._disable_dynamo, whose first call imports
     # torch._dynamo: 0.9-1.4 s of every run's start-up, for a guard against a compiler that
