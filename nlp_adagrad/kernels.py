@@ -1,5 +1,6 @@
 """The C++ kernels (nlp_adagrad/csrc/): the gradients of a skip-gram step (`sgns.cpp`) and
-of a bag classifier's (`bag.cpp`), Adagrad's fused row step (`adagrad.cpp`) and word-level
+of a bag classifier's (`bag.cpp`), Adagrad's fused row step (`adagrad.cpp`), a chunk of a
+classifier's Adagrad steps in one call (`classify_steps.cpp`) and word-level
 tokenizing of ASCII text (`words.cpp`): one module
 built once per machine with `torch.utils.cpp_extension` (gcc, -O3 -march=native, OpenMP
 through torch's own runtime; ~60 s, into torch's extensions cache, which `scripts/setup.sh`
@@ -30,9 +31,18 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [
-    CSRC / name for name in ("module.cpp", "sgns.cpp", "bag.cpp", "adagrad.cpp", "words.cpp")
+    CSRC / name
+    for name in (
+        "module.cpp",
+        "sgns.cpp",
+        "bag.cpp",
+        "adagrad.cpp",
+        "classify_steps.cpp",
+        "words.cpp",
+    )
 ]
-HEADERS = [CSRC / "rows.h"]  # compiled through the sources that include them
+# compiled through the sources that include them
+HEADERS = [CSRC / name for name in ("rows.h", "bag.h", "adagrad.h")]
 
 
 # built where it runs (this CPU's vectors); no contraction into fused multiply-adds but the

@@ -18,6 +18,8 @@ from nlp_adagrad import pages
 from nlp_adagrad.config import ModelConfig
 from nlp_adagrad.sparse_bag import SparseBag, group_ids
 
+NO_HEAD = torch.empty(0)  # what the C++ kernels take for logreg's missing dense weight
+
 
 class BagClassifier(nn.Module):
     """What the two classifiers share: a `SparseBag` token table (`self.embedding`), a dense
@@ -53,25 +55,40 @@ class BagClassifier(nn.Module):
             loss = F.cross_entropy(self(ids, offsets), labels, reduction="sum") / len(offsets)
             loss.backward()
             return loss
-        table = self.embedding.weight
-        if self._slot_of is None:
-            self._slot_of = torch.full((table.shape[0],), -1, dtype=torch.int32)
         weight, bias = self.dense_layer()
         loss, rows, row_grads, weight_grad, bias_grad = kernel.bag_gradients(
-            table.detach(),
-            torch.empty(0) if weight is None else weight.detach(),
+            self.embedding.weight.detach(),
+            NO_HEAD if weight is None else weight.detach(),
             bias.detach(),
             ids,
             offsets,
             labels,
             self.embedding.mode == "mean",
-            self._slot_of,
+            self.slot_scratch(),
         )
-        _set_sparse_grad(table, rows, row_grads)
+        self.set_gradients(rows, row_grads, None if weight is None else weight_grad, bias_grad)
+        return loss
+
+    def slot_scratch(self) -> torch.Tensor:
+        """The C++ kernels' row -> slot scratch: int32 -1 per table row, made once."""
+        if self._slot_of is None:
+            self._slot_of = torch.full((self.embedding.weight.shape[0],), -1, dtype=torch.int32)
+        return self._slot_of
+
+    def set_gradients(
+        self,
+        rows: torch.Tensor,
+        row_grads: torch.Tensor,
+        weight_grad: torch.Tensor | None,
+        bias_grad: torch.Tensor,
+    ) -> None:
+        """.grad of every parameter as backward leaves it: the table's as the coalesced
+        sparse `rows` (sorted, distinct) with `row_grads`, the dense layer's as given."""
+        _set_sparse_grad(self.embedding.weight, rows, row_grads)
+        weight, bias = self.dense_layer()
         if weight is not None:
             weight.grad = weight_grad
         bias.grad = bias_grad
-        return loss
 
 
 class LogReg(BagClassifier):

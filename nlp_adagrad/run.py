@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from nlp_adagrad import distributed, run_info, telemetry
@@ -61,6 +62,10 @@ def start(cfg: Config) -> tuple[distributed.Topology, torch.device]:
     """Threads, the process group (one process, or torchrun's), the device and the seed."""
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
+    # numpy's OpenBLAS spreads some calls (TensorBoard's histograms, the evaluation) over a
+    # thread per core, which then spin for a while: on 2 cores they took the core torch's
+    # second thread needed, and 2-thread runs were slower than 1-thread ones (README, Threads)
+    threadpool_limits(1, user_api="blas")
     topology, device = distributed.setup(resolve_device(cfg.trainer.device))
     torch.manual_seed(cfg.trainer.seed)
     return topology, device
@@ -128,11 +133,11 @@ class RunState:
             "telemetry_first": self.first_snapshot,
         }
 
-    def add_step(self, loss: torch.Tensor, tokens: int) -> None:
-        self.step += 1
+    def add_steps(self, steps: int, tokens: int) -> None:
+        """Book steps whose losses are already in `loss_sum`."""
+        self.step += steps
         self.tokens += tokens
-        self.loss_sum += loss.detach().double()
-        self.window_steps += 1
+        self.window_steps += steps
         self.window_tokens += tokens
 
     def close_window(self, writer: MetricWriter, bar: tqdm) -> None:
@@ -340,10 +345,17 @@ class Intervals:
 
     def after_step(self, loss: torch.Tensor, tokens: int) -> bool:
         """Book the step just taken; True when it was the last."""
+        self.state.loss_sum += loss.detach().double()
+        return self.after_steps(loss, 1, tokens)
+
+    def after_steps(self, loss: torch.Tensor, steps: int, tokens: int) -> bool:
+        """Book `steps` steps just taken (`tokens` in all), their losses already summed into
+        the window, `loss` the last one's; True when it was the run's last. Nothing may fall
+        due before the last of them (`steps_to_next_event`): the guard judges the last."""
         state, trainer = self.state, self.trainer
-        self.checkpoints.after_step(loss, state.step + 1)
-        state.add_step(loss, tokens)
-        self.bar.update()
+        self.checkpoints.after_step(loss, state.step + steps)
+        state.add_steps(steps, tokens)
+        self.bar.update(steps)
         step, last = state.step, state.step >= self.total_steps
         if (trainer.log_every and step % trainer.log_every == 0) or last:
             state.close_window(self.writer, self.bar)
@@ -356,6 +368,23 @@ class Intervals:
             self.writer.close()
             raise TrainingInterrupted(step, saved)
         return last
+
+    def steps_to_next_event(self, limit: int) -> int:
+        """Steps from now to the next one after which something is due (a log point, a
+        snapshot, an evaluation, a checkpoint, the end), at most `limit`: how many steps
+        may run without Python seeing them (nlp_adagrad.fused_steps)."""
+        trainer, step = self.trainer, self.state.step
+        every = (trainer.log_every, trainer.eval_every, trainer.checkpoint_every)
+        intervals = [e for e in every if e]
+        for n in range(1, limit):
+            after = step + n
+            if (
+                after >= self.total_steps
+                or any(after % every == 0 for every in intervals)
+                or telemetry.snapshot_due(after, self.snapshots.cfg.every)
+            ):
+                return n
+        return limit
 
     def evaluation_due(self) -> bool:
         """trainer.eval_every says so, and it is not the last step (the final one follows)."""

@@ -15,22 +15,19 @@
 // Threads: documents are cut into one contiguous chunk per torch thread (from 4,096 tokens a
 // chunk up); each sums into its own gradients and the chunks are added in chunk order, so the
 // bits depend on the thread count (trainer.num_threads), never on scheduling.
+#include "bag.h"
+
 #include "rows.h"
 
 #include <cmath>
 
 namespace {
 
-struct Grads {
-  torch::Tensor table, head, bias;
-  double loss = 0.0;
-};
-
 // Documents [begin, end) of the batch: their loss into g.loss, their gradients into g.
 void score_documents(int64_t begin, int64_t end, int64_t docs, int64_t dim, int64_t classes,
                      bool mean, const float* table, const float* head, const float* bias,
                      const int64_t* ids, const int64_t* offsets, int64_t num_ids,
-                     const int64_t* labels, const int32_t* slot_of_position, Grads& g) {
+                     const int64_t* labels, const int32_t* slot_of_position, bag::Gradients& g) {
   std::vector<float> h(dim), logits(classes), grad_logits(classes), grad_h(dim);
   float* g_table = g.table.data_ptr<float>();
   float* g_head = head ? g.head.data_ptr<float>() : nullptr;
@@ -91,6 +88,51 @@ void score_documents(int64_t begin, int64_t end, int64_t docs, int64_t dim, int6
 
 }  // namespace
 
+namespace bag {
+
+Gradients gradients(const float* table, int64_t table_rows, int64_t dim, const float* head,
+                    const float* bias, int64_t classes, const int64_t* ids, int64_t num_ids,
+                    const int64_t* offsets, int64_t docs, const int64_t* labels, bool mean,
+                    int32_t* slot) {
+  std::vector<int64_t> touched = rows::distinct(ids, num_ids, slot, table_rows);
+  std::vector<int32_t> slot_of_position(num_ids);
+  for (int64_t k = 0; k < num_ids; ++k) {
+    if (k + rows::kAhead < num_ids) __builtin_prefetch(slot + ids[k + rows::kAhead]);
+    slot_of_position[k] = slot[ids[k]];
+  }
+  rows::release(touched, slot);
+
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), num_ids / 4096, docs}));
+  std::vector<Gradients> parts(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) {
+      Gradients& g = parts[k];
+      g.table = torch::zeros({(int64_t)touched.size(), dim}, torch::kFloat32);
+      if (head) g.head = torch::zeros({classes, dim}, torch::kFloat32);
+      g.bias = torch::zeros({classes}, torch::kFloat32);
+      score_documents(docs * k / chunks, docs * (k + 1) / chunks, docs, dim, classes, mean,
+                      table, head, bias, ids, offsets, num_ids, labels, slot_of_position.data(),
+                      g);
+    }
+  });
+  std::vector<torch::Tensor> tables, heads, biases;
+  Gradients& out = parts[0];
+  for (int64_t k = 1; k < chunks; ++k) {
+    tables.push_back(parts[k].table);
+    if (head) heads.push_back(parts[k].head);
+    biases.push_back(parts[k].bias);
+    out.loss += parts[k].loss;
+  }
+  rows::add_chunks(out.table, tables);
+  if (head) rows::add_chunks(out.head, heads);
+  rows::add_chunks(out.bias, biases);
+  out.rows = std::move(touched);
+  return std::move(out);
+}
+
+}  // namespace bag
+
 // {mean loss (float32), rows, row gradients, head gradient (empty for logreg), bias gradient}
 std::vector<torch::Tensor> bag_gradients(torch::Tensor table, torch::Tensor head,
                                          torch::Tensor bias, torch::Tensor ids,
@@ -99,45 +141,15 @@ std::vector<torch::Tensor> bag_gradients(torch::Tensor table, torch::Tensor head
   TORCH_CHECK(table.is_contiguous() && table.scalar_type() == torch::kFloat32,
               "bag_gradients: a contiguous float32 table on the CPU");
   const bool has_head = head.numel() > 0;
-  const int64_t dim = table.size(1), classes = bias.size(0);
-  const int64_t docs = offsets.size(0), num_ids = ids.size(0);
+  const int64_t dim = table.size(1), classes = bias.size(0), docs = offsets.size(0);
   TORCH_CHECK(has_head || dim == classes, "bag_gradients: without a head the table's width is the class count");
-  const int64_t* id = ids.data_ptr<int64_t>();
-  int32_t* slot = slot_of.data_ptr<int32_t>();
-  const std::vector<int64_t> touched = rows::distinct(id, num_ids, slot, slot_of.size(0));
-  std::vector<int32_t> slot_of_position(num_ids);
-  for (int64_t k = 0; k < num_ids; ++k) slot_of_position[k] = slot[id[k]];
-  rows::release(touched, slot);
-
   const auto head_c = has_head ? head.contiguous() : head;
   const auto bias_c = bias.contiguous();
-  const int64_t chunks =
-      std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), num_ids / 4096, docs}));
-  std::vector<Grads> parts(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-    for (int64_t k = first; k < last; ++k) {
-      Grads& g = parts[k];
-      g.table = torch::zeros({(int64_t)touched.size(), dim}, torch::kFloat32);
-      g.head = has_head ? torch::zeros({classes, dim}, torch::kFloat32) : torch::Tensor();
-      g.bias = torch::zeros({classes}, torch::kFloat32);
-      score_documents(docs * k / chunks, docs * (k + 1) / chunks, docs, dim, classes, mean,
-                      table.data_ptr<float>(), has_head ? head_c.data_ptr<float>() : nullptr,
-                      bias_c.data_ptr<float>(), id, offsets.data_ptr<int64_t>(), num_ids,
-                      labels.data_ptr<int64_t>(), slot_of_position.data(), g);
-    }
-  });
-  std::vector<torch::Tensor> tables, heads, biases;
-  double loss = parts[0].loss;
-  for (int64_t k = 1; k < chunks; ++k) {
-    tables.push_back(parts[k].table);
-    if (has_head) heads.push_back(parts[k].head);
-    biases.push_back(parts[k].bias);
-    loss += parts[k].loss;
-  }
-  rows::add_chunks(parts[0].table, tables);
-  if (has_head) rows::add_chunks(parts[0].head, heads);
-  rows::add_chunks(parts[0].bias, biases);
-  return {torch::tensor((float)(loss / (double)docs), torch::kFloat32), rows::to_tensor(touched),
-          parts[0].table, has_head ? parts[0].head : torch::empty({0}, torch::kFloat32),
-          parts[0].bias};
+  bag::Gradients g = bag::gradients(
+      table.data_ptr<float>(), table.size(0), dim, has_head ? head_c.data_ptr<float>() : nullptr,
+      bias_c.data_ptr<float>(), classes, ids.data_ptr<int64_t>(), ids.size(0),
+      offsets.data_ptr<int64_t>(), docs, labels.data_ptr<int64_t>(), mean,
+      slot_of.data_ptr<int32_t>());
+  return {torch::tensor((float)(g.loss / (double)docs), torch::kFloat32), rows::to_tensor(g.rows),
+          g.table, has_head ? g.head : torch::empty({0}, torch::kFloat32), g.bias};
 }

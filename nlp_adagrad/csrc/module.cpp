@@ -13,6 +13,12 @@ std::vector<torch::Tensor> bag_gradients(torch::Tensor table, torch::Tensor head
                                          torch::Tensor slot_of);
 void adagrad_rows_(torch::Tensor weight, torch::Tensor sum, torch::Tensor rows,
                    torch::Tensor values, double alpha, double eps);
+std::vector<torch::Tensor> classify_steps(
+    torch::Tensor table, torch::Tensor table_sum, torch::Tensor head, torch::Tensor head_sum,
+    torch::Tensor bias, torch::Tensor bias_sum, torch::Tensor updates, torch::Tensor last_step,
+    torch::Tensor split_ids, torch::Tensor split_offsets, torch::Tensor split_labels,
+    torch::Tensor docs, int64_t batch_size, torch::Tensor alphas, double eps,
+    int64_t first_step, bool mean, torch::Tensor slot_of, torch::Tensor loss_sum);
 void bind_words(pybind11::module_& m);
 void count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tensor rows,
                  int64_t step);
@@ -23,5 +29,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bag_gradients", &bag_gradients, unlocked, "a bag classifier's loss and gradients");
   m.def("adagrad_rows_", &adagrad_rows_, unlocked, "Adagrad's step on the touched rows, in place");
   m.def("count_rows_", &count_rows_, unlocked, "a sparse step's per-row counters, in place");
+  m.def("classify_steps", &classify_steps, unlocked,
+        "a bag classifier's Adagrad steps over a chunk of batches, in place");
   bind_words(m);
 }

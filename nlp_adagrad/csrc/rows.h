@@ -33,8 +33,10 @@ inline void radix_sort(std::vector<int64_t>& ids, int64_t limit) {
 // The caller resets slot[id] to -1 for every returned id (`release`) once it has read them.
 inline std::vector<int64_t> distinct(const int64_t* ids, int64_t n, int32_t* slot, int64_t slots) {
   std::vector<int64_t> out;
-  for (int64_t i = 0; i < n; ++i)
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) __builtin_prefetch(slot + ids[i + kAhead], 1);
     if (slot[ids[i]] < 0) { slot[ids[i]] = 0; out.push_back(ids[i]); }
+  }
   radix_sort(out, slots);
   for (size_t k = 0; k < out.size(); ++k) slot[out[k]] = (int32_t)k;
   return out;

@@ -130,7 +130,7 @@ class RowOptimizer(torch.optim.Optimizer):
     def step(self, closure=None):  # noqa: D102 (torch's signature)
         # torch.optim.Optimizer wraps `step` for its step hooks and a profiler label, ~40 us
         # of a 0.8 ms classifier step; the wrapper runs only when something asks for either
-        if _profiling() or _step_hooks(self):
+        if hooks_or_profiler(self):
             return _step_with_hooks(self, closure)
         return self._step(closure)
 
@@ -178,17 +178,23 @@ class RowOptimizer(torch.optim.Optimizer):
     def _count_rows(self, p, state: dict, rows: torch.Tensor, first: torch.Tensor | None) -> None:
         """updates[rows] += 1 and last_step[rows] = step, each distinct row once (`first`
         marks them in a zero-padded gradient; None: all rows are distinct)."""
+        updates, last_step = self.row_counters(p)
+        if self._kernels is not None and rows.device.type == "cpu":
+            self._kernels.count_rows_(updates, last_step, rows, state["step"])
+            return
+        ones = torch.ones_like(rows, dtype=torch.int32) if first is None else first.to(torch.int32)
+        updates.index_add_(0, rows, ones)
+        # repeated rows of a zero-padded gradient all write the same step
+        last_step.index_fill_(0, rows, state["step"])
+
+    def row_counters(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(updates, last_step) of `p`, made at zero on its first sparse step."""
+        state = self.state[p]
         if "updates" not in state:
             # int32: 2^31 steps is plenty, and half the memory of int64 per row
             for key in ROW_COUNTERS:
                 state[key] = torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)
-        if self._kernels is not None and rows.device.type == "cpu":
-            self._kernels.count_rows_(state["updates"], state["last_step"], rows, state["step"])
-            return
-        ones = torch.ones_like(rows, dtype=torch.int32) if first is None else first.to(torch.int32)
-        state["updates"].index_add_(0, rows, ones)
-        # repeated rows of a zero-padded gradient all write the same step
-        state["last_step"].index_fill_(0, rows, state["step"])
+        return state["updates"], state["last_step"]
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch casts every state tensor but `step` to the parameter's dtype; keep counts int.
@@ -327,8 +333,9 @@ def _profiling() -> bool:
     return torch.autograd.profiler._is_profiler_enabled
 
 
-def _step_hooks(optimizer: RowOptimizer) -> bool:
-    return bool(
+def hooks_or_profiler(optimizer: RowOptimizer) -> bool:
+    """Whether a step must go through torch's wrapper: step hooks, or the profiler is on."""
+    return _profiling() or bool(
         optimizer._optimizer_step_pre_hooks
         or optimizer._optimizer_step_post_hooks
         or torch_optimizer._global_optimizer_pre_hooks

@@ -18,9 +18,10 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nlp_adagrad import distributed, telemetry
-from nlp_adagrad.batching import batch_indices, epoch_order, make_batch, num_batches
+from nlp_adagrad.batching import epoch_order, make_batch, num_batches
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_corpus, split_digest
+from nlp_adagrad.fused_steps import FusedSteps
 from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.memory import check_memory
@@ -44,6 +45,9 @@ from nlp_adagrad.vocab import token_counts, vocabulary, warn_unusual_documents
 from nlp_adagrad.writer import MetricWriter
 
 log = logging.getLogger("nlp_adagrad.train")
+
+# steps one fused call may take when nothing falls due sooner: Ctrl-C is heard between calls
+MAX_FUSED_STEPS = 64
 
 
 def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dict[str, float]:
@@ -86,10 +90,13 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     # ranks pool slices of a batch with torch ops (nlp_adagrad.distributed)
     single_cpu = device.type == "cpu" and topology.world_size == 1
     kernel = native_kernels(cfg.task.kernel, "task.kernel") if single_cpu else None
-    steps_per_epoch = num_batches(train_split.num_docs, cfg.trainer.batch_size)
+    batch_size = cfg.trainer.batch_size
+    steps_per_epoch = num_batches(train_split.num_docs, batch_size)
     total_steps = planned_steps(cfg, steps_per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
     state = fresh_or_resumed(cfg, model, optimizer, device)
+    # several steps per C++ call where they apply: the same numbers (nlp_adagrad.fused_steps)
+    fused = FusedSteps.for_run(model, optimizer, kernel, train_split) if single_cpu else None
     start_epoch, start_batch = divmod(state.step, steps_per_epoch)
 
     # ---- outputs: only the main process writes
@@ -122,22 +129,35 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
             if state.step >= total_steps:
                 break
             order = epoch_order(train_split.num_docs, cfg.trainer.seed, epoch)
-            first = start_batch if epoch == start_epoch else 0
-            # (a second thread gathering the next batch made 2-thread runs 1.4x slower:
-            # the GIL it takes costs more than the ~0.1 ms gather it saves)
-            for global_docs in batch_indices(order, cfg.trainer.batch_size, first):
-                optimizer.zero_grad(set_to_none=True)
-                if topology.world_size == 1:
-                    batch = make_batch(train_split, global_docs).to(device)
-                    loss = model.loss_and_gradients(batch.ids, batch.offsets, batch.labels, kernel)
-                else:  # each rank pools its slice; gradients as one process computes them
-                    loss = distributed.global_batch_backward(
-                        model, train_split, global_docs, topology, device
+            at = start_batch if epoch == start_epoch else 0  # the epoch's next batch
+            while at < steps_per_epoch:
+                if fused is not None:  # the steps up to the next event in one C++ call
+                    steps = min(
+                        intervals.steps_to_next_event(MAX_FUSED_STEPS), steps_per_epoch - at
                     )
-                optimizer.step()
-                last = intervals.after_step(loss, int(doc_lengths[global_docs].sum()))
+                    docs = order[at * batch_size : (at + steps) * batch_size]
+                    losses = fused(docs, batch_size, state.loss_sum)
+                    steps = len(losses)  # fewer only when a step went non-finite
+                    tokens = int(doc_lengths[docs[: steps * batch_size]].sum())
+                    last = intervals.after_steps(losses[-1], steps, tokens)
+                else:
+                    global_docs = order[at * batch_size : (at + 1) * batch_size]
+                    optimizer.zero_grad(set_to_none=True)
+                    if topology.world_size == 1:
+                        batch = make_batch(train_split, global_docs).to(device)
+                        loss = model.loss_and_gradients(
+                            batch.ids, batch.offsets, batch.labels, kernel
+                        )
+                    else:  # each rank pools its slice; gradients as one process computes them
+                        loss = distributed.global_batch_backward(
+                            model, train_split, global_docs, topology, device
+                        )
+                    optimizer.step()
+                    steps = 1
+                    last = intervals.after_step(loss, int(doc_lengths[global_docs].sum()))
+                at += steps
                 if intervals.evaluation_due():
-                    result = evaluate(model, test_split, cfg.trainer.batch_size, device)
+                    result = evaluate(model, test_split, batch_size, device)
                     writer.scalar("test/loss", result.loss, state.step)
                     writer.scalar("test/accuracy", result.accuracy, state.step)
                     log.info(
@@ -152,7 +172,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
 
     # ---- final evaluation, telemetry and run-dir files
     checkpoints.check(state.step)
-    result = evaluate(model, test_split, cfg.trainer.batch_size, device)
+    result = evaluate(model, test_split, batch_size, device)
     writer.scalar("test/loss", result.loss, state.step)
     writer.scalar("test/accuracy", result.accuracy, state.step)
     predicted_classes = len(np.unique(result.predictions))

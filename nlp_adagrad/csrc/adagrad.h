@@ -1,0 +1,21 @@
+// Adagrad's row step and the per-row counters on raw rows (adagrad.cpp): what the Python
+// bindings `adagrad_rows_` / `count_rows_` run, and what classify_steps.cpp runs per step.
+#pragma once
+
+#include <cstdint>
+
+namespace adagrad {
+
+// For each rows[i] (sorted; a repeat of the previous id is skipped) with gradient row
+// values[i]: G[r] += g * g; w[r] += alpha * g / (sqrt(G[r]) + eps). Split over torch's threads.
+// With `updates` and `last_step` (else null) it also counts the rows, as `count_rows`, in the
+// same pass over them: one wait for each scattered row's memory instead of two.
+void step_rows(float* weight, float* sum, const int64_t* rows, int64_t n, int64_t dim,
+               const float* values, float alpha, float eps, int32_t* updates = nullptr,
+               int32_t* last_step = nullptr, int64_t step = 0);
+
+// updates[r] += 1 and last_step[r] = step, once per distinct row of the sorted `rows`.
+void count_rows(int32_t* updates, int32_t* last_step, const int64_t* rows, int64_t n,
+                int64_t step);
+
+}  // namespace adagrad

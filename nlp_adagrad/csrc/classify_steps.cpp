@@ -1,0 +1,111 @@
+// Several optimizer steps of a bag classifier trained with Adagrad, in one call: for each
+// batch of the chunk, what the Python loop does step by step (nlp_adagrad/recipes/classify.py
+// with the C++ kernels): gather the batch's documents from the split's CSR arrays, its loss
+// and gradients (bag.cpp), Adagrad's step on the touched rows and on the dense head and bias
+// (adagrad.cpp), the per-row counters, and the loss into the run's window sum. The same
+// functions in the same order, so the numbers are the step-by-step path's bit for bit
+// (tested), and the chunk boundaries never change them.
+//
+// Why: in Python a step costs ~0.3 ms of calls and tensor wrappers between the kernels, half
+// the step on a large corpus; here the loop runs once per chunk (nlp_adagrad/fused_steps.py).
+//
+// The chunk stops after the first step whose loss or gradients are not finite, as the Python
+// loop's guard does after that step, and leaves that step's gradients for the guard to name.
+#include "adagrad.h"
+#include "bag.h"
+#include "rows.h"
+
+#include <cmath>
+
+namespace {
+
+// Whether every value is finite: its exponent bits not all ones (an integer test per value,
+// which vectorises; std::isfinite's branch per value does not)
+bool all_finite(const torch::Tensor& t) {
+  if (!t.defined()) return true;
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(t.data_ptr<float>());
+  uint32_t bad = 0;
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) bad |= (bits[i] & 0x7f800000u) == 0x7f800000u;
+  return !bad;
+}
+
+}  // namespace
+
+// {per-step mean losses (float32, one per step taken), and the last step's rows, row
+// gradients, head gradient (empty for logreg) and bias gradient}. `docs` holds the chunk's
+// documents in order, `batch_size` per step (the last batch may be smaller); `alphas` the
+// steps' -lr (one per batch); `first_step` the step number of the first (the counters').
+std::vector<torch::Tensor> classify_steps(
+    torch::Tensor table, torch::Tensor table_sum, torch::Tensor head, torch::Tensor head_sum,
+    torch::Tensor bias, torch::Tensor bias_sum, torch::Tensor updates, torch::Tensor last_step,
+    torch::Tensor split_ids, torch::Tensor split_offsets, torch::Tensor split_labels,
+    torch::Tensor docs, int64_t batch_size, torch::Tensor alphas, double eps,
+    int64_t first_step, bool mean, torch::Tensor slot_of, torch::Tensor loss_sum) {
+  const bool has_head = head.numel() > 0;
+  for (const auto* t : {&table, &table_sum, &head, &head_sum, &bias, &bias_sum})
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == torch::kFloat32,
+                "classify_steps: contiguous float32 parameters and accumulators on the CPU");
+  TORCH_CHECK(table_sum.sizes() == table.sizes() && head_sum.sizes() == head.sizes() &&
+                  bias_sum.sizes() == bias.sizes(),
+              "classify_steps: each accumulator has its parameter's shape");
+  TORCH_CHECK(updates.scalar_type() == torch::kInt32 && last_step.scalar_type() == torch::kInt32,
+              "classify_steps: int32 row counters");
+  TORCH_CHECK(alphas.scalar_type() == torch::kFloat64 && loss_sum.scalar_type() == torch::kFloat64,
+              "classify_steps: float64 alphas and loss sum");
+  const int64_t dim = table.size(1), classes = bias.size(0), num_docs = docs.size(0);
+  const int64_t steps = alphas.size(0);
+  TORCH_CHECK(has_head || dim == classes, "classify_steps: without a head the table's width is the class count");
+  TORCH_CHECK(batch_size >= 1 && num_docs > (steps - 1) * batch_size && num_docs <= steps * batch_size,
+              "classify_steps: one batch of documents per alpha");
+
+  float* w = table.data_ptr<float>();
+  float* G = table_sum.data_ptr<float>();
+  float* W = has_head ? head.data_ptr<float>() : nullptr;
+  float* WG = has_head ? head_sum.data_ptr<float>() : nullptr;
+  float* b = bias.data_ptr<float>();
+  float* bG = bias_sum.data_ptr<float>();
+  const int64_t* ids = split_ids.data_ptr<int64_t>();
+  const int64_t* starts = split_offsets.data_ptr<int64_t>();
+  const int64_t* labels = split_labels.data_ptr<int64_t>();
+  const int64_t* doc = docs.data_ptr<int64_t>();
+  const double* alpha = alphas.data_ptr<double>();
+  double* window = loss_sum.data_ptr<double>();
+  const float e = (float)eps;
+
+  // the dense layer is all rows of itself (its elementwise step, whatever the row shape)
+  std::vector<int64_t> head_rows(classes);
+  for (int64_t c = 0; c < classes; ++c) head_rows[c] = c;
+  const int64_t bias_row = 0;
+  std::vector<float> losses;
+  std::vector<int64_t> batch_ids, batch_offsets, batch_labels;
+  bag::Gradients g;
+  for (int64_t s = 0; s < steps; ++s) {
+    // the batch, as make_batch gathers it (nlp_adagrad/batching.py)
+    const int64_t first = s * batch_size, last = std::min(num_docs, first + batch_size);
+    batch_ids.clear(), batch_offsets.clear(), batch_labels.clear();
+    for (int64_t k = first; k < last; ++k) {
+      batch_offsets.push_back((int64_t)batch_ids.size());
+      batch_ids.insert(batch_ids.end(), ids + starts[doc[k]], ids + starts[doc[k] + 1]);
+      batch_labels.push_back(labels[doc[k]]);
+    }
+    g = bag::gradients(w, table.size(0), dim, W, b, classes, batch_ids.data(),
+                       (int64_t)batch_ids.size(), batch_offsets.data(), last - first,
+                       batch_labels.data(), mean, slot_of.data_ptr<int32_t>());
+    const float loss = (float)(g.loss / (double)(last - first));
+    // the optimizer's step: the table's touched rows, their counters, then the dense layer
+    const float a = (float)alpha[s];
+    const int64_t n = (int64_t)g.rows.size();
+    adagrad::step_rows(w, G, g.rows.data(), n, dim, g.table.data_ptr<float>(), a, e,
+                       updates.data_ptr<int32_t>(), last_step.data_ptr<int32_t>(), first_step + s);
+    if (has_head) adagrad::step_rows(W, WG, head_rows.data(), classes, dim, g.head.data_ptr<float>(), a, e);
+    adagrad::step_rows(b, bG, &bias_row, 1, classes, g.bias.data_ptr<float>(), a, e);
+    *window += (double)loss;
+    losses.push_back(loss);
+    if (!(std::isfinite(loss) && all_finite(g.table) && all_finite(g.head) && all_finite(g.bias)))
+      break;
+  }
+  auto out = torch::empty({(int64_t)losses.size()}, torch::kFloat32);
+  std::copy(losses.begin(), losses.end(), out.data_ptr<float>());
+  return {out, rows::to_tensor(g.rows), g.table,
+          has_head ? g.head : torch::empty({0}, torch::kFloat32), g.bias};
+}

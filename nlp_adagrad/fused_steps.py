@@ -1,0 +1,103 @@
+"""Several Adagrad steps of a bag classifier in one C++ call (csrc/classify_steps.cpp), for
+the stretches of a run where nothing in Python needs to see the steps in between: the loop
+(nlp_adagrad/recipes/classify.py) hands it the batches up to the next log point, snapshot,
+evaluation or checkpoint (`Intervals.steps_to_next_event`).
+
+The numbers are those of stepping one batch at a time with the kernels, bit for bit (tested,
+resumed runs included), so it is no setting: it runs wherever it applies, and saves the
+~0.3 ms of Python calls a step costs between the kernels (README, Performance). It applies
+to a single-process CPU run with the C++ kernels and `optim=adagrad` with its fused step, no
+weight decay, not maximizing, one parameter group and no step hooks; elsewhere
+`FusedSteps.for_run` gives None and the loop steps batch by batch.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from nlp_adagrad.models import NO_HEAD, BagClassifier
+from nlp_adagrad.optim.adagrad import Adagrad
+from nlp_adagrad.optim.base import hooks_or_profiler
+from nlp_adagrad.vocab import EncodedSplit
+
+
+class FusedSteps:
+    def __init__(
+        self, model: BagClassifier, optimizer: Adagrad, kernel: ModuleType, split: EncodedSplit
+    ):
+        self.model, self.optimizer, self.kernel = model, optimizer, kernel
+        self.group = optimizer.param_groups[0]
+        self.table = model.embedding.weight
+        self.head, self.bias = model.dense_layer()
+        self.params = [p for p in (self.table, self.head, self.bias) if p is not None]
+        self.split = tuple(torch.from_numpy(a) for a in (split.ids, split.offsets, split.labels))
+
+    @classmethod
+    def for_run(
+        cls,
+        model: BagClassifier,
+        optimizer,
+        kernel: ModuleType | None,
+        split: EncodedSplit,
+    ) -> FusedSteps | None:
+        """The fused steps for this run, or None where they do not apply (module docstring)."""
+        if kernel is None or not isinstance(optimizer, Adagrad) or optimizer._kernels is None:
+            return None
+        if len(optimizer.param_groups) != 1 or hooks_or_profiler(optimizer):
+            return None
+        group = optimizer.param_groups[0]
+        if group["weight_decay"] or group["maximize"]:
+            return None
+        fused = cls(model, optimizer, kernel, split)
+        ours = {id(p) for p in fused.params}
+        if ours != {id(p) for p in group["params"]} or any(
+            p.device.type != "cpu" or p.dtype != torch.float32 or not p.is_contiguous()
+            for p in fused.params
+        ):
+            return None
+        return fused
+
+    def __call__(self, docs: np.ndarray, batch_size: int, loss_sum: torch.Tensor) -> torch.Tensor:
+        """Steps on the batches of `docs` (`batch_size` documents each, the last maybe
+        fewer), their mean losses added to `loss_sum`; their losses (float32), one per step
+        taken. After a step whose loss or gradients are not finite it stops, as the loop's
+        guard does, and that step's gradients are left in `.grad` for the guard to name."""
+        optimizer, group = self.optimizer, self.group
+        states = [optimizer.state[p] for p in self.params]
+        first = states[0]["step"] + 1
+        if any(s["step"] + 1 != first for s in states):
+            raise RuntimeError("fused steps: the classifier's parameters took different steps")
+        steps = -(-len(docs) // batch_size)
+        alphas = torch.tensor(
+            [-Adagrad._clr(first + k, group) for k in range(steps)], dtype=torch.float64
+        )
+        updates, last_step = optimizer.row_counters(self.table)
+        model = self.model
+        sums = [s["sum"] for s in states]
+        with torch.no_grad():
+            losses, rows, row_grads, head_grad, bias_grad = self.kernel.classify_steps(
+                self.table,
+                sums[0],
+                NO_HEAD if self.head is None else self.head,
+                NO_HEAD if self.head is None else sums[1],
+                self.bias,
+                sums[-1],
+                updates,
+                last_step,
+                *self.split,
+                torch.from_numpy(np.ascontiguousarray(docs, dtype=np.int64)),
+                batch_size,
+                alphas,
+                group["eps"],
+                first,
+                model.embedding.mode == "mean",
+                model.slot_scratch(),
+                loss_sum,
+            )
+        for state in states:
+            state["step"] += len(losses)
+        model.set_gradients(rows, row_grads, None if self.head is None else head_grad, bias_grad)
+        return losses

@@ -1,0 +1,172 @@
+"""Several classifier steps in one C++ call (nlp_adagrad.fused_steps) give what stepping batch
+by batch with the kernels gives, bit for bit, chunked any way; a run using them writes what a
+run stepping batch by batch writes, every event at its step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nlp_adagrad.batching import make_batch
+from nlp_adagrad.fused_steps import FusedSteps
+from nlp_adagrad.guard import DivergenceGuard
+from nlp_adagrad.kernels import native_kernels
+from nlp_adagrad.models import FastText, LogReg
+from nlp_adagrad.optim import SGD, Adagrad
+from nlp_adagrad.train import train
+from nlp_adagrad.vocab import EncodedSplit
+from tests.helpers import make_config
+from tests.test_reliability import metrics_without_timing
+from tests.test_train import read_tb
+
+ROWS, CLASSES, BATCH = 200, 4, 5
+
+
+def _split(gen: torch.Generator, docs: int = 37) -> EncodedSplit:
+    """Random documents of 0 to 40 tokens (37 of them: the last batch of 5 holds 2)."""
+    lengths = torch.randint(0, 41, (docs,), generator=gen).numpy()
+    lengths[3] = 0
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = torch.randint(0, ROWS, (int(offsets[-1]),), generator=gen).numpy()
+    labels = torch.randint(0, CLASSES, (docs,), generator=gen).numpy()
+    return EncodedSplit(ids=ids, offsets=offsets, labels=labels)
+
+
+def _trainer(kind: str, mode: str, seed: int = 0, **adagrad):
+    torch.manual_seed(seed)
+    model = LogReg(ROWS, CLASSES, mode) if kind == "logreg" else FastText(ROWS, CLASSES, 8, mode)
+    defaults = dict(lr=0.5, lr_decay=0.01, initial_accumulator_value=0.1, fused=True)
+    return model, Adagrad(model.parameters(), **{**defaults, **adagrad})
+
+
+def _batch_by_batch(model, optimizer, kernel, split, order, loss_sum) -> list[float]:
+    losses = []
+    for begin in range(0, len(order), BATCH):
+        optimizer.zero_grad(set_to_none=True)
+        batch = make_batch(split, order[begin : begin + BATCH])
+        loss = model.loss_and_gradients(batch.ids, batch.offsets, batch.labels, kernel)
+        optimizer.step()
+        loss_sum += loss.double()
+        losses.append(loss.item())
+    return losses
+
+
+def _everything(model, optimizer, loss_sum) -> list[torch.Tensor]:
+    out = [loss_sum]
+    for p in model.parameters():
+        state = optimizer.state[p]
+        grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
+        out += [p.detach(), grad, state["sum"], torch.tensor(state["step"])]
+        out += [state[k] for k in ("updates", "last_step") if k in state]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["logreg", "fasttext"])
+@pytest.mark.parametrize("mode", ["mean", "sum"])
+def test_fused_chunks_equal_batch_by_batch_steps_bit_for_bit(kind, mode):
+    kernel = native_kernels("cpp", "task.kernel")
+    gen = torch.Generator().manual_seed(3)
+    split = _split(gen)
+    order = torch.randperm(split.num_docs, generator=gen).numpy()
+    model, optimizer = _trainer(kind, mode)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    expected = _batch_by_batch(model, optimizer, kernel, split, order, loss_sum)
+    want = _everything(model, optimizer, loss_sum)
+
+    model, optimizer = _trainer(kind, mode)
+    fused = FusedSteps.for_run(model, optimizer, kernel, split)
+    assert fused is not None
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    losses, begin = [], 0
+    for steps in (3, 1, 4):  # 8 batches: chunk boundaries must not matter
+        chunk = order[begin * BATCH : (begin + steps) * BATCH]
+        losses += fused(chunk, BATCH, loss_sum).tolist()
+        begin += steps
+    assert losses == expected
+    got = _everything(model, optimizer, loss_sum)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_fused_steps_stop_after_the_first_non_finite_step_for_the_guard_to_name():
+    kernel = native_kernels("cpp", "task.kernel")
+    gen = torch.Generator().manual_seed(4)
+    split = _split(gen, docs=15)  # 3 batches
+    split.ids %= ROWS - 1
+    doc = next(d for d in range(10, 15) if split.lengths[d])  # a document of the third batch
+    split.ids[split.offsets[doc]] = ROWS - 1  # the only use of the last row
+    model, optimizer = _trainer("fasttext", "mean")
+    with torch.no_grad():
+        model.embedding.weight[ROWS - 1] = float("inf")
+    fused = FusedSteps.for_run(model, optimizer, kernel, split)
+    order = np.arange(15)
+    losses = fused(np.concatenate([order, order]), BATCH, torch.zeros((), dtype=torch.float64))
+    assert len(losses) == 3 and not losses[-1].isfinite() and losses[:2].isfinite().all()
+    assert optimizer.state[model.embedding.weight]["step"] == 3
+    assert DivergenceGuard(model).after_step(losses[-1], 3) == "loss at step 3"
+
+
+def test_fused_steps_apply_only_where_they_give_the_same_numbers():
+    kernel = native_kernels("cpp", "task.kernel")
+    split = _split(torch.Generator().manual_seed(5))
+    model, _ = _trainer("fasttext", "mean")
+    assert FusedSteps.for_run(model, _trainer("fasttext", "mean")[1], kernel, split) is None
+    for unlike in (dict(weight_decay=0.1), dict(maximize=True), dict(fused=False)):
+        model, optimizer = _trainer("fasttext", "mean", **unlike)
+        assert FusedSteps.for_run(model, optimizer, kernel, split) is None, unlike
+    model, optimizer = _trainer("fasttext", "mean")
+    assert FusedSteps.for_run(model, optimizer, None, split) is None  # task.kernel=torch
+    handle = optimizer.register_step_post_hook(lambda *args: None)
+    assert FusedSteps.for_run(model, optimizer, kernel, split) is None
+    handle.remove()
+    assert FusedSteps.for_run(model, optimizer, kernel, split) is not None
+    assert FusedSteps.for_run(model, SGD(model.parameters(), lr=0.1), kernel, split) is None
+
+
+def test_a_run_with_fused_steps_writes_what_batch_by_batch_steps_write(tmp_path, monkeypatch):
+    """Every event of the loop at its own step: log points, early and regular snapshots,
+    evaluations and checkpoints at intervals that fall between and on one another."""
+    overrides = [
+        "data.max_examples=300",
+        "model=fasttext",
+        "trainer.epochs=3",
+        "trainer.batch_size=8",
+        "trainer.log_every=7",
+        "trainer.eval_every=11",
+        "trainer.checkpoint_every=13",
+        "telemetry.every=20",
+        "tokenizer.ngrams=2",
+        "tokenizer.buckets=5000",
+    ]
+    calls = []
+    call = FusedSteps.__call__
+
+    def counted(self, docs, batch_size, loss_sum):
+        calls.append(len(docs))
+        return call(self, docs, batch_size, loss_sum)
+
+    monkeypatch.setattr(FusedSteps, "__call__", counted)
+    fused = train(make_config(*overrides), tmp_path / "fused")
+    assert calls and max(calls) > 8  # several steps per call did run
+    monkeypatch.setattr(FusedSteps, "for_run", classmethod(lambda *args: None))
+    stepped = train(make_config(*overrides), tmp_path / "stepped")
+    assert fused["train/steps"] == stepped["train/steps"] > 60
+    assert metrics_without_timing(tmp_path / "fused") == metrics_without_timing(
+        tmp_path / "stepped"
+    )
+    a, b = read_tb(tmp_path / "fused"), read_tb(tmp_path / "stepped")
+    tags = [t for t in a.Tags()["scalars"] if "per_sec" not in t]
+    assert tags == [t for t in b.Tags()["scalars"] if "per_sec" not in t]
+    for tag in tags:
+        assert [(e.step, e.value) for e in a.Scalars(tag)] == [
+            (e.step, e.value) for e in b.Scalars(tag)
+        ], tag
+    for run in ("fused", "stepped"):
+        saved = sorted(p.name for p in (tmp_path / run / "checkpoints").glob("step_*.pt"))
+        assert saved == sorted(p.name for p in (tmp_path / "stepped/checkpoints").glob("step_*"))
+    x = torch.load(tmp_path / "fused/checkpoints/last.pt", weights_only=True)
+    y = torch.load(tmp_path / "stepped/checkpoints/last.pt", weights_only=True)
+    torch.testing.assert_close(x["model"], y["model"], rtol=0, atol=0)
+    torch.testing.assert_close(x["optimizer"]["state"], y["optimizer"]["state"], rtol=0, atol=0)
