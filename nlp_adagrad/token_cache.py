@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from nlp_adagrad.config import TokenizerConfig
 from nlp_adagrad.errors import UserError, one_line
-from nlp_adagrad.vocab import EncodedSplit, encode_split, train_tokenizer
+from nlp_adagrad.vocab import EncodedSplit, WordIds, encode_split, train_tokenizer, vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ FORMAT_VERSION = 1  # bump when the tokenizer recipe or the cached layout change
 @dataclass
 class Tokenized:
     tokenizer: Tokenizer
+    tokens: list[str]  # the vocabulary in id order (nlp_adagrad.vocab.vocabulary)
     train: EncodedSplit
     test: EncodedSplit | None  # None for a corpus without a test split (word vectors)
     cache_dir: Path | None  # the entry used, None with tokenizer.cache=false
@@ -89,9 +90,14 @@ def tokenize_corpus(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> Token
                         one_line(e),
                     )
     tokenizer = train_tokenizer(corpus["train"], cfg)
-    splits = {name: encode_split(split, tokenizer, cfg) for name, split in corpus.items()}
+    tokens = vocabulary(tokenizer)
+    word_ids = WordIds(tokenizer, cfg, tokens)  # one lookup for every split
+    splits = {
+        name: encode_split(split, tokenizer, cfg, word_ids=word_ids)
+        for name, split in corpus.items()
+    }
     return Tokenized(
-        tokenizer, splits["train"], splits.get("test"), cache_dir=None, cache_hit=False
+        tokenizer, tokens, splits["train"], splits.get("test"), cache_dir=None, cache_hit=False
     )
 
 
@@ -104,12 +110,18 @@ def _through_cache(corpus: datasets.DatasetDict, cfg: TokenizerConfig, entry: Pa
         tokenizer = train_tokenizer(corpus["train"], cfg)
         entry.mkdir(parents=True, exist_ok=True)
         _save_atomically(tokenizer, tokenizer_file)
+    tokens = vocabulary(tokenizer)
+    word_ids = WordIds(tokenizer, cfg, tokens)  # one lookup for every split
     splits = {}
     for name in corpus:
         ids_file = entry / f"{name}.arrow"
         hit = hit and ids_file.exists()
-        splits[name] = encode_split(corpus[name], tokenizer, cfg, cache_file=ids_file)
-    return Tokenized(tokenizer, splits["train"], splits.get("test"), cache_dir=entry, cache_hit=hit)
+        splits[name] = encode_split(
+            corpus[name], tokenizer, cfg, cache_file=ids_file, word_ids=word_ids
+        )
+    return Tokenized(
+        tokenizer, tokens, splits["train"], splits.get("test"), cache_dir=entry, cache_hit=hit
+    )
 
 
 def _save_atomically(tokenizer: Tokenizer, path: Path) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
+import torch
 
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch
 from nlp_adagrad.config import TokenizerConfig
 from nlp_adagrad.distributed import Topology
 from nlp_adagrad.errors import UserError
+from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.vocab import (
     BIGRAM_HASH_PRIME,
     UNK,
@@ -49,6 +51,24 @@ def test_bigrams_match_a_python_reference():
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
     split = EncodedSplit(np.array(sum(docs, []), np.int64), offsets, np.zeros(4, np.int64))
     out = add_bigrams(split, num_words=10, buckets=7)
+    kernel = native_kernels("cpp", "tokenizer.kernel")
+    ids, new_offsets = kernel.add_bigrams(
+        torch.from_numpy(split.ids), torch.from_numpy(split.offsets), 10, 7
+    )
+    assert ids.tolist() == out.ids.tolist() and new_offsets.tolist() == out.offsets.tolist()
+    # and on a corpus: large ids (no overflow), empty and one-word documents, several threads
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 30, 5000)
+    big = EncodedSplit(
+        rng.integers(0, 2**31 - 1, int(lengths.sum())),
+        np.concatenate([[0], np.cumsum(lengths)]),
+        None,
+    )
+    want = add_bigrams(big, num_words=2**31, buckets=2_000_003)
+    ids, new_offsets = kernel.add_bigrams(
+        torch.from_numpy(big.ids), torch.from_numpy(big.offsets), 2**31, 2_000_003
+    )
+    assert np.array_equal(ids.numpy(), want.ids) and np.array_equal(new_offsets, want.offsets)
     expected = []
     for d in docs:
         expected.append(d + [10 + (a * BIGRAM_HASH_PRIME + b) % 7 for a, b in zip(d, d[1:])])

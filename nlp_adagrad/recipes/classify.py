@@ -41,7 +41,7 @@ from nlp_adagrad.run import (
 )
 from nlp_adagrad.scoring import evaluate
 from nlp_adagrad.token_cache import tokenize_corpus
-from nlp_adagrad.vocab import token_counts, vocabulary, warn_unusual_documents
+from nlp_adagrad.vocab import token_counts, warn_unusual_documents
 from nlp_adagrad.writer import MetricWriter
 
 log = logging.getLogger("nlp_adagrad.train")
@@ -62,7 +62,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     tokenizer, train_split, test_split = tokenized.tokenizer, tokenized.train, tokenized.test
     if tokenized.cache_hit:
         log.info("token ids read from the cache: %s", tokenized.cache_dir)
-    tokens = vocabulary(tokenizer)
+    tokens = tokenized.tokens
     warn_unusual_documents(train_split, "train")
     warn_unusual_documents(test_split, "test")
     num_rows = len(tokens) + (cfg.tokenizer.buckets if cfg.tokenizer.ngrams == 2 else 0)

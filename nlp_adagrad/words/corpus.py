@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_texts
 from nlp_adagrad.token_cache import tokenize_corpus
-from nlp_adagrad.vocab import EncodedSplit, token_counts, vocabulary, warn_unusual_documents
+from nlp_adagrad.vocab import EncodedSplit, token_counts, warn_unusual_documents
 
 log = logging.getLogger("nlp_adagrad.train")
 
@@ -34,7 +34,7 @@ def word_corpus(cfg: Config) -> WordCorpus:
     tokenized = tokenize_corpus(datasets.DatasetDict(train=texts), cfg.tokenizer)
     if tokenized.cache_hit:
         log.info("token ids read from the cache: %s", tokenized.cache_dir)
-    tokens = vocabulary(tokenized.tokenizer)
+    tokens = tokenized.tokens
     warn_unusual_documents(tokenized.train, "text")
     counts = token_counts(tokenized.train, len(tokens))
     corpus = WordCorpus(
