@@ -13,6 +13,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,6 +265,9 @@ class Snapshots:
     def __init__(self, cfg: Config, spec, optimizer: RowOptimizer, tables: dict[str, torch.Tensor]):
         self.cfg, self.spec, self.optimizer, self.tables = cfg.telemetry, spec, optimizer, tables
         self.primary = next(iter(tables))
+        # summarizing and writing a snapshot costs ~10x reading it: done off the loop, in order
+        self._writing: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[str, int, Future]] = []
 
     def names(self) -> list[str] | None:
         """Table names for tags, or None when there is only one (untagged)."""
@@ -274,30 +278,49 @@ class Snapshots:
         return name if len(self.tables) > 1 else None
 
     def maybe(self, writer: MetricWriter, state: RunState, last: bool) -> None:
+        """A snapshot when one is due: its rates read now, summarized and written on the
+        telemetry thread while training goes on (`settle` waits for them)."""
         step, every = state.step, self.cfg.every
         if last or not telemetry.snapshot_due(step, every):
             return
         started = time.perf_counter()
         histograms = telemetry.histograms_due(step, every, self.cfg.histogram_every)
         for name, table in self.tables.items():
-            summary, _, _ = telemetry.log_snapshot(
+            reading = telemetry.read_snapshot(self.spec, self.optimizer, table, histograms)
+            if self._writing is None:
+                self._writing = ThreadPoolExecutor(1, thread_name_prefix="telemetry")
+            written = self._writing.submit(
+                telemetry.write_snapshot,
                 writer,
                 self.spec,
-                self.optimizer,
-                table,
+                reading,
                 step,
-                histograms=histograms,
-                table_name=self.tag_of(name),
+                histograms,
+                self.tag_of(name),
             )
+            self._pending.append((name, step, written))
+        state.telemetry_seconds += time.perf_counter() - started
+
+    def settle(self, state: RunState) -> None:
+        """Wait until every snapshot taken is written; keep the first one's rates in `state`
+        (a checkpoint saves them)."""
+        started = time.perf_counter()
+        for name, step, written in self._pending:
+            summary = written.result()  # a failure to write surfaces here
             first = not state.first_snapshot and math.isfinite(summary["eff_lr/rare_to_common"])
             if name == self.primary and first:
                 state.first_snapshot = first_snapshot_metrics(summary, step)
+        self._pending.clear()
         state.telemetry_seconds += time.perf_counter() - started
 
     def final(self, writer: MetricWriter, state: RunState) -> tuple[dict, dict[str, TableRates]]:
         """The exact last snapshot of every table: (metrics, rates by table). The metrics
         hold the primary table's summary, its first snapshot's rates and, with several
         tables, every table's summary and bucket rows under eff_lr/<table>/..."""
+        self.settle(state)
+        if self._writing is not None:
+            self._writing.shutdown()
+            self._writing = None
         metrics, rates = {}, {}
         for name, table in self.tables.items():
             tag = self.tag_of(name)
@@ -361,9 +384,11 @@ class Intervals:
             state.close_window(self.writer, self.bar)
         self.snapshots.maybe(self.writer, state, last)
         if trainer.checkpoint_every and step % trainer.checkpoint_every == 0:
+            self.snapshots.settle(state)
             self.checkpoints.last = self.save()
         if self.stop.requested and not last:
             self.bar.close()
+            self.snapshots.settle(state)
             saved = self.save()
             self.writer.close()
             raise TrainingInterrupted(step, saved)

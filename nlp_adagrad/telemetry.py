@@ -327,6 +327,71 @@ def log10_tags(summary: dict[str, float]) -> dict[str, float]:
     return out
 
 
+@dataclass
+class Reading:
+    """What a snapshot reads from the live optimizer state (`read_snapshot`): plain arrays,
+    so summarizing and writing them (`write_snapshot`) may happen later, on another thread."""
+
+    view: TokenView
+    eff_lr: np.ndarray  # float64, the view's tokens
+    updates: np.ndarray  # int64, the view's tokens
+    tokens_updated: int  # exact even when sampled
+    # bucket -> log10 of the coordinate rates of its shown tokens (histogram snapshots of
+    # optimizers with per-coordinate state), else None
+    coordinates: dict[str, np.ndarray] | None
+
+
+def read_snapshot(
+    spec: TelemetrySpec,
+    optimizer: RowOptimizer,
+    table: torch.Tensor,
+    histograms: bool = True,
+    exact: bool = False,
+) -> Reading:
+    """Read one snapshot's rates from the optimizer (the part that must happen at the step).
+
+    A snapshot reads `spec.sample` (every token of a vocabulary up to telemetry.sample_size),
+    so its cost does not grow with the vocabulary; `exact` reads every token (the last one).
+    """
+    view = spec.full if exact else spec.sample
+    eff_lr, updates = read_rates(optimizer, table, spec, view)
+    # one count over the update counters (~0.2 ms per 10^6 tokens)
+    tokens_updated = int(torch.count_nonzero(optimizer.row_updates(table)[: spec.num_tokens]))
+    coordinates = None
+    if histograms and optimizer.has_coordinate_rates(table):
+        coordinates = _coordinate_rates(optimizer, table, view, _shown(spec, view, eff_lr))
+    return Reading(view, eff_lr, updates, tokens_updated, coordinates)
+
+
+def write_snapshot(
+    writer: MetricWriter,
+    spec: TelemetrySpec,
+    reading: Reading,
+    step: int,
+    histograms: bool = True,
+    table_name: str | None = None,
+) -> dict[str, float]:
+    """Write one telemetry point (scalars, followed tokens, histograms) from a reading; return
+    its summary. With `table_name` the tags say the table (`table_tag`); the summary does not."""
+    view, eff_lr = reading.view, reading.eff_lr
+    summary = summarize(spec, eff_lr, reading.updates, view)
+    summary["eff_lr/tokens_updated"] = float(reading.tokens_updated)
+    followed = {f"eff_lr/token/{token}": float(eff_lr[k]) for token, k in view.followed.items()}
+    tags = {**summary, **log10_tags(summary), **followed}
+    writer.scalars({table_tag(tag, table_name): value for tag, value in tags.items()}, step)
+    if histograms:
+        out = {}
+        for name in spec.bucket_names:
+            rates = eff_lr[view.members[name]]
+            rates = rates[np.isfinite(rates) & (rates > 0)]  # 0: a rate under an overflowed G
+            if len(rates):
+                out[table_tag(f"eff_lr_log10_hist/{name}", table_name)] = np.log10(rates)
+        for name, values in (reading.coordinates or {}).items():
+            out[table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)] = values
+        writer.histograms(out, step)
+    return summary
+
+
 def log_snapshot(
     writer: MetricWriter,
     spec: TelemetrySpec,
@@ -337,62 +402,31 @@ def log_snapshot(
     exact: bool = False,
     table_name: str | None = None,
 ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Write one telemetry point (scalars, followed tokens, histograms); return what it read.
-
-    A snapshot reads `spec.sample` (every token of a vocabulary up to telemetry.sample_size),
-    so its cost does not grow with the vocabulary; `exact` reads every token (the last one).
-    With `table_name` the tags say the table (`table_tag`); the summary returned does not.
-    """
-    view = spec.full if exact else spec.sample
-    eff_lr, updates = read_rates(optimizer, table, spec, view)
-    summary = summarize(spec, eff_lr, updates, view)
-    # exact even when sampled: one count over the update counters (~0.2 ms per 10^6 tokens)
-    summary["eff_lr/tokens_updated"] = float(
-        torch.count_nonzero(optimizer.row_updates(table)[: spec.num_tokens])
-    )
-    followed = {f"eff_lr/token/{token}": float(eff_lr[k]) for token, k in view.followed.items()}
-    tags = {**summary, **log10_tags(summary), **followed}
-    writer.scalars({table_tag(tag, table_name): value for tag, value in tags.items()}, step)
-    if histograms:
-        write_histograms(writer, spec, optimizer, table, view, eff_lr, step, table_name)
-    return summary, eff_lr, updates
+    """Read and write one telemetry point at once; (summary, eff_lr, updates) of the view."""
+    reading = read_snapshot(spec, optimizer, table, histograms, exact)
+    summary = write_snapshot(writer, spec, reading, step, histograms, table_name)
+    return summary, reading.eff_lr, reading.updates
 
 
-def write_histograms(
-    writer: MetricWriter,
-    spec: TelemetrySpec,
-    optimizer: RowOptimizer,
-    table: torch.Tensor,
-    view: TokenView,
-    eff_lr: np.ndarray,
-    step: int,
-    table_name: str | None = None,
-) -> None:
-    """Per bucket, log10 of the row rates and, where an optimizer keeps a second moment per
-    coordinate, log10 of the coordinate rates: the spread the row summary hides."""
-    shown = {}  # bucket -> positions in the view of the tokens whose coordinates are read
-    histograms = {}
+def _shown(spec: TelemetrySpec, view: TokenView, eff_lr: np.ndarray) -> dict[str, np.ndarray]:
+    """bucket -> positions in the view of the tokens whose coordinate rates a histogram
+    shows, in buckets where some token has a rate: evenly spaced when there are more
+    (deterministic, and the shape is kept)."""
+    shown = {}
     for name in spec.bucket_names:
         positions = view.members[name]
         rates = eff_lr[positions]
-        rates = rates[np.isfinite(rates) & (rates > 0)]  # 0: a rate under an overflowed G
-        if len(rates):
-            histograms[table_tag(f"eff_lr_log10_hist/{name}", table_name)] = np.log10(rates)
-            # evenly spaced when there are more: deterministic, and the shape is kept
+        if (np.isfinite(rates) & (rates > 0)).any():
             shown[name] = positions[:: -(-len(positions) // MAX_COORD_HISTOGRAM_TOKENS)]
-    if shown and optimizer.has_coordinate_rates(table):
-        histograms.update(_coordinate_histograms(optimizer, table, view, shown, table_name))
-    writer.histograms(histograms, step)
+    return shown
 
 
-def _coordinate_histograms(
-    optimizer: RowOptimizer,
-    table: torch.Tensor,
-    view: TokenView,
-    shown: dict[str, np.ndarray],
-    table_name: str | None,
+def _coordinate_rates(
+    optimizer: RowOptimizer, table: torch.Tensor, view: TokenView, shown: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """log10 of the coordinate rates of the `shown` tokens, by bucket."""
+    """bucket -> log10 of the coordinate rates of its `shown` tokens (one read for all)."""
+    if not shown:
+        return {}
     out = {}
     positions = np.concatenate(list(shown.values()))
     ids = positions if view.ids is None else view.ids[positions]
@@ -404,7 +438,7 @@ def _coordinate_histograms(
         start += len(chosen)
         values = values[np.isfinite(values) & (values > 0)]
         if len(values):
-            out[table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)] = np.log10(values)
+            out[name] = np.log10(values)
     return out
 
 

@@ -545,10 +545,12 @@ def bench_optimizer(quick: bool) -> list[dict]:
 
 # ------------------------------------------------------------------------- telemetry overhead
 def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
-    """Time the default telemetry's in-loop snapshots take (`train/telemetry_seconds`, timed
-    inside the loop) against the rest of the loop, median of 3 runs, on BBC News (27k words)
-    and a synthetic corpus with a 10^6-word vocabulary. Timed directly: the difference of two
-    whole runs (telemetry on vs off) moved +-10% between repeats on this VM."""
+    """What the default telemetry costs the training loop, median of 3 runs, on BBC News
+    (27k words) and a synthetic corpus with a 10^6-word vocabulary: the time the loop spends
+    in snapshots (`train/telemetry_seconds`: reading the rates at the step, and any wait for
+    the telemetry thread that summarizes and writes them), against the rest of the loop; and,
+    since that thread shares the interpreter, the whole loop with telemetry on against
+    `telemetry.every=0` (runs alternating; this VM moves +-10% between repeats)."""
     from nlp_adagrad.config import TelemetryConfig
     from nlp_adagrad.telemetry import snapshot_due
 
@@ -564,12 +566,16 @@ def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
     }
     out = []
     for corpus, data in corpora.items():
-        runs = []
+        on, off = [], []
         for _ in range(1 if quick else 3):
-            metrics = _ours(["telemetry.figure=false", "trainer.num_threads=1", *data], workdir)
+            common = ["telemetry.figure=false", "trainer.num_threads=1", *data]
+            metrics = _ours(common, workdir)
             telemetry = metrics["train/telemetry_seconds"]
-            runs.append((metrics["train/seconds"] - telemetry, telemetry, metrics["train/steps"]))
-        rest, telemetry, steps = sorted(runs, key=lambda r: r[1] / r[0])[len(runs) // 2]
+            on.append((metrics["train/seconds"] - telemetry, telemetry, metrics["train/steps"]))
+            off.append(_ours([*common, "telemetry.every=0"], workdir)["train/seconds"])
+        rest, telemetry, steps = sorted(on, key=lambda r: r[1] / r[0])[len(on) // 2]
+        loop_on = sorted(r[0] + r[1] for r in on)[len(on) // 2]
+        loop_off = sorted(off)[len(off) // 2]
         every = TelemetryConfig().every  # the default schedule: no run above sets it
         out.append(
             dict(
@@ -579,6 +585,9 @@ def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
                 loop_seconds=rest,
                 telemetry_seconds=telemetry,
                 overhead=telemetry / rest,
+                loop_on=loop_on,
+                loop_off=loop_off,
+                whole_loop=loop_on / loop_off - 1,
             )
         )
     return out
@@ -808,9 +817,19 @@ def markdown(results: dict, command: str, machine: str) -> str:
         )
     if "telemetry" in results:
         lines += _table(
-            "**Telemetry overhead** (default telemetry: time in the in-loop snapshots against "
-            "the rest of the training loop, median of 3 runs):",
-            ["corpus", "steps", "snapshots", "rest of loop s", "snapshots s", "overhead"],
+            "**Telemetry overhead** (default telemetry, median of 3 runs: time the loop spends "
+            "in snapshots, reading rates and waiting for the telemetry thread, against the "
+            "rest of the loop; and the whole loop against a run with `telemetry.every=0`):",
+            [
+                "corpus",
+                "steps",
+                "snapshots",
+                "rest of loop s",
+                "in snapshots s",
+                "overhead",
+                "loop s, telemetry on / off",
+                "whole loop",
+            ],
             [
                 [
                     r["corpus"],
@@ -819,6 +838,8 @@ def markdown(results: dict, command: str, machine: str) -> str:
                     f"{r['loop_seconds']:.3f}",
                     f"{r['telemetry_seconds']:.3f}",
                     f"{100 * r['overhead']:+.1f}%",
+                    f"{r['loop_on']:.3f} / {r['loop_off']:.3f}",
+                    f"{100 * r['whole_loop']:+.1f}%",
                 ]
                 for r in results["telemetry"]
             ],
