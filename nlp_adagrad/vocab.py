@@ -59,10 +59,7 @@ def train_tokenizer(texts: datasets.Dataset, cfg: TokenizerConfig) -> Tokenizer:
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     kernel = word_kernel(cfg)
     if kernel is not None:
-        # through the arrow format: the column in one piece (under a split's index mapping
-        # `texts["text"]` reads it row by row: 14 s for 160,000 documents)
-        column = texts.with_format("arrow")["text"].to_pylist()
-        words = _ranked_words(column, cfg, kernel, tokenizer)
+        words = _ranked_words(texts.with_format("arrow")["text"], cfg, kernel, tokenizer)
         vocab = {UNK: UNK_ID, **{word: i + 1 for i, word in enumerate(words)}}
         tokenizer.model = models.WordLevel(vocab, unk_token=UNK)
         tokenizer.add_special_tokens([UNK])  # as the trainer registers its special tokens
@@ -90,24 +87,36 @@ def word_kernel(cfg: TokenizerConfig):
     return native_kernels(cfg.kernel, "tokenizer.kernel")
 
 
-def _ranked_words(texts: list, cfg: TokenizerConfig, kernel, tokenizer: Tokenizer) -> list[str]:
-    """WordLevelTrainer's words: the kernel counts the ASCII texts (str.isascii is free in
-    CPython), tokenizers' own normalizer and pre-tokenizer the others."""
+def _ranked_words(
+    column: pa.Array | pa.ChunkedArray, cfg: TokenizerConfig, kernel, tokenizer: Tokenizer
+) -> list[str]:
+    """WordLevelTrainer's words: the kernel counts the ASCII texts of the Arrow column in
+    place, tokenizers' own normalizer and pre-tokenizer the others."""
+    counts = kernel.WordCounts(cfg.lowercase)
     extra: dict[str, int] = {}
-    for text in texts:
-        if text is not None and not text.isascii():
-            normalized = tokenizer.normalizer.normalize_str(text)
-            for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized):
-                extra[word] = extra.get(word, 0) + 1
-    ascii_texts = [t for t in texts if t is not None and t.isascii()]
-    return kernel.ranked_words(
-        ascii_texts,
-        cfg.lowercase,
-        list(extra),
-        list(extra.values()),
-        cfg.min_count,
-        cfg.max_vocab - 1,  # the unknown token takes a row
-    )
+    if isinstance(column, pa.ChunkedArray):  # a split's index mapping: a chunk a row
+        column = column.combine_chunks()
+    for i in counts.count(*_arrow_texts(column)).tolist():
+        normalized = tokenizer.normalizer.normalize_str(column[i].as_py())
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized):
+            extra[word] = extra.get(word, 0) + 1
+    counts.add(list(extra), list(extra.values()))
+    return counts.ranked(cfg.min_count, cfg.max_vocab - 1)  # the unknown token takes a row
+
+
+def _arrow_texts(texts: pa.Array) -> tuple[pa.Buffer | bytes, torch.Tensor, torch.Tensor]:
+    """(data, starts, ends) of an Arrow string array as the C++ kernels read it: text t is
+    data[starts[t]:ends[t]], a null text empty; no Python string is made."""
+    _, offsets, data = texts.buffers()
+    dtype = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    bounds = np.frombuffer(
+        offsets, dtype=dtype, count=len(texts) + 1, offset=texts.offset * np.dtype(dtype).itemsize
+    ).astype(np.int64)
+    starts, ends = bounds[:-1], bounds[1:].copy()
+    if texts.null_count:
+        nulls = texts.is_null().to_numpy(zero_copy_only=False)
+        ends[nulls] = starts[nulls]
+    return data if data is not None else b"", torch.from_numpy(starts), torch.from_numpy(ends)
 
 
 def _text_batches(ds: datasets.Dataset, size: int = 1000):
@@ -141,10 +150,10 @@ def encode_split(
     features = {"ids": datasets.Sequence(datasets.Value("int32"))}
     if "label" in ds.features:
         features["label"] = ds.features["label"]
-    encoded = ds.map(
+    encoded = ds.with_format("arrow").map(  # batches as Arrow tables: the text never Python
         _encode_batch,
         batched=True,
-        batch_size=1000,
+        batch_size=10_000,  # a batch is split over the threads (words.cpp)
         fn_kwargs={"tokenizer": tokenizer, "word_ids": word_ids or WordIds(tokenizer, cfg)},
         remove_columns=["text"],
         features=datasets.Features(features),
@@ -178,25 +187,28 @@ def csr_from_lists(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     return ids, offsets - offsets[0]
 
 
-def _encode_batch(batch: dict, tokenizer: Tokenizer, word_ids: WordIds) -> dict | pa.Table:
-    texts = batch["text"]
-    word_ids = word_ids.get()
-    if word_ids is None or any(t is None for t in texts):
-        return {"ids": _tokenizers_ids(tokenizer, texts)}
-    ids, lengths, others = word_ids.encode(texts)  # the ASCII texts' ids; others skipped
-    if len(others):
-        out = np.split(ids.numpy(), np.cumsum(lengths.numpy())[:-1])
-        others = others.tolist()
-        for i, encoded in zip(others, _tokenizers_ids(tokenizer, [texts[i] for i in others])):
-            out[i] = encoded
-        return {"ids": out}
-    # an Arrow table: datasets converts a list of arrays one row at a time (2 s of 10 on the
-    # synthetic corpus). A table replaces the batch whole, so it carries the kept columns too
-    offsets = np.zeros(len(texts) + 1, dtype=np.int32)
-    np.cumsum(lengths.numpy(), out=offsets[1:])
-    kept = {name: pa.array(values) for name, values in batch.items() if name != "text"}
-    ids_column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.numpy()))
-    return pa.table({"ids": ids_column, **kept})
+def _encode_batch(batch: pa.Table, tokenizer: Tokenizer, word_ids: WordIds) -> pa.Table:
+    column = batch.column("text").combine_chunks()
+    lookup = word_ids.get()
+    if lookup is None or column.null_count:
+        ids = pa.array(_tokenizers_ids(tokenizer, column.to_pylist()), pa.list_(pa.int32()))
+    else:
+        flat, lengths, others = lookup.encode(*_arrow_texts(column))  # others: not ASCII
+        if len(others):
+            rows = np.split(flat.numpy(), np.cumsum(lengths.numpy())[:-1])
+            others = others.tolist()
+            texts = [column[i].as_py() for i in others]
+            for i, encoded in zip(others, _tokenizers_ids(tokenizer, texts)):
+                rows[i] = encoded
+            ids = pa.array(rows, pa.list_(pa.int32()))
+        else:
+            offsets = np.zeros(len(column) + 1, dtype=np.int32)
+            np.cumsum(lengths.numpy(), out=offsets[1:])
+            ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.numpy()))
+    # a table replaces the batch whole, so it carries the kept columns (a dict returned for
+    # an Arrow batch loses them: the labels came back null)
+    kept = {name: batch.column(name) for name in batch.column_names if name != "text"}
+    return pa.table({"ids": ids, **kept})
 
 
 def _tokenizers_ids(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:

@@ -152,12 +152,15 @@ def test_the_word_kernel_makes_tokenizers_own_tokenizer_and_ids(settings):
 
     native_kernels("cpp", "tokenizer.kernel")  # this test is about the kernel: it must build
     train, test = dataset(TRICKY), dataset([*TRICKY[::-1], "QUICK unseen fox!"])
+    train = train.map(lambda row, i: {"label": i % 3}, with_indices=True)
     made = {}
     for kernel in ("tokenizers", "cpp"):
         cfg = TokenizerConfig(kernel=kernel, **settings)
         tokenizer = train_tokenizer(train, cfg)
         splits = [encode_split(ds, tokenizer, cfg) for ds in (train, test)]
         made[kernel] = tokenizer.to_str(), [(s.ids.tolist(), s.offsets.tolist()) for s in splits]
+        assert splits[0].labels.tolist() == [i % 3 for i in range(len(TRICKY))]  # kept, whole
+        assert splits[1].labels.tolist() == [0] * (len(TRICKY) + 1)
     assert made["cpp"] == made["tokenizers"]  # the same tokenizer.json, the same ids
     assert len(made["cpp"][1][0][0]) > 10  # the texts did become ids
 

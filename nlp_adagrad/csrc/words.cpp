@@ -33,17 +33,38 @@ struct Table {  // only ASCII texts are read (is_ascii): bytes from 128 up never
 };
 const Table kTable;
 
-bool is_ascii(const std::string& text) {
-  for (unsigned char c : text)
-    if (c >= 128) return false;
-  return true;
+// Arrow string arrays as the kernels read them (nlp_adagrad.vocab._arrow_texts): text t is
+// data[starts[t]:ends[t]], no Python string made (a null text reads as empty).
+struct Texts {
+  const char* data;
+  const int64_t* starts;
+  const int64_t* ends;
+  int64_t count;
+  std::string_view operator[](int64_t t) const {
+    return std::string_view(data + starts[t], (size_t)(ends[t] - starts[t]));
+  }
+};
+
+Texts texts_of(const pybind11::buffer_info& data, const torch::Tensor& starts,
+               const torch::Tensor& ends) {
+  TORCH_CHECK(starts.scalar_type() == torch::kInt64 && ends.scalar_type() == torch::kInt64 &&
+                  starts.is_contiguous() && ends.is_contiguous() && starts.numel() == ends.numel(),
+              "texts: contiguous int64 starts and ends, one each per text");
+  return {static_cast<const char*>(data.ptr), starts.data_ptr<int64_t>(), ends.data_ptr<int64_t>(),
+          starts.numel()};
+}
+
+bool is_ascii(std::string_view text) {
+  unsigned char high = 0;
+  for (unsigned char c : text) high |= c;  // vectorises; a branch per byte does not
+  return high < 128;
 }
 
 // Calls emit(word) for each pre-token of an ASCII text (a view into `buffer`, which holds the
 // text lowercased if asked).
 template <typename Emit>
-void pre_tokens(const std::string& text, bool lowercase, std::string& buffer, Emit emit) {
-  buffer = text;
+void pre_tokens(std::string_view text, bool lowercase, std::string& buffer, Emit emit) {
+  buffer.assign(text.data(), text.size());
   if (lowercase)
     for (char& c : buffer)
       if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
@@ -59,48 +80,29 @@ void pre_tokens(const std::string& text, bool lowercase, std::string& buffer, Em
   }
 }
 
-// Open addressing over string views whose bytes live in the table's own arena: a lookup
-// hashes the word once and compares bytes, no allocation (std::unordered_map<std::string>
-// ran at ~6 M words/s here, this at several times that).
+// Texts [0, count) cut into one contiguous range per torch thread (from 500 texts a range):
+// fn(range, begin, end) for each, the ranges in parallel; returns the range count. Each range
+// writes only its own results, which the caller joins in range order: the same output for
+// any thread count.
+template <typename Fn>
+int64_t over_ranges(int64_t count, Fn fn) {
+  const int64_t ranges =
+      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), count / 500));
+  at::parallel_for(0, ranges, 1, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) fn(r, count * r / ranges, count * (r + 1) / ranges);
+  });
+  return ranges;
+}
+
+// Open addressing over words whose bytes live in the table's own arena: a lookup hashes the
+// word once and compares bytes, no allocation (std::unordered_map<std::string> ran at ~6 M
+// words/s here). A slot keeps the hash, the value and the key's place together, one cache
+// line; `hash` is public so a caller can hash a document's words first and `prefetch` their
+// slots, overlapping the misses of a table far larger than the cache.
 class WordTable {
  public:
   explicit WordTable(size_t expected = 1 << 16) { rehash(capacity_for(expected)); }
 
-  // The slot of `word`, added (value 0) if new.
-  int64_t& at(std::string_view word) {
-    if (2 * (size_ + 1) > keys_.size()) rehash(keys_.size() * 2);
-    const uint64_t h = hash(word);
-    size_t i = h & (keys_.size() - 1);
-    while (true) {
-      if (keys_[i].data() == nullptr) {
-        keys_[i] = store(word);
-        hashes_[i] = h;
-        ++size_;
-        return values_[i];
-      }
-      if (hashes_[i] == h && keys_[i] == word) return values_[i];
-      i = (i + 1) & (keys_.size() - 1);
-    }
-  }
-
-  // The value of `word`, or -1.
-  int64_t find(std::string_view word) const {
-    const uint64_t h = hash(word);
-    size_t i = h & (keys_.size() - 1);
-    while (keys_[i].data() != nullptr) {
-      if (hashes_[i] == h && keys_[i] == word) return values_[i];
-      i = (i + 1) & (keys_.size() - 1);
-    }
-    return -1;
-  }
-
-  template <typename Visit>
-  void each(Visit visit) const {
-    for (size_t i = 0; i < keys_.size(); ++i)
-      if (keys_[i].data() != nullptr) visit(keys_[i], values_[i]);
-  }
-
- private:
   static uint64_t hash(std::string_view word) {  // FNV-1a, then a final mix
     uint64_t h = 1469598103934665603ull;
     for (unsigned char c : word) h = (h ^ c) * 1099511628211ull;
@@ -108,74 +110,157 @@ class WordTable {
     h *= 0xff51afd7ed558ccdull;
     return h ^ (h >> 33);
   }
+
+  void prefetch(uint64_t h) const { __builtin_prefetch(&slots_[h & (slots_.size() - 1)]); }
+
+  // The value of `word` (hashed to `h`), added at 0 if new.
+  int64_t& at(std::string_view word, uint64_t h) {
+    if (2 * (size_ + 1) > slots_.size()) rehash(slots_.size() * 2);
+    size_t i = h & (slots_.size() - 1);
+    while (true) {
+      Slot& slot = slots_[i];
+      if (slot.key == nullptr) {
+        slot = {h, 0, store(word), (uint32_t)word.size()};
+        ++size_;
+        return slot.value;
+      }
+      if (slot.hash == h && slot.view() == word) return slot.value;
+      i = (i + 1) & (slots_.size() - 1);
+    }
+  }
+  int64_t& at(std::string_view word) { return at(word, hash(word)); }
+
+  // The value of `word` (hashed to `h`), or -1.
+  int64_t find(std::string_view word, uint64_t h) const {
+    size_t i = h & (slots_.size() - 1);
+    while (slots_[i].key != nullptr) {
+      if (slots_[i].hash == h && slots_[i].view() == word) return slots_[i].value;
+      i = (i + 1) & (slots_.size() - 1);
+    }
+    return -1;
+  }
+
+  template <typename Visit>
+  void each(Visit visit) const {
+    for (const Slot& slot : slots_)
+      if (slot.key != nullptr) visit(slot.view(), slot.value);
+  }
+
+ private:
+  struct Slot {
+    uint64_t hash;
+    int64_t value;
+    const char* key;  // null: empty
+    uint32_t size;
+    std::string_view view() const { return std::string_view(key, size); }
+  };
+
   static size_t capacity_for(size_t n) {
     size_t c = 16;
     while (c < 2 * n) c *= 2;
     return c;
   }
-  std::string_view store(std::string_view word) {
-    if (arena_.empty() || arena_.back().size() + word.size() > arena_.back().capacity()) {
+  const char* store(std::string_view word) {
+    if (arena_.empty() || arena_.back().size() + word.size() + 1 > arena_.back().capacity()) {
       arena_.emplace_back();
-      arena_.back().reserve(std::max<size_t>(1 << 20, word.size()));
+      arena_.back().reserve(std::max<size_t>(1 << 20, word.size() + 1));
     }
-    std::string& block = arena_.back();  // never grows past its capacity: views stay valid
+    std::string& block = arena_.back();  // never grows past its capacity: keys stay put
     const size_t at = block.size();
     block.append(word.data(), word.size());
-    return std::string_view(block.data() + at, word.size());
+    block.push_back('\0');  // an empty word's key is not null
+    return block.data() + at;
   }
   void rehash(size_t capacity) {
-    std::vector<std::string_view> keys(capacity);
-    std::vector<uint64_t> hashes(capacity);
-    std::vector<int64_t> values(capacity);
-    for (size_t i = 0; i < keys_.size(); ++i) {
-      if (keys_[i].data() == nullptr) continue;
-      size_t j = hashes_[i] & (capacity - 1);
-      while (keys[j].data() != nullptr) j = (j + 1) & (capacity - 1);
-      keys[j] = keys_[i];
-      hashes[j] = hashes_[i];
-      values[j] = values_[i];
+    std::vector<Slot> slots(capacity, Slot{0, 0, nullptr, 0});
+    for (const Slot& slot : slots_) {
+      if (slot.key == nullptr) continue;
+      size_t j = slot.hash & (capacity - 1);
+      while (slots[j].key != nullptr) j = (j + 1) & (capacity - 1);
+      slots[j] = slot;
     }
-    keys_.swap(keys);
-    hashes_.swap(hashes);
-    values_.swap(values);
+    slots_.swap(slots);
   }
 
-  std::vector<std::string_view> keys_;
-  std::vector<uint64_t> hashes_;
-  std::vector<int64_t> values_;
+  std::vector<Slot> slots_;
   size_t size_ = 0;
   std::vector<std::string> arena_;
 };
 
+// A text's words (views into `buffer`) and their hashes, each word's table slot asked for
+// before any is probed: ~100 cache misses of a document in flight together, not one by one.
+struct HashedWords {
+  std::string buffer;
+  std::vector<std::pair<std::string_view, uint64_t>> words;
+
+  template <typename Table>
+  void read(std::string_view text, bool lowercase, const Table& table) {
+    words.clear();
+    pre_tokens(text, lowercase, buffer, [&](std::string_view w) {
+      words.emplace_back(w, WordTable::hash(w));
+      table.prefetch(words.back().second);
+    });
+  }
+};
+
 }  // namespace
 
-// The vocabulary WordLevelTrainer makes: the words of the ASCII texts (others are skipped)
-// plus `extra` words with their counts (what tokenizers found in the other texts), those seen
-// at least `min_count` times, ordered by count (descending) then by their bytes, as many as
-// `max_words`.
-std::vector<std::string> ranked_words(const std::vector<std::string>& texts, bool lowercase,
-                                      const std::vector<std::string>& extra_words,
-                                      const std::vector<int64_t>& extra_counts, int64_t min_count,
-                                      int64_t max_words) {
-  WordTable counts;
-  std::string buffer;
-  for (const auto& text : texts)
-    if (is_ascii(text))
-      pre_tokens(text, lowercase, buffer, [&](std::string_view w) { ++counts.at(w); });
-  for (size_t k = 0; k < extra_words.size(); ++k) counts.at(extra_words[k]) += extra_counts[k];
-  std::vector<std::pair<int64_t, std::string_view>> kept;
-  counts.each([&](std::string_view word, int64_t count) {
-    if (count >= min_count) kept.emplace_back(count, word);
-  });
-  std::sort(kept.begin(), kept.end(), [](const auto& a, const auto& b) {
-    return a.first != b.first ? a.first > b.first : a.second < b.second;
-  });
-  if ((int64_t)kept.size() > max_words) kept.resize(std::max<int64_t>(max_words, 0));
-  std::vector<std::string> out;
-  out.reserve(kept.size());
-  for (const auto& [count, word] : kept) out.emplace_back(word);
-  return out;
-}
+// The counts WordLevelTrainer's vocabulary comes from: `count` reads the ASCII texts of an
+// Arrow string array (split over torch's threads, each into its own table, merged in order)
+// and returns the indices of the others, whose words tokenizers finds and `add` counts.
+class WordCounts {
+ public:
+  explicit WordCounts(bool lowercase) : lowercase_(lowercase) {}
+
+  torch::Tensor count(pybind11::buffer data, torch::Tensor starts, torch::Tensor ends) {
+    const pybind11::buffer_info info = data.request();
+    const Texts texts = texts_of(info, starts, ends);
+    pybind11::gil_scoped_release unlocked;
+    std::vector<WordTable> tables(std::max<int64_t>(1, at::get_num_threads()));
+    std::vector<std::vector<int64_t>> others(tables.size());
+    const int64_t ranges = over_ranges(texts.count, [&](int64_t r, int64_t begin, int64_t end) {
+      HashedWords hashed;
+      for (int64_t t = begin; t < end; ++t) {
+        if (!is_ascii(texts[t])) { others[r].push_back(t); continue; }
+        hashed.read(texts[t], lowercase_, tables[r]);
+        for (const auto& [word, h] : hashed.words) ++tables[r].at(word, h);
+      }
+    });
+    std::vector<int64_t> skipped;
+    for (int64_t r = 0; r < ranges; ++r) {
+      tables[r].each([&](std::string_view word, int64_t n) { counts_.at(word) += n; });
+      skipped.insert(skipped.end(), others[r].begin(), others[r].end());
+    }
+    auto out = torch::empty({(int64_t)skipped.size()}, torch::kInt64);
+    std::copy(skipped.begin(), skipped.end(), out.data_ptr<int64_t>());
+    return out;
+  }
+
+  void add(const std::vector<std::string>& words, const std::vector<int64_t>& counts) {
+    for (size_t k = 0; k < words.size(); ++k) counts_.at(words[k]) += counts[k];
+  }
+
+  // The words seen at least `min_count` times, ordered by count (descending) then by their
+  // bytes, as many as `max_words`: WordLevelTrainer's order.
+  std::vector<std::string> ranked(int64_t min_count, int64_t max_words) const {
+    std::vector<std::pair<int64_t, std::string_view>> kept;
+    counts_.each([&](std::string_view word, int64_t count) {
+      if (count >= min_count) kept.emplace_back(count, word);
+    });
+    std::sort(kept.begin(), kept.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    });
+    if ((int64_t)kept.size() > max_words) kept.resize(std::max<int64_t>(max_words, 0));
+    std::vector<std::string> out;
+    out.reserve(kept.size());
+    for (const auto& [count, word] : kept) out.emplace_back(word);
+    return out;
+  }
+
+ private:
+  bool lowercase_;
+  WordTable counts_;
+};
 
 // A vocabulary's lookup: ASCII texts to the ids of their known words (unknown ones dropped,
 // as nlp_adagrad.vocab drops [UNK]).
@@ -186,28 +271,43 @@ class WordIds {
     for (size_t k = 0; k < words.size(); ++k) lookup_.at(words[k]) = ids[k];
   }
 
-  // {ids (int32) of all ASCII texts in order, each text's count of them (int64, 0 for a
-  // skipped text), indices of the texts that are not ASCII}
-  std::vector<torch::Tensor> encode(const std::vector<std::string>& texts) const {
-    std::vector<int32_t> ids;
-    std::vector<int64_t> lengths(texts.size(), 0), skipped;
-    std::string buffer;
-    for (size_t d = 0; d < texts.size(); ++d) {
-      if (!is_ascii(texts[d])) { skipped.push_back((int64_t)d); continue; }
-      const size_t before = ids.size();
-      pre_tokens(texts[d], lowercase_, buffer, [&](std::string_view w) {
-        const int64_t id = lookup_.find(w);
-        if (id >= 0) ids.push_back((int32_t)id);
-      });
-      lengths[d] = (int64_t)(ids.size() - before);
+  // {ids (int32) of all ASCII texts of an Arrow string array in order, each text's count of
+  // them (int64, 0 for a skipped text), indices of the texts that are not ASCII}; the texts
+  // split over torch's threads, the ranges joined in order
+  std::vector<torch::Tensor> encode(pybind11::buffer data, torch::Tensor starts,
+                                    torch::Tensor ends) const {
+    const pybind11::buffer_info info = data.request();
+    const Texts texts = texts_of(info, starts, ends);
+    pybind11::gil_scoped_release unlocked;
+    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    std::vector<std::vector<int32_t>> ids(threads);
+    std::vector<std::vector<int64_t>> others(threads);
+    auto lengths = torch::zeros({texts.count}, torch::kInt64);
+    int64_t* length = lengths.data_ptr<int64_t>();
+    const int64_t ranges = over_ranges(texts.count, [&](int64_t r, int64_t begin, int64_t end) {
+      HashedWords hashed;
+      for (int64_t t = begin; t < end; ++t) {
+        if (!is_ascii(texts[t])) { others[r].push_back(t); continue; }
+        const size_t before = ids[r].size();
+        hashed.read(texts[t], lowercase_, lookup_);
+        for (const auto& [word, h] : hashed.words) {
+          const int64_t id = lookup_.find(word, h);
+          if (id >= 0) ids[r].push_back((int32_t)id);
+        }
+        length[t] = (int64_t)(ids[r].size() - before);
+      }
+    });
+    int64_t total = 0, skipped = 0;
+    for (int64_t r = 0; r < ranges; ++r) total += ids[r].size(), skipped += others[r].size();
+    auto out = torch::empty({total}, torch::kInt32);
+    auto skip = torch::empty({skipped}, torch::kInt64);
+    int32_t* o = out.data_ptr<int32_t>();
+    int64_t* s = skip.data_ptr<int64_t>();
+    for (int64_t r = 0; r < ranges; ++r) {
+      o = std::copy(ids[r].begin(), ids[r].end(), o);
+      s = std::copy(others[r].begin(), others[r].end(), s);
     }
-    auto out = torch::empty({(int64_t)ids.size()}, torch::kInt32);
-    std::copy(ids.begin(), ids.end(), out.data_ptr<int32_t>());
-    auto len = torch::empty({(int64_t)lengths.size()}, torch::kInt64);
-    std::copy(lengths.begin(), lengths.end(), len.data_ptr<int64_t>());
-    auto skip = torch::empty({(int64_t)skipped.size()}, torch::kInt64);
-    std::copy(skipped.begin(), skipped.end(), skip.data_ptr<int64_t>());
-    return {out, len, skip};
+    return {out, lengths, skip};
   }
 
  private:
@@ -251,7 +351,11 @@ std::vector<torch::Tensor> add_bigrams(torch::Tensor ids, torch::Tensor offsets,
 void bind_words(pybind11::module_& m) {
   m.def("add_bigrams", &add_bigrams, pybind11::call_guard<pybind11::gil_scoped_release>(),
         "fastText's hashed word bigrams after each document's words");
-  m.def("ranked_words", &ranked_words, "WordLevelTrainer's vocabulary of the ASCII texts");
+  pybind11::class_<WordCounts>(m, "WordCounts")
+      .def(pybind11::init<bool>())
+      .def("count", &WordCounts::count, "count the ASCII texts' words; the others' indices")
+      .def("add", &WordCounts::add, "add words found elsewhere, with their counts")
+      .def("ranked", &WordCounts::ranked, "WordLevelTrainer's vocabulary of the counts");
   pybind11::class_<WordIds>(m, "WordIds")
       .def(pybind11::init<const std::vector<std::string>&, const std::vector<int64_t>&, bool>())
       .def("encode", &WordIds::encode, "ids of the ASCII texts' known words");
