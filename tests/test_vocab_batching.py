@@ -23,6 +23,7 @@ from nlp_adagrad.vocab import (
     train_tokenizer,
     vocabulary,
 )
+from tests.helpers import at_thread_counts
 
 
 def dataset(texts):
@@ -179,3 +180,22 @@ def test_the_word_kernel_keeps_every_documents_label():
     ds = datasets.Dataset.from_dict({"text": ["a b", "b c", "c d e"], "label": [2, 0, 1]})
     split = encode_split(ds.select([2, 0, 1]), train_tokenizer(ds, cfg), cfg)
     assert split.labels.tolist() == [1, 2, 0]  # the labels of the documents, in split order
+
+
+def test_the_word_kernel_gives_the_same_tokenizer_and_ids_at_any_thread_count():
+    # enough texts for one range per thread (500 a range), some of them not ASCII
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(300)] + ["Zebra", "naïve", "x_y", "42", "?!"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 30))) for _ in range(3000)]
+    ds = datasets.Dataset.from_dict({"text": texts, "label": [i % 4 for i in range(3000)]})
+
+    def made(kernel: str):
+        cfg = TokenizerConfig(kernel=kernel, min_count=2)
+        tokenizer = train_tokenizer(ds, cfg)
+        split = encode_split(ds.select(range(3000)[::-1]), tokenizer, cfg)  # index-mapped
+        return tokenizer.to_str(), split.ids.tolist(), split.offsets.tolist(), split.labels.tolist()
+
+    expected = made("tokenizers")
+    assert len(expected[1]) > 20_000
+    for got in at_thread_counts(lambda: made("cpp"), counts=(1, 2)):
+        assert got == expected
