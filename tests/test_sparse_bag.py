@@ -144,7 +144,7 @@ def test_the_bag_kernel_splits_documents_over_threads_without_changing_the_gradi
     kernel = native_kernels("cpp", "task.kernel")
     gen = torch.Generator().manual_seed(1)
     model = _classifier("fasttext", "mean", gen)
-    ids = torch.randint(0, 300, (40_000,), generator=gen)  # 8,192 tokens a chunk: 2 chunks
+    ids = torch.randint(0, 300, (40_000,), generator=gen)  # 2 threads: 2 chunks
     offsets = torch.arange(0, 40_000, 1000)
     labels = torch.randint(0, 4, (40,), generator=gen)
 

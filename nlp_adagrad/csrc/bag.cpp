@@ -12,7 +12,7 @@
 // autograd graph, the sparse backward's sort and reduction), ~1 ms at 32 documents whatever
 // they hold; this is one call whose cost is the tokens it reads.
 //
-// Threads: documents are cut into one contiguous chunk per torch thread (from 4,096 tokens a
+// Threads: documents are cut into one contiguous chunk per torch thread (from 1,024 tokens a
 // chunk up); each sums into its own gradients and the chunks are added in chunk order, so the
 // bits depend on the thread count (trainer.num_threads), never on scheduling.
 #include "bag.h"
@@ -103,7 +103,7 @@ Gradients gradients(const float* table, int64_t table_rows, int64_t dim, const f
   rows::release(touched, slot);
 
   const int64_t chunks =
-      std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), num_ids / 4096, docs}));
+      std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), num_ids / 1024, docs}));
   std::vector<Gradients> parts(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t k = first; k < last; ++k) {
