@@ -132,9 +132,9 @@ def test_a_run_dir_that_is_a_file(tmp_path):
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
-LONG_RUN = [
+LONG_RUN = [  # 30,000 steps: ~3 s of loop here (3,000 were over before a signal came)
     "data.max_examples=800",
-    "trainer.epochs=30",
+    "trainer.epochs=300",
     "trainer.batch_size=8",
     "telemetry.every=0",
     "trainer.num_threads=1",
@@ -154,7 +154,7 @@ def start_and_signal(run_dir, sig) -> subprocess.CompletedProcess:
     for line in proc.stdout:
         lines.append(line)
         if "training: steps" in line:
-            time.sleep(0.5)
+            time.sleep(0.2)
             proc.send_signal(sig)
             break
     out, _ = proc.communicate(timeout=120)
