@@ -26,6 +26,7 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import xxhash
+from datasets.table import InMemoryTable
 from datasets.utils.stratify import stratified_shuffle_split_generate_indices
 
 from nlp_adagrad.config import (
@@ -169,7 +170,22 @@ def _split(full: datasets.Dataset, cfg: DataConfig) -> datasets.DatasetDict:
             labels, n_train, n_test, rng=np.random.default_rng(cfg.seed)
         )
     )
-    return datasets.DatasetDict(train=full.select(train_idx), test=full.select(test_idx))
+    table = full.with_format("arrow")[:]  # the corpus as one Arrow table
+    return datasets.DatasetDict(
+        train=_taken(full, table, train_idx), test=_taken(full, table, test_idx)
+    )
+
+
+def _taken(full: datasets.Dataset, table, indices: np.ndarray) -> datasets.Dataset:
+    """`full.select(indices)` as a table of its own (Arrow's take: 0.14 s for 160,000
+    documents), not an index mapping over the corpus, which datasets reads a row at a time
+    (0.2 s per read of a column, and again in every map batch). It keeps select()'s
+    fingerprint: the token cache's keys do not change."""
+    return datasets.Dataset(
+        InMemoryTable(table.take(indices)),
+        info=full.info.copy(),
+        fingerprint=full.select(indices)._fingerprint,
+    )
 
 
 # -------------------------------------------------------------------------------- local files

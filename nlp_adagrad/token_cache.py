@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from nlp_adagrad.config import TokenizerConfig
 from nlp_adagrad.errors import UserError, one_line
-from nlp_adagrad.vocab import EncodedSplit, WordIds, encode_split, train_tokenizer, vocabulary
+from nlp_adagrad.vocab import EncodedSplit, WordIds, encode_split, train_vocabulary, vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ def tokenize_corpus(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> Token
                         entry,
                         one_line(e),
                     )
-    tokenizer = train_tokenizer(corpus["train"], cfg)
-    tokens = vocabulary(tokenizer)
+    tokenizer, tokens = train_vocabulary(corpus["train"], cfg)
     word_ids = WordIds(tokenizer, cfg, tokens)  # one lookup for every split
     splits = {
         name: encode_split(split, tokenizer, cfg, word_ids=word_ids)
@@ -106,11 +105,11 @@ def _through_cache(corpus: datasets.DatasetDict, cfg: TokenizerConfig, entry: Pa
     hit = tokenizer_file.exists()
     if hit:
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        tokens = vocabulary(tokenizer)
     else:
-        tokenizer = train_tokenizer(corpus["train"], cfg)
+        tokenizer, tokens = train_vocabulary(corpus["train"], cfg)
         entry.mkdir(parents=True, exist_ok=True)
         _save_atomically(tokenizer, tokenizer_file)
-    tokens = vocabulary(tokenizer)
     word_ids = WordIds(tokenizer, cfg, tokens)  # one lookup for every split
     splits = {}
     for name in corpus:

@@ -33,7 +33,7 @@ def forbid_tokenizing(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("tokenized although the cache holds the ids")
 
-    monkeypatch.setattr(token_cache, "train_tokenizer", refuse)
+    monkeypatch.setattr(token_cache, "train_vocabulary", refuse)
     monkeypatch.setattr(vocab, "_encode_batch", refuse)
 
 
