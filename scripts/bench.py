@@ -295,14 +295,13 @@ def _setups(quick: bool) -> list[tuple]:
     ]
 
 
-def _peer_files(corpus, name: str, workdir: Path) -> tuple[dict, int]:
-    """fastText's and VW's train and test files (our words), and the training words."""
+def _peer_files(corpus, name: str, workdir: Path) -> tuple[dict, dict]:
+    """fastText's and VW's train and test files (our words), and each split's words."""
     labels = corpus["train"].features["label"].names
-    files, words = {}, 0
+    files, words = {}, {}
     for split in ("train", "test"):
         lines = _tokenized_lines(corpus, split, labels)
-        if split == "train":
-            words = sum(len(t.split()) for _, t in lines)
+        words[split] = sum(len(t.split()) for _, t in lines)
         files[f"ft_{split}"] = workdir / f"{name}.{split}.ft"
         files[f"ft_{split}"].write_text(
             "".join(f"__label__{label} {text}\n" for label, text in lines)
@@ -333,7 +332,8 @@ def bench_e2e(quick: bool, workdir: Path) -> list[dict]:
     for name, data_cfg, data, s in _setups(quick):
         corpus = load_corpus(data_cfg)
         files, words = _peer_files(corpus, name, workdir)
-        common = dict(corpus=name, words=words, epochs=s["epochs"], dim=s["dim"])
+        common = dict(corpus=name, words=words["train"], epochs=s["epochs"], dim=s["dim"])
+        all_words = words["train"] + words["test"]  # what tokenizing reads
         ours_args = [
             *data,
             "model=fasttext",
@@ -372,6 +372,8 @@ def bench_e2e(quick: bool, workdir: Path) -> list[dict]:
                     tool=f"nlp_adagrad fasttext ({' '.join(s['ours'])})",
                     threads=threads,
                     loop_seconds=m["train/seconds"],
+                    tokenizing_seconds=m["train/prepare_seconds"],
+                    tokenizing_words=all_words,
                     seconds=m["train/prepare_seconds"] + m["train/seconds"],
                     process_seconds=m["wall/to_exit"],
                     accuracy=m["test/accuracy"],
@@ -706,15 +708,21 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
 def _e2e_row(r: dict) -> list[str]:
     head = [r["corpus"], r["tool"], str(r["threads"])]
     if "error" in r:
-        return [*head, r["error"], "", "", "", "", ""]
+        return [*head, r["error"], "", "", "", "", "", "", ""]
 
     def ratio(key: str) -> str:
         return f"{r[key]:.2f}x" if key in r else ""
 
+    tokenizing = ""
+    if "tokenizing_seconds" in r:
+        rate = r["tokenizing_words"] / r["tokenizing_seconds"] / 1e6
+        tokenizing = f"{r['tokenizing_seconds']:.2f} ({rate:.1f} M)"
     return [
         *head,
+        f"{r['loop_seconds']:.2f}" if "loop_seconds" in r else "",
         f"{r['loop_tokens_per_sec'] / 1e6:.2f} M" if "loop_seconds" in r else "",
         ratio("x_fasttext_loop"),
+        tokenizing,
         f"{r['seconds']:.2f}",
         f"{r['tokens_per_sec'] / 1e6:.2f} M",
         ratio("x_fasttext_run"),
@@ -774,8 +782,10 @@ def markdown(results: dict, command: str, machine: str) -> str:
                 "corpus",
                 "tool",
                 "threads",
+                "loop s",
                 "loop tokens/s",
                 "x fastText",
+                "tokenizing s (train + test words/s)",
                 "seconds",
                 "tokens/s",
                 "x fastText",
