@@ -244,8 +244,9 @@ class TokenizerConfig:
     ngrams: int = 1  # 1: unigrams; 2: also hashed bigrams (fastText -wordNgrams 2)
     buckets: int = 2_000_000  # rows for hashed bigrams (fastText -bucket)
     cache: bool = True  # reuse the tokenizer and token ids of an identical corpus (token_cache.py)
-    # ASCII texts counted and encoded by C++ (cpp), by tokenizers alone (tokenizers), or auto
-    # (cpp where it builds): the same tokenizer and ids either way, the C++ ~10x faster
+    # plain texts (ASCII and everyday symbols) counted and encoded by C++ (cpp), by tokenizers
+    # alone (tokenizers), or auto (cpp where it builds): the same tokenizer and ids either way,
+    # the C++ ~10x faster
     kernel: str = "auto"
 
     def __post_init__(self) -> None:

@@ -1,7 +1,7 @@
 """The C++ kernels (nlp_adagrad/csrc/): the gradients of a skip-gram step (`sgns.cpp`) and
 of a bag classifier's (`bag.cpp`), Adagrad's fused row step (`adagrad.cpp`), a chunk of a
 classifier's Adagrad steps in one call (`classify_steps.cpp`) and word-level
-tokenizing of ASCII text (`words.cpp`): one module
+tokenizing of plain text (`words.cpp`): one module
 built once per machine with `torch.utils.cpp_extension` (gcc, -O3 -march=native, OpenMP
 through torch's own runtime; ~60 s, into torch's extensions cache, which `scripts/setup.sh`
 fills), loaded in well under a second after that.

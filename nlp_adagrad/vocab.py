@@ -51,7 +51,8 @@ def train_tokenizer(texts: datasets.Dataset, cfg: TokenizerConfig) -> Tokenizer:
 
     Word ids are ordered by descending training count, then by the word, with the unknown
     token at id 0: what tokenizers' WordLevelTrainer makes, and, with the C++ kernel
-    (`tokenizer.kernel`), the same tokenizer made from its counts of the ASCII texts (tested).
+    (`tokenizer.kernel`), the same tokenizer made from its counts of the plain texts (ASCII
+    and everyday symbols: words.cpp), tested.
     """
     return train_vocabulary(texts, cfg)[0]
 
@@ -97,7 +98,7 @@ def word_kernel(cfg: TokenizerConfig):
 def _ranked_words(
     column: pa.Array | pa.ChunkedArray, cfg: TokenizerConfig, kernel, tokenizer: Tokenizer
 ) -> list[str]:
-    """WordLevelTrainer's words: the kernel counts the ASCII texts of the Arrow column in
+    """WordLevelTrainer's words: the kernel counts the plain texts of the Arrow column in
     place, tokenizers' own normalizer and pre-tokenizer the others."""
     counts = kernel.WordCounts(cfg.lowercase)
     extra: dict[str, int] = {}
@@ -201,7 +202,7 @@ def _encode_batch(batch: pa.Table, tokenizer: Tokenizer, word_ids: WordIds) -> p
     if lookup is None or column.null_count:
         ids = pa.array(_tokenizers_ids(tokenizer, column.to_pylist()), pa.list_(pa.int32()))
     else:
-        flat, lengths, others = lookup.encode(*_arrow_texts(column))  # others: not ASCII
+        flat, lengths, others = lookup.encode(*_arrow_texts(column))  # others: not plain
         if len(others):
             rows = np.split(flat.numpy(), np.cumsum(lengths.numpy())[:-1])
             others = others.tolist()

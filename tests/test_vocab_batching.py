@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import datasets
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -16,6 +20,7 @@ from nlp_adagrad.vocab import (
     BIGRAM_HASH_PRIME,
     UNK,
     EncodedSplit,
+    _arrow_texts,
     add_bigrams,
     csr_from_lists,
     encode_split,
@@ -23,7 +28,7 @@ from nlp_adagrad.vocab import (
     train_tokenizer,
     vocabulary,
 )
-from tests.helpers import at_thread_counts
+from tests.helpers import REPO, at_thread_counts
 
 
 def dataset(texts):
@@ -136,7 +141,30 @@ TRICKY = [
     "",
     "a a a b b b c c d",  # ties broken by the word
     "the the the quick fox",
+    "£5, €3.50 – “so” — ‘it’s’ ©2024 ±1 ×2 ÷3 «a» ¿b? •c‣d †e‡ 10‰ 5′ ‹f› ¡g!",  # plain
+    "£ alone, and £. £$ with ASCII marks; caf\u0065\u0301 (a combining mark): not plain",
+    "Ⅻ ﬁ ™ … ½ µ ª ² \u00ad soft hyphen",  # compatibility forms NFKC changes: not plain
 ]
+
+
+def plain_symbols() -> list[str]:
+    """words.cpp's kSymbols, read from the source."""
+    listed = (REPO / "nlp_adagrad/csrc/words.cpp").read_text().split("kSymbols[] = {", 1)[1]
+    return [chr(int(code, 16)) for code in re.findall(r"0x[0-9a-f]+", listed.split("};")[0])]
+
+
+def test_the_plain_symbols_are_ones_neither_normalizer_changes_and_no_word_holds():
+    symbols = plain_symbols()
+    assert len(symbols) == 43 and "£" in symbols and "€" in symbols
+    assert symbols == sorted(symbols)  # the kernel looks them up by binary search
+    for ch in symbols:
+        assert unicodedata.normalize("NFKC", ch) == ch and ch.lower() == ch == ch.upper(), ch
+        category = unicodedata.category(ch)  # "other" for the pre-tokenizer: not \w, not \s
+        assert category[0] in "SP" and category != "Pc" and not ch.isspace(), ch
+    # and the kernel reads them itself, handing tokenizers only the other texts
+    kernel = native_kernels("cpp", "tokenizer.kernel")
+    texts = pa.array(["".join(symbols), "naïve", "£ and …", "plain ascii", "x\u0301"])
+    assert kernel.WordCounts(True).count(*_arrow_texts(texts)).tolist() == [1, 2, 4]
 
 
 @pytest.mark.parametrize(
@@ -152,7 +180,9 @@ def test_the_word_kernel_makes_tokenizers_own_tokenizer_and_ids(settings):
     from nlp_adagrad.kernels import native_kernels
 
     native_kernels("cpp", "tokenizer.kernel")  # this test is about the kernel: it must build
-    train, test = dataset(TRICKY), dataset([*TRICKY[::-1], "QUICK unseen fox!"])
+    every_symbol = " ".join(f"x{s}y {s}{s}. {s}" for s in plain_symbols())
+    train = dataset([*TRICKY, every_symbol])
+    test = dataset([*TRICKY[::-1], "QUICK unseen fox!", every_symbol[::-1]])
     train = train.map(lambda row, i: {"label": i % 3}, with_indices=True)
     made = {}
     for kernel in ("tokenizers", "cpp"):
@@ -160,8 +190,8 @@ def test_the_word_kernel_makes_tokenizers_own_tokenizer_and_ids(settings):
         tokenizer = train_tokenizer(train, cfg)
         splits = [encode_split(ds, tokenizer, cfg) for ds in (train, test)]
         made[kernel] = tokenizer.to_str(), [(s.ids.tolist(), s.offsets.tolist()) for s in splits]
-        assert splits[0].labels.tolist() == [i % 3 for i in range(len(TRICKY))]  # kept, whole
-        assert splits[1].labels.tolist() == [0] * (len(TRICKY) + 1)
+        assert splits[0].labels.tolist() == [i % 3 for i in range(len(TRICKY) + 1)]  # kept
+        assert splits[1].labels.tolist() == [0] * (len(TRICKY) + 2)
     assert made["cpp"] == made["tokenizers"]  # the same tokenizer.json, the same ids
     assert len(made["cpp"][1][0][0]) > 10  # the texts did become ids
 

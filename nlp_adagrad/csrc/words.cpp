@@ -1,10 +1,12 @@
-// Word-level tokenizing of ASCII text, as the `tokenizers` pipeline nlp_adagrad.vocab builds
-// does it: NFKC (the identity on ASCII), optional lowercase, the Whitespace pre-tokenizer
-// (`\w+|[^\w\s]+`: runs of word characters, runs of other non-space characters) and the
-// WordLevel lookup. A text with any byte >= 0x80 is left to `tokenizers` (its index comes
-// back), so the output is the same for every text (tested against tokenizers on BBC News and
-// the synthetic corpus). Why C++: tokenizers ran at ~3 M tokens/s here, longer than
-// fastText's whole training on the synthetic corpus.
+// Word-level tokenizing of plain text, as the `tokenizers` pipeline nlp_adagrad.vocab builds
+// does it: NFKC, optional lowercase, the Whitespace pre-tokenizer (`\w+|[^\w\s]+`: runs of
+// word characters, runs of other non-space characters) and the WordLevel lookup. "Plain" is
+// ASCII plus a few dozen symbols and punctuation marks of everyday text (kSymbols: the pound
+// and euro signs, curly quotes, dashes, ...), each of which NFKC and lowercase leave alone and
+// the pre-tokenizer counts as "other". Any other text is left to `tokenizers` (its index comes
+// back), so the output is the same for every text (tested against tokenizers on BBC News, the
+// synthetic corpus and text built to trip it). Why C++: tokenizers ran at ~3 M tokens/s here,
+// longer than fastText's whole training on the synthetic corpus.
 //
 // On ASCII, \w is [A-Za-z0-9_] and \s is \t \n \v \f \r and space (Unicode's White_Space:
 // not 0x1c-0x1f, which are "other" like punctuation).
@@ -20,7 +22,7 @@ namespace {
 
 enum Kind : unsigned char { kSpace, kWord, kOther };
 
-struct Table {  // only ASCII texts are read (is_ascii): bytes from 128 up never come here
+struct Table {  // bytes from 128 up come only from kSymbols (is_plain): all "other"
   Kind kind[256];
   Table() {
     for (int c = 0; c < 256; ++c) {
@@ -54,13 +56,41 @@ Texts texts_of(const pybind11::buffer_info& data, const torch::Tensor& starts,
           starts.numel()};
 }
 
-bool is_ascii(std::string_view text) {
+// The non-ASCII characters a plain text may hold, sorted: symbols and punctuation (Unicode
+// categories S and P, not Pc) that NFKC maps to themselves and that have no case, so neither
+// normalizer changes their bytes and the pre-tokenizer's "other" class holds them (the list is
+// checked against unicodedata, and texts holding each against tokenizers, in the tests).
+constexpr uint32_t kSymbols[] = {
+    0xa1,   0xa2,   0xa3,   0xa4,   0xa5,   0xa6,   0xa7,   0xa9,   0xab,   0xac,   0xae,
+    0xb0,   0xb1,   0xb6,   0xb7,   0xbb,   0xbf,   0xd7,   0xf7,   0x2010, 0x2012, 0x2013,
+    0x2014, 0x2015, 0x2016, 0x2018, 0x2019, 0x201a, 0x201b, 0x201c, 0x201d, 0x201e, 0x201f,
+    0x2020, 0x2021, 0x2022, 0x2023, 0x2027, 0x2030, 0x2032, 0x2039, 0x203a, 0x20ac};
+
+// Whether the kernels tokenize `text` themselves: ASCII, or ASCII and kSymbols (UTF-8).
+bool is_plain(std::string_view text) {
   unsigned char high = 0;
-  for (unsigned char c : text) high |= c;  // vectorises; a branch per byte does not
-  return high < 128;
+  for (unsigned char c : text) high |= c;  // vectorises; the common case ends here
+  if (high < 128) return true;
+  const auto* b = reinterpret_cast<const unsigned char*>(text.data());
+  for (size_t i = 0, n = text.size(); i < n;) {
+    if (b[i] < 128) { ++i; continue; }
+    uint32_t cp;
+    size_t length;
+    if ((b[i] & 0xe0) == 0xc0 && i + 1 < n && (b[i + 1] & 0xc0) == 0x80) {
+      cp = ((b[i] & 0x1fu) << 6) | (b[i + 1] & 0x3fu), length = 2;
+    } else if ((b[i] & 0xf0) == 0xe0 && i + 2 < n && (b[i + 1] & 0xc0) == 0x80 &&
+               (b[i + 2] & 0xc0) == 0x80) {
+      cp = ((b[i] & 0x0fu) << 12) | ((b[i + 1] & 0x3fu) << 6) | (b[i + 2] & 0x3fu), length = 3;
+    } else {
+      return false;
+    }
+    if (!std::binary_search(std::begin(kSymbols), std::end(kSymbols), cp)) return false;
+    i += length;
+  }
+  return true;
 }
 
-// Calls emit(word) for each pre-token of an ASCII text (a view into `buffer`, which holds the
+// Calls emit(word) for each pre-token of a plain text (a view into `buffer`, which holds the
 // text lowercased if asked).
 template <typename Emit>
 void pre_tokens(std::string_view text, bool lowercase, std::string& buffer, Emit emit) {
@@ -205,7 +235,7 @@ struct HashedWords {
 
 }  // namespace
 
-// The counts WordLevelTrainer's vocabulary comes from: `count` reads the ASCII texts of an
+// The counts WordLevelTrainer's vocabulary comes from: `count` reads the plain texts of an
 // Arrow string array (split over torch's threads, each into its own table, merged in order)
 // and returns the indices of the others, whose words tokenizers finds and `add` counts.
 class WordCounts {
@@ -221,7 +251,7 @@ class WordCounts {
     const int64_t ranges = over_ranges(texts.count, [&](int64_t r, int64_t begin, int64_t end) {
       HashedWords hashed;
       for (int64_t t = begin; t < end; ++t) {
-        if (!is_ascii(texts[t])) { others[r].push_back(t); continue; }
+        if (!is_plain(texts[t])) { others[r].push_back(t); continue; }
         hashed.read(texts[t], lowercase_, tables[r]);
         for (const auto& [word, h] : hashed.words) ++tables[r].at(word, h);
       }
@@ -262,7 +292,7 @@ class WordCounts {
   WordTable counts_;
 };
 
-// A vocabulary's lookup: ASCII texts to the ids of their known words (unknown ones dropped,
+// A vocabulary's lookup: plain texts to the ids of their known words (unknown ones dropped,
 // as nlp_adagrad.vocab drops [UNK]).
 class WordIds {
  public:
@@ -271,8 +301,8 @@ class WordIds {
     for (size_t k = 0; k < words.size(); ++k) lookup_.at(words[k]) = ids[k];
   }
 
-  // {ids (int32) of all ASCII texts of an Arrow string array in order, each text's count of
-  // them (int64, 0 for a skipped text), indices of the texts that are not ASCII}; the texts
+  // {ids (int32) of all plain texts of an Arrow string array in order, each text's count of
+  // them (int64, 0 for a skipped text), indices of the texts that are not plain}; the texts
   // split over torch's threads, the ranges joined in order
   std::vector<torch::Tensor> encode(pybind11::buffer data, torch::Tensor starts,
                                     torch::Tensor ends) const {
@@ -287,7 +317,7 @@ class WordIds {
     const int64_t ranges = over_ranges(texts.count, [&](int64_t r, int64_t begin, int64_t end) {
       HashedWords hashed;
       for (int64_t t = begin; t < end; ++t) {
-        if (!is_ascii(texts[t])) { others[r].push_back(t); continue; }
+        if (!is_plain(texts[t])) { others[r].push_back(t); continue; }
         const size_t before = ids[r].size();
         hashed.read(texts[t], lowercase_, lookup_);
         for (const auto& [word, h] : hashed.words) {
@@ -353,10 +383,10 @@ void bind_words(pybind11::module_& m) {
         "fastText's hashed word bigrams after each document's words");
   pybind11::class_<WordCounts>(m, "WordCounts")
       .def(pybind11::init<bool>())
-      .def("count", &WordCounts::count, "count the ASCII texts' words; the others' indices")
+      .def("count", &WordCounts::count, "count the plain texts' words; the others' indices")
       .def("add", &WordCounts::add, "add words found elsewhere, with their counts")
       .def("ranked", &WordCounts::ranked, "WordLevelTrainer's vocabulary of the counts");
   pybind11::class_<WordIds>(m, "WordIds")
       .def(pybind11::init<const std::vector<std::string>&, const std::vector<int64_t>&, bool>())
-      .def("encode", &WordIds::encode, "ids of the ASCII texts' known words");
+      .def("encode", &WordIds::encode, "ids of the plain texts' known words");
 }
