@@ -265,7 +265,7 @@ class Snapshots:
     def __init__(self, cfg: Config, spec, optimizer: RowOptimizer, tables: dict[str, torch.Tensor]):
         self.cfg, self.spec, self.optimizer, self.tables = cfg.telemetry, spec, optimizer, tables
         self.primary = next(iter(tables))
-        # summarizing and writing a snapshot costs ~10x reading it: done off the loop, in order
+        # summarizing and writing a snapshot cost 2-3x reading it: done off the loop, in order
         self._writing: ThreadPoolExecutor | None = None
         self._pending: list[tuple[str, int, Future]] = []
 
