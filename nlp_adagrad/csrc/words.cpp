@@ -90,26 +90,6 @@ bool is_plain(std::string_view text) {
   return true;
 }
 
-// Calls emit(word) for each pre-token of a plain text (a view into `buffer`, which holds the
-// text lowercased if asked).
-template <typename Emit>
-void pre_tokens(std::string_view text, bool lowercase, std::string& buffer, Emit emit) {
-  buffer.assign(text.data(), text.size());
-  if (lowercase)
-    for (char& c : buffer)
-      if (c >= 'A' && c <= 'Z') c = (char)(c - 'A' + 'a');
-  const size_t n = buffer.size();
-  size_t i = 0;
-  while (i < n) {
-    const Kind k = kTable.kind[(unsigned char)buffer[i]];
-    if (k == kSpace) { ++i; continue; }
-    size_t j = i + 1;
-    while (j < n && kTable.kind[(unsigned char)buffer[j]] == k) ++j;
-    emit(std::string_view(buffer.data() + i, j - i));
-    i = j;
-  }
-}
-
 // Texts [0, count) cut into one contiguous range per torch thread (from 500 texts a range):
 // fn(range, begin, end) for each, the ranges in parallel; returns the range count. Each range
 // writes only its own results, which the caller joins in range order: the same output for
@@ -133,12 +113,17 @@ class WordTable {
  public:
   explicit WordTable(size_t expected = 1 << 16) { rehash(capacity_for(expected)); }
 
-  static uint64_t hash(std::string_view word) {  // FNV-1a, then a final mix
-    uint64_t h = 1469598103934665603ull;
-    for (unsigned char c : word) h = (h ^ c) * 1099511628211ull;
+  // FNV-1a over the bytes, then a final mix (HashedWords::read computes it as it scans)
+  static constexpr uint64_t kSeed = 1469598103934665603ull, kPrime = 1099511628211ull;
+  static uint64_t mix(uint64_t h) {
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     return h ^ (h >> 33);
+  }
+  static uint64_t hash(std::string_view word) {
+    uint64_t h = kSeed;
+    for (unsigned char c : word) h = (h ^ c) * kPrime;
+    return mix(h);
   }
 
   void prefetch(uint64_t h) const { __builtin_prefetch(&slots_[h & (slots_.size() - 1)]); }
@@ -219,6 +204,8 @@ class WordTable {
 
 // A text's words (views into `buffer`) and their hashes, each word's table slot asked for
 // before any is probed: ~100 cache misses of a document in flight together, not one by one.
+// One pass over the bytes: lowercased if asked, split into runs of one kind (word or other;
+// spaces separate) as the Whitespace pre-tokenizer splits, and hashed, at once.
 struct HashedWords {
   std::string buffer;
   std::vector<std::pair<std::string_view, uint64_t>> words;
@@ -226,10 +213,25 @@ struct HashedWords {
   template <typename Table>
   void read(std::string_view text, bool lowercase, const Table& table) {
     words.clear();
-    pre_tokens(text, lowercase, buffer, [&](std::string_view w) {
-      words.emplace_back(w, WordTable::hash(w));
+    buffer.resize(text.size());
+    const auto* in = reinterpret_cast<const unsigned char*>(text.data());
+    char* out = buffer.data();
+    const size_t n = text.size();
+    size_t i = 0;
+    while (i < n) {
+      const Kind k = kTable.kind[in[i]];
+      if (k == kSpace) { ++i; continue; }
+      const size_t start = i;
+      uint64_t h = WordTable::kSeed;
+      do {
+        unsigned char c = in[i];
+        if (lowercase && c >= 'A' && c <= 'Z') c = (unsigned char)(c - 'A' + 'a');
+        out[i] = (char)c;
+        h = (h ^ c) * WordTable::kPrime;
+      } while (++i < n && kTable.kind[in[i]] == k);
+      words.emplace_back(std::string_view(out + start, i - start), WordTable::mix(h));
       table.prefetch(words.back().second);
-    });
+    }
   }
 };
 
