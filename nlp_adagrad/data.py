@@ -77,6 +77,8 @@ def load_texts(cfg: DataConfig) -> datasets.Dataset:
     else:
         parts = [_FULL_CORPUS[type(cfg)](cfg)]
     texts = datasets.concatenate_datasets([p.select_columns(["text"]) for p in parts])
+    if texts.with_format("arrow")["text"].null_count:  # a blank cell: an empty document
+        texts = texts.map(lambda batch: {"text": [t or "" for t in batch["text"]]}, batched=True)
     if cfg.max_examples is not None and len(texts) > cfg.max_examples:
         texts = texts.select(range(cfg.max_examples))
     if len(texts) == 0:

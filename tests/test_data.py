@@ -111,3 +111,19 @@ def test_a_name_that_says_no_format_and_an_untagged_txt_say_what_to_do(tmp_path)
     (tmp_path / "plain.txt").write_text("just words, no tags\n")
     with pytest.raises(UserError, match="first line has no __label__ tag"):
         load_corpus(LocalDataConfig(path=str(tmp_path / "plain.txt")))
+
+
+def test_a_blank_text_cell_is_an_empty_document_for_the_word_tasks(tmp_path):
+    # tokenizers' trainer and encoder both refuse None: it stopped word runs with a traceback
+    from nlp_adagrad.config import LocalDataConfig, TokenizerConfig
+    from nlp_adagrad.data import load_texts
+    from nlp_adagrad.token_cache import tokenize_corpus
+
+    path = tmp_path / "texts.csv"
+    path.write_text("text,label\nhello world,a\n,b\ngood day,a\n")
+    texts = load_texts(LocalDataConfig(path=str(path)))
+    assert texts["text"] == ["hello world", "", "good day"]
+    for kernel in ("tokenizers", "cpp"):
+        cfg = TokenizerConfig(kernel=kernel, cache=False)
+        split = tokenize_corpus(datasets.DatasetDict(train=texts), cfg).train
+        assert split.lengths.tolist() == [2, 0, 2]
