@@ -46,8 +46,14 @@ def batch_indices(order: np.ndarray, batch_size: int, start: int = 0) -> Iterato
 
     The last, smaller batch is kept: every document is seen once an epoch.
     """
-    for begin in range(start * batch_size, len(order), batch_size):
-        yield order[begin : begin + batch_size]
+    for first in range(start, num_batches(len(order), batch_size)):
+        yield batches(order, batch_size, first)
+
+
+def batches(order: np.ndarray, batch_size: int, first: int, count: int = 1) -> np.ndarray:
+    """The documents of `count` consecutive batches of an epoch's `order` from batch `first`,
+    in order (the epoch's last batch may be smaller)."""
+    return order[first * batch_size : (first + count) * batch_size]
 
 
 def num_batches(num_docs: int, batch_size: int) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from nlp_adagrad.models import NO_HEAD, BagClassifier
-from nlp_adagrad.optim.adagrad import Adagrad
+from nlp_adagrad.optim.adagrad import Adagrad, fusable
 from nlp_adagrad.optim.base import hooks_or_profiler
 from nlp_adagrad.vocab import EncodedSplit
 
@@ -53,9 +53,8 @@ class FusedSteps:
             return None
         fused = cls(model, optimizer, kernel, split)
         ours = {id(p) for p in fused.params}
-        if ours != {id(p) for p in group["params"]} or any(
-            p.device.type != "cpu" or p.dtype != torch.float32 or not p.is_contiguous()
-            for p in fused.params
+        if ours != {id(p) for p in group["params"]} or not all(
+            fusable(p, None, p) for p in fused.params
         ):
             return None
         return fused

@@ -89,15 +89,7 @@ def tokenize_corpus(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> Token
                         entry,
                         one_line(e),
                     )
-    tokenizer, tokens = train_vocabulary(corpus["train"], cfg)
-    word_ids = WordIds(tokenizer, cfg, tokens)  # one lookup for every split
-    splits = {
-        name: encode_split(split, tokenizer, cfg, word_ids=word_ids)
-        for name, split in corpus.items()
-    }
-    return Tokenized(
-        tokenizer, tokens, splits["train"], splits.get("test"), cache_dir=None, cache_hit=False
-    )
+    return _encoded(corpus, cfg, *train_vocabulary(corpus["train"], cfg))
 
 
 def _through_cache(corpus: datasets.DatasetDict, cfg: TokenizerConfig, entry: Path) -> Tokenized:
@@ -110,14 +102,25 @@ def _through_cache(corpus: datasets.DatasetDict, cfg: TokenizerConfig, entry: Pa
         tokenizer, tokens = train_vocabulary(corpus["train"], cfg)
         entry.mkdir(parents=True, exist_ok=True)
         _save_atomically(tokenizer, tokenizer_file)
-    word_ids = WordIds(tokenizer, cfg, tokens)  # one lookup for every split
+    return _encoded(corpus, cfg, tokenizer, tokens, entry, hit)
+
+
+def _encoded(
+    corpus: datasets.DatasetDict,
+    cfg: TokenizerConfig,
+    tokenizer: Tokenizer,
+    tokens: list[str],
+    entry: Path | None = None,
+    hit: bool = False,
+) -> Tokenized:
+    """Every split's ids, through one lookup; with a cache `entry`, in its files (a hit when
+    the tokenizer (`hit`) and every split's ids were read from there)."""
+    word_ids = WordIds(tokenizer, cfg, tokens)
     splits = {}
-    for name in corpus:
-        ids_file = entry / f"{name}.arrow"
+    for name, split in corpus.items():
+        ids_file = None if entry is None else entry / f"{name}.arrow"
         hit = hit and ids_file.exists()
-        splits[name] = encode_split(
-            corpus[name], tokenizer, cfg, cache_file=ids_file, word_ids=word_ids
-        )
+        splits[name] = encode_split(split, tokenizer, cfg, cache_file=ids_file, word_ids=word_ids)
     return Tokenized(
         tokenizer, tokens, splits["train"], splits.get("test"), cache_dir=entry, cache_hit=hit
     )

@@ -104,6 +104,18 @@ int64_t over_ranges(int64_t count, Fn fn) {
   return ranges;
 }
 
+// The first `ranges` parts, joined in order into one tensor of `dtype` (T's own type).
+template <typename T>
+torch::Tensor joined(const std::vector<std::vector<T>>& parts, int64_t ranges,
+                     torch::ScalarType dtype) {
+  int64_t total = 0;
+  for (int64_t r = 0; r < ranges; ++r) total += (int64_t)parts[r].size();
+  auto out = torch::empty({total}, dtype);
+  T* o = out.data_ptr<T>();
+  for (int64_t r = 0; r < ranges; ++r) o = std::copy(parts[r].begin(), parts[r].end(), o);
+  return out;
+}
+
 // Open addressing over words whose bytes live in the table's own arena: a lookup hashes the
 // word once and compares bytes, no allocation (std::unordered_map<std::string> ran at ~6 M
 // words/s here). A slot keeps the hash, the value and the key's place together, one cache
@@ -258,14 +270,9 @@ class WordCounts {
         for (const auto& [word, h] : hashed.words) ++tables[r].at(word, h);
       }
     });
-    std::vector<int64_t> skipped;
-    for (int64_t r = 0; r < ranges; ++r) {
+    for (int64_t r = 0; r < ranges; ++r)
       tables[r].each([&](std::string_view word, int64_t n) { counts_.at(word) += n; });
-      skipped.insert(skipped.end(), others[r].begin(), others[r].end());
-    }
-    auto out = torch::empty({(int64_t)skipped.size()}, torch::kInt64);
-    std::copy(skipped.begin(), skipped.end(), out.data_ptr<int64_t>());
-    return out;
+    return joined(others, ranges, torch::kInt64);
   }
 
   void add(const std::vector<std::string>& words, const std::vector<int64_t>& counts) {
@@ -329,17 +336,7 @@ class WordIds {
         length[t] = (int64_t)(ids[r].size() - before);
       }
     });
-    int64_t total = 0, skipped = 0;
-    for (int64_t r = 0; r < ranges; ++r) total += ids[r].size(), skipped += others[r].size();
-    auto out = torch::empty({total}, torch::kInt32);
-    auto skip = torch::empty({skipped}, torch::kInt64);
-    int32_t* o = out.data_ptr<int32_t>();
-    int64_t* s = skip.data_ptr<int64_t>();
-    for (int64_t r = 0; r < ranges; ++r) {
-      o = std::copy(ids[r].begin(), ids[r].end(), o);
-      s = std::copy(others[r].begin(), others[r].end(), s);
-    }
-    return {out, lengths, skip};
+    return {joined(ids, ranges, torch::kInt32), lengths, joined(others, ranges, torch::kInt64)};
   }
 
  private:

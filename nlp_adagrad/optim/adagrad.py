@@ -61,7 +61,7 @@ class Adagrad(RowOptimizer):
         return group["lr"] / (1 + (step - 1) * group["lr_decay"])
 
     def _sparse_step(self, p, rows, values, state, group) -> None:
-        if self._kernels is not None and _fusable(p, rows, values):
+        if self._kernels is not None and fusable(p, rows, values):
             self._kernels.adagrad_rows_(
                 p,
                 state["sum"],
@@ -80,7 +80,7 @@ class Adagrad(RowOptimizer):
         total = state["sum"]
         if (
             self._kernels is not None
-            and _fusable(p, None, grad)
+            and fusable(p, None, grad)
             and total.shape == p.shape
             and total.is_contiguous()
         ):
@@ -113,7 +113,7 @@ class Adagrad(RowOptimizer):
         return state["sum"]
 
 
-def _fusable(p: torch.Tensor, rows: torch.Tensor | None, values: torch.Tensor) -> bool:
+def fusable(p: torch.Tensor, rows: torch.Tensor | None, values: torch.Tensor) -> bool:
     """Whether the C++ row step takes these tensors: CPU, float32, a contiguous table (and
     its accumulator: a dense step passes `rows` None)."""
     return (

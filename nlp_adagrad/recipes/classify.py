@@ -18,7 +18,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nlp_adagrad import distributed, telemetry
-from nlp_adagrad.batching import epoch_order, make_batch, num_batches
+from nlp_adagrad.batching import batches, epoch_order, make_batch, num_batches
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_corpus, split_digest
 from nlp_adagrad.fused_steps import FusedSteps
@@ -135,13 +135,13 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
                     steps = min(
                         intervals.steps_to_next_event(MAX_FUSED_STEPS), steps_per_epoch - at
                     )
-                    docs = order[at * batch_size : (at + steps) * batch_size]
+                    docs = batches(order, batch_size, at, steps)
                     losses = fused(docs, batch_size, state.loss_sum)
                     steps = len(losses)  # fewer only when a step went non-finite
                     tokens = int(doc_lengths[docs[: steps * batch_size]].sum())
                     last = intervals.after_steps(losses[-1], steps, tokens)
                 else:
-                    global_docs = order[at * batch_size : (at + 1) * batch_size]
+                    global_docs = batches(order, batch_size, at)
                     optimizer.zero_grad(set_to_none=True)
                     if topology.world_size == 1:
                         batch = make_batch(train_split, global_docs).to(device)
