@@ -13,7 +13,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from nlp_adagrad.figures import FigureData, draw_later
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.optim import Adagrad, RowOptimizer
 from nlp_adagrad.run_dir import write_json
+from nlp_adagrad.telemetry_writer import open_sink, start_ahead
 from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
 
 log = logging.getLogger("nlp_adagrad.train")
@@ -59,8 +59,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def start(cfg: Config) -> tuple[distributed.Topology, torch.device]:
-    """Threads, the process group (one process, or torchrun's), the device and the seed."""
+def start(cfg: Config, telemetry: bool = True) -> tuple[distributed.Topology, torch.device]:
+    """Threads, the process group (one process, or torchrun's), the device and the seed; on
+    the main process of a run with telemetry, its writer process started ahead."""
     if cfg.trainer.num_threads is not None:
         torch.set_num_threads(cfg.trainer.num_threads)
     # numpy's OpenBLAS spreads some calls (TensorBoard's histograms, the evaluation) over a
@@ -69,6 +70,8 @@ def start(cfg: Config) -> tuple[distributed.Topology, torch.device]:
     threadpool_limits(1, user_api="blas")
     topology, device = distributed.setup(resolve_device(cfg.trainer.device))
     torch.manual_seed(cfg.trainer.seed)
+    if telemetry and topology.is_main:
+        start_ahead()
     return topology, device
 
 
@@ -262,12 +265,20 @@ class Snapshots:
     and the first named is the primary one, whose rates also fill the plain metrics keys.
     """
 
-    def __init__(self, cfg: Config, spec, optimizer: RowOptimizer, tables: dict[str, torch.Tensor]):
+    def __init__(
+        self,
+        cfg: Config,
+        spec,
+        optimizer: RowOptimizer,
+        tables: dict[str, torch.Tensor],
+        writer: MetricWriter,
+    ):
         self.cfg, self.spec, self.optimizer, self.tables = cfg.telemetry, spec, optimizer, tables
         self.primary = next(iter(tables))
-        # summarizing and writing a snapshot cost 2-3x reading it: done off the loop, in order
-        self._writing: ThreadPoolExecutor | None = None
-        self._pending: list[tuple[str, int, Future]] = []
+        # summarizing and writing a snapshot cost 10x reading it: done off the loop, in order
+        # (nlp_adagrad.telemetry_writer); opened now, so a process is up by the first snapshot
+        self._sink = open_sink(writer, spec)
+        self._pending: list[tuple[str, int]] = []
 
     def names(self) -> list[str] | None:
         """Table names for tags, or None when there is only one (untagged)."""
@@ -277,9 +288,9 @@ class Snapshots:
         """The table name tags carry: None when the model has one table (plain tags)."""
         return name if len(self.tables) > 1 else None
 
-    def maybe(self, writer: MetricWriter, state: RunState, last: bool) -> None:
-        """A snapshot when one is due: its rates read now, summarized and written on the
-        telemetry thread while training goes on (`settle` waits for them)."""
+    def maybe(self, state: RunState, last: bool) -> None:
+        """A snapshot when one is due: its rates read now, summarized and written by the
+        telemetry sink while training goes on (`settle` waits for them)."""
         step, every = state.step, self.cfg.every
         if last or not telemetry.snapshot_due(step, every):
             return
@@ -287,46 +298,39 @@ class Snapshots:
         histograms = telemetry.histograms_due(step, every, self.cfg.histogram_every)
         for name, table in self.tables.items():
             reading = telemetry.read_snapshot(self.spec, self.optimizer, table, histograms)
-            if self._writing is None:
-                self._writing = ThreadPoolExecutor(1, thread_name_prefix="telemetry")
-            written = self._writing.submit(
-                telemetry.write_snapshot,
-                writer,
-                self.spec,
-                reading,
-                step,
-                histograms,
-                self.tag_of(name),
-            )
-            self._pending.append((name, step, written))
+            self._sink.submit(reading, step, histograms, self.tag_of(name))
+            self._pending.append((name, step))
         state.telemetry_seconds += time.perf_counter() - started
 
-    def settle(self, state: RunState) -> None:
+    def settle(self, state: RunState, in_loop: bool = True) -> None:
         """Wait until every snapshot taken is written; keep the first one's rates in `state`
-        (a checkpoint saves them)."""
+        (a checkpoint saves them). A wait in the loop counts as its telemetry time."""
         started = time.perf_counter()
-        for name, step, written in self._pending:
-            summary = written.result()  # a failure to write surfaces here
+        for (name, step), summary in zip(self._pending, self._sink.results(), strict=True):
             first = not state.first_snapshot and math.isfinite(summary["eff_lr/rare_to_common"])
             if name == self.primary and first:
                 state.first_snapshot = first_snapshot_metrics(summary, step)
         self._pending.clear()
-        state.telemetry_seconds += time.perf_counter() - started
+        if in_loop:
+            state.telemetry_seconds += time.perf_counter() - started
 
-    def final(self, writer: MetricWriter, state: RunState) -> tuple[dict, dict[str, TableRates]]:
+    def final(self, state: RunState) -> tuple[dict, dict[str, TableRates]]:
         """The exact last snapshot of every table: (metrics, rates by table). The metrics
         hold the primary table's summary, its first snapshot's rates and, with several
         tables, every table's summary and bucket rows under eff_lr/<table>/..."""
-        self.settle(state)
-        if self._writing is not None:
-            self._writing.shutdown()
-            self._writing = None
-        metrics, rates = {}, {}
+        self.settle(state, in_loop=False)
+        readings = {}
         for name, table in self.tables.items():
-            tag = self.tag_of(name)
-            summary, eff_lr, updates = telemetry.log_snapshot(
-                writer, self.spec, self.optimizer, table, state.step, exact=True, table_name=tag
+            readings[name] = telemetry.read_snapshot(
+                self.spec, self.optimizer, table, histograms=True, exact=True
             )
+            self._sink.submit(readings[name], state.step, True, self.tag_of(name))
+        summaries = dict(zip(self.tables, self._sink.results(), strict=True))
+        self._sink.close()
+        metrics, rates = {}, {}
+        for name, reading in readings.items():
+            tag, summary = self.tag_of(name), summaries[name]
+            eff_lr, updates = reading.eff_lr, reading.updates
             rates[name] = TableRates(eff_lr, updates)
             analysis = {**summary, **telemetry.final_analysis(self.spec, eff_lr, updates)}
             if name == self.primary:
@@ -382,7 +386,7 @@ class Intervals:
         step, last = state.step, state.step >= self.total_steps
         if (trainer.log_every and step % trainer.log_every == 0) or last:
             state.close_window(self.writer, self.bar)
-        self.snapshots.maybe(self.writer, state, last)
+        self.snapshots.maybe(state, last)
         if trainer.checkpoint_every and step % trainer.checkpoint_every == 0:
             self.snapshots.settle(state)
             self.checkpoints.last = self.save()

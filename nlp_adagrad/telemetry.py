@@ -7,6 +7,10 @@ Buckets are decades of training count; `rare` is count <= rare_max_count; `commo
 common_top_k most frequent tokens. Snapshots are log-spaced at the start (steps 1, 2, 3, 5,
 10, 20, 50, ...), then every `telemetry.every` steps, so the first points show the rates
 before rare and common separate. Slopes: nlp_adagrad.fits.
+
+The functions that read the optimizer import torch themselves: the telemetry process
+(nlp_adagrad.telemetry_writer) summarizes and writes with this module and starts in 0.2 s
+without torch, 1.7 s with it.
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from nlp_adagrad.config import TelemetryConfig
 from nlp_adagrad.fits import binned_fit
-from nlp_adagrad.optim import RowOptimizer
 from nlp_adagrad.writer import MetricWriter
+
+if TYPE_CHECKING:
+    import torch
+
+    from nlp_adagrad.config import TelemetryConfig
+    from nlp_adagrad.optim import RowOptimizer
 
 UNSEEN = "unseen"  # tokens with no occurrence in the training split (the unknown token)
 # Tokens whose coordinate rates a histogram reads per bucket: enough for its shape, while a
@@ -142,6 +150,18 @@ class TokenView:
     rare: np.ndarray
     common: np.ndarray
     followed: dict[str, int]
+    # bucket -> positions whose coordinate rates a histogram shows: evenly spaced when there
+    # are more (deterministic, and the shape is kept); `shown_positions` all of them in order
+    shown: dict[str, np.ndarray] = field(init=False, repr=False)
+    shown_positions: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.shown = {
+            name: positions[:: -(-len(positions) // MAX_COORD_HISTOGRAM_TOKENS)]
+            for name, positions in self.members.items()
+            if len(positions)
+        }
+        self.shown_positions = np.concatenate([np.zeros(0, np.int64), *self.shown.values()])
 
 
 def stratified_sample(spec: TelemetrySpec, max_tokens: int, seed: int) -> TokenView:
@@ -250,12 +270,13 @@ def read_rates(
     optimizer: RowOptimizer, table: torch.Tensor, spec: TelemetrySpec, view: TokenView
 ) -> tuple[np.ndarray, np.ndarray]:
     """(eff_lr, updates) of the view's tokens (their rows of `table`), float64 / int64 arrays."""
+    import torch
+
     if view.ids is None:
         rows = slice(0, spec.num_tokens)
     else:
         rows = torch.from_numpy(view.ids).to(table.device)
-    eff_lr = optimizer.effective_lr(table, rows)
-    updates = optimizer.row_updates(table)[rows]
+    eff_lr, updates = optimizer.rates_and_updates(table, rows)
     return eff_lr.double().cpu().numpy(), updates.cpu().numpy()
 
 
@@ -330,15 +351,15 @@ def log10_tags(summary: dict[str, float]) -> dict[str, float]:
 @dataclass
 class Reading:
     """What a snapshot reads from the live optimizer state (`read_snapshot`): plain arrays,
-    so summarizing and writing them (`write_snapshot`) may happen later, on another thread."""
+    so summarizing and writing them (`write_snapshot`) may happen later, elsewhere."""
 
     view: TokenView
     eff_lr: np.ndarray  # float64, the view's tokens
-    updates: np.ndarray  # int64, the view's tokens
+    updates: np.ndarray  # the view's tokens
     tokens_updated: int  # exact even when sampled
-    # bucket -> log10 of the coordinate rates of its shown tokens (histogram snapshots of
-    # optimizers with per-coordinate state), else None
-    coordinates: dict[str, np.ndarray] | None
+    # (tokens, columns) float64: the coordinate rates of the view's `shown` tokens, bucket
+    # after bucket (histogram snapshots of optimizers with per-coordinate state), else None
+    coordinates: np.ndarray | None
 
 
 def read_snapshot(
@@ -348,18 +369,24 @@ def read_snapshot(
     histograms: bool = True,
     exact: bool = False,
 ) -> Reading:
-    """Read one snapshot's rates from the optimizer (the part that must happen at the step).
+    """Read one snapshot's rates from the optimizer (the part that must happen at the step:
+    reads only, every derived number is the writer's).
 
     A snapshot reads `spec.sample` (every token of a vocabulary up to telemetry.sample_size),
     so its cost does not grow with the vocabulary; `exact` reads every token (the last one).
     """
+    import torch
+
     view = spec.full if exact else spec.sample
     eff_lr, updates = read_rates(optimizer, table, spec, view)
     # one count over the update counters (~0.2 ms per 10^6 tokens)
     tokens_updated = int(torch.count_nonzero(optimizer.row_updates(table)[: spec.num_tokens]))
     coordinates = None
     if histograms and optimizer.has_coordinate_rates(table):
-        coordinates = _coordinate_rates(optimizer, table, view, _shown(spec, view, eff_lr))
+        positions = view.shown_positions
+        ids = positions if view.ids is None else view.ids[positions]
+        rows = torch.from_numpy(ids).to(table.device)
+        coordinates = optimizer.effective_lr_coords(table, rows).cpu().numpy()
     return Reading(view, eff_lr, updates, tokens_updated, coordinates)
 
 
@@ -386,7 +413,7 @@ def write_snapshot(
             rates = rates[np.isfinite(rates) & (rates > 0)]  # 0: a rate under an overflowed G
             if len(rates):
                 out[table_tag(f"eff_lr_log10_hist/{name}", table_name)] = np.log10(rates)
-        for name, values in (reading.coordinates or {}).items():
+        for name, values in _coordinate_histograms(view, reading.coordinates).items():
             out[table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)] = values
         writer.histograms(out, step)
     return summary
@@ -408,33 +435,14 @@ def log_snapshot(
     return summary, reading.eff_lr, reading.updates
 
 
-def _shown(spec: TelemetrySpec, view: TokenView, eff_lr: np.ndarray) -> dict[str, np.ndarray]:
-    """bucket -> positions in the view of the tokens whose coordinate rates a histogram
-    shows, in buckets where some token has a rate: evenly spaced when there are more
-    (deterministic, and the shape is kept)."""
-    shown = {}
-    for name in spec.bucket_names:
-        positions = view.members[name]
-        rates = eff_lr[positions]
-        if (np.isfinite(rates) & (rates > 0)).any():
-            shown[name] = positions[:: -(-len(positions) // MAX_COORD_HISTOGRAM_TOKENS)]
-    return shown
-
-
-def _coordinate_rates(
-    optimizer: RowOptimizer, table: torch.Tensor, view: TokenView, shown: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """bucket -> log10 of the coordinate rates of its `shown` tokens (one read for all)."""
-    if not shown:
-        return {}
+def _coordinate_histograms(view: TokenView, coordinates: np.ndarray | None) -> dict:
+    """bucket -> log10 of the positive finite coordinate rates of its shown tokens."""
     out = {}
-    positions = np.concatenate(list(shown.values()))
-    ids = positions if view.ids is None else view.ids[positions]
-    coords = optimizer.effective_lr_coords(table, torch.from_numpy(ids).to(table.device))
-    coords = coords.cpu().numpy()
+    if coordinates is None:
+        return out
     start = 0
-    for name, chosen in shown.items():  # one read for every bucket, then split
-        values = coords[start : start + len(chosen)].ravel()
+    for name, chosen in view.shown.items():
+        values = coordinates[start : start + len(chosen)].ravel()
         start += len(chosen)
         values = values[np.isfinite(values) & (values > 0)]
         if len(values):
@@ -564,6 +572,8 @@ def projector_data(
     """(vectors, metadata rows, header) of the `max_tokens` most frequent tokens' rows for
     TensorBoard's Projector: token, count, bucket, eff_lr and its log10 (colour by that one:
     the rates span decades) to colour and search by."""
+    import torch
+
     ids = np.argsort(-spec.counts, kind="stable")[:max_tokens]
     ids = ids[spec.counts[ids] >= 1]
     vectors = table.detach()[torch.from_numpy(ids).to(table.device)].float().cpu().numpy()
@@ -591,6 +601,8 @@ def coordinate_spread(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(min, max) over each token row's coordinate rates, NaN-free where defined; read in
     chunks so a large vocabulary never materialises all its coordinates at once."""
+    import torch
+
     low, high = np.full(num_tokens, np.nan), np.full(num_tokens, np.nan)
     for start in range(0, num_tokens, COORD_CHUNK_ROWS):
         stop = min(start + COORD_CHUNK_ROWS, num_tokens)

@@ -6,8 +6,8 @@ tests that do not care) get `NullWriter`, so no code asks "is logging on?".
 
 from __future__ import annotations
 
-import contextlib
 import math
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,6 +61,87 @@ class NullWriter:
         pass
 
 
+def _tensorflow_bins() -> np.ndarray:
+    """TensorBoard's default histogram bin edges (SummaryWriter.default_bins), as an array:
+    handed over as a list of 1,549 floats, NumPy converts them on every histogram."""
+    v, edges = 1e-12, []
+    while v < 1e20:
+        edges.append(v)
+        v *= 1.1
+    return np.asarray([-e for e in reversed(edges)] + [0] + edges)
+
+
+TENSORFLOW_BINS = _tensorflow_bins()
+
+
+def scalars_summary(values: dict[str, float]):
+    """One Summary holding every finite scalar (the Summary.Value add_scalar builds, without
+    its NumPy round trip per tag), or None when none is finite."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    parts = [
+        Summary.Value(tag=tag, simple_value=float(v))
+        for tag, v in values.items()
+        if math.isfinite(v)
+    ]
+    return Summary(value=parts) if parts else None
+
+
+def histograms_summary(values: dict[str, np.ndarray]):
+    """One Summary holding a histogram per tag, binned as SummaryWriter.add_histogram bins
+    them (torch.utils.tensorboard.summary.make_histogram, which needs torch), or None."""
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+
+    parts = []
+    for tag, v in values.items():
+        v = np.asarray(v, dtype=float).reshape(-1)
+        counts, limits = np.histogram(v, bins=TENSORFLOW_BINS)
+        occupied = np.flatnonzero(counts)
+        if not len(occupied):  # no values, or all outside the bins (all 1e30, say): no chart
+            continue
+        start, end = occupied[0], occupied[-1] + 1
+        # TensorBoard reads right bin limits only: an empty bin on the left keeps the first
+        counts = counts[start - 1 : end] if start > 0 else np.concatenate([[0], counts[:end]])
+        histogram = HistogramProto(
+            min=v.min(),
+            max=v.max(),
+            num=len(v),
+            sum=v.sum(),
+            sum_squares=v.dot(v),
+            bucket_limit=limits[start : end + 1].tolist(),
+            bucket=counts.tolist(),
+        )
+        parts.append(Summary.Value(tag=tag, histo=histogram))
+    return Summary(value=parts) if parts else None
+
+
+class EventsWriter:
+    """Scalars and histograms in an event file of their own, through TensorBoard's own
+    EventFileWriter: what the telemetry process writes with (it never imports torch)."""
+
+    def __init__(self, logdir: Path, suffix: str) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._events = EventFileWriter(
+            str(logdir), max_queue_size=1000, flush_secs=30, filename_suffix=suffix
+        )
+
+    def _add(self, summary, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        if summary is not None:
+            self._events.add_event(Event(summary=summary, step=step, wall_time=time.time()))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        self._add(scalars_summary(values), step)
+
+    def histograms(self, values: dict[str, np.ndarray], step: int) -> None:
+        self._add(histograms_summary(values), step)
+
+    def close(self) -> None:
+        self._events.close()
+
+
 class TensorBoardWriter:
     """torch.utils.tensorboard's SummaryWriter (no TensorFlow needed)."""
 
@@ -69,9 +150,7 @@ class TensorBoardWriter:
 
         # a deep queue and rare flushes keep the writer thread off the training thread's lock
         self._writer = SummaryWriter(log_dir=str(logdir), max_queue=1000, flush_secs=30)
-        # TensorBoard's own bin edges, as an array: handed over as its list of 1,549 floats,
-        # NumPy converts them on every histogram (0.15 ms of 0.2); the bins are the same
-        self._bins = np.asarray(self._writer.default_bins)
+        self.logdir = Path(logdir)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if math.isfinite(value):  # a bucket with no updated token yet has no value
@@ -82,31 +161,16 @@ class TensorBoardWriter:
 
         Each still reads back as its own tag (not `add_scalars`, which makes a run per key).
         """
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        # the Summary.Value that add_scalar's summary.scalar builds, without its NumPy
-        # round trip per tag (a third of a snapshot's time)
-        parts = [
-            Summary.Value(tag=tag, simple_value=float(v))
-            for tag, v in values.items()
-            if math.isfinite(v)
-        ]
-        if parts:
-            self._writer.file_writer.add_summary(Summary(value=parts), step)
+        summary = scalars_summary(values)
+        if summary is not None:
+            self._writer.file_writer.add_summary(summary, step)
 
     def histograms(self, values: dict[str, np.ndarray], step: int) -> None:
         """Histograms as one event, each with TensorBoard's own bins, as add_histogram makes
         them (its per-call event and bookkeeping were 60% of a histogram's cost)."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-        from torch.utils.tensorboard.summary import histogram
-
-        parts = []
-        for tag, v in values.items():
-            # TensorBoard cannot bin some degenerate inputs (all values 1e30, say): skip it
-            with contextlib.suppress(ValueError):
-                parts.extend(histogram(tag, v, self._bins).value)
-        if parts:
-            self._writer.file_writer.add_summary(Summary(value=parts), step)
+        summary = histograms_summary(values)
+        if summary is not None:
+            self._writer.file_writer.add_summary(summary, step)
 
     def image(self, tag: str, png: bytes, step: int) -> None:
         """A PNG image (a figure: nlp_adagrad.figures.png), as add_image stores it, without

@@ -172,47 +172,56 @@ def test_a_run_with_fused_steps_writes_what_batch_by_batch_steps_write(tmp_path,
     torch.testing.assert_close(x["optimizer"]["state"], y["optimizer"]["state"], rtol=0, atol=0)
 
 
-def test_snapshots_written_on_the_telemetry_thread_hold_the_rates_of_their_step(
-    tmp_path, monkeypatch
-):
-    """The rates are read at the step; summarizing and writing them later, while training
-    goes on (made slow here), changes nothing against writing each at once."""
+def test_snapshots_written_off_the_loop_hold_the_rates_of_their_step(tmp_path, monkeypatch):
+    """The rates are read at the step; summarizing and writing them later, in the telemetry
+    process (the default) or on a thread while training goes on (made slow here), changes
+    nothing against writing each at once, in the trainer's own process."""
     import time
 
-    from nlp_adagrad import run, telemetry
+    from nlp_adagrad import run, telemetry, telemetry_writer
 
     overrides = ["data.max_examples=300", "trainer.epochs=2", "trainer.checkpoint_every=9"]
+    process = train(make_config(*overrides), tmp_path / "process")
+    assert list((tmp_path / "process/tb").rglob("*.telemetry"))
     write = telemetry.write_snapshot
 
     def slow(*args, **kwargs):
         time.sleep(0.02)
         return write(*args, **kwargs)
 
-    monkeypatch.setattr(telemetry, "write_snapshot", slow)
+    monkeypatch.setattr(telemetry_writer, "write_snapshot", slow)
+    monkeypatch.setattr(run, "open_sink", telemetry_writer.ThreadSink)
     later = train(make_config(*overrides), tmp_path / "later")
+    monkeypatch.setattr(telemetry_writer, "write_snapshot", write)
     maybe = run.Snapshots.maybe
 
-    def at_once(self, writer, state, last):
-        maybe(self, writer, state, last)
+    def at_once(self, state, last):
+        maybe(self, state, last)
         self.settle(state)
 
     monkeypatch.setattr(run.Snapshots, "maybe", at_once)
     now = train(make_config(*overrides), tmp_path / "now")
-    assert later["eff_lr/first_snapshot_step"] == now["eff_lr/first_snapshot_step"] == 1
-    assert metrics_without_timing(tmp_path / "later") == metrics_without_timing(tmp_path / "now")
-    a, b = read_tb(tmp_path / "later"), read_tb(tmp_path / "now")
+    assert process["eff_lr/first_snapshot_step"] == later["eff_lr/first_snapshot_step"] == 1
+    assert now["eff_lr/first_snapshot_step"] == 1
+    b = read_tb(tmp_path / "now")
     tags = [t for t in b.Tags()["scalars"] if t.startswith("eff_lr")]
-    assert len(tags) > 10 and tags == [t for t in a.Tags()["scalars"] if t.startswith("eff_lr")]
-    for tag in tags:
-        assert [(e.step, e.value) for e in a.Scalars(tag)] == [
-            (e.step, e.value) for e in b.Scalars(tag)
-        ], tag
     hists = b.Tags()["histograms"]
-    assert hists and hists == a.Tags()["histograms"]
-    for tag in hists:
-        assert [(e.step, e.histogram_value) for e in a.Histograms(tag)] == [
-            (e.step, e.histogram_value) for e in b.Histograms(tag)
-        ], tag
-    x = torch.load(tmp_path / "later/checkpoints/step_000000009.pt", weights_only=True)
+    assert len(tags) > 10 and hists
+    expected = metrics_without_timing(tmp_path / "now")
+    for run_dir in ("process", "later"):
+        assert metrics_without_timing(tmp_path / run_dir) == expected
+        a = read_tb(tmp_path / run_dir)
+        assert tags == [t for t in a.Tags()["scalars"] if t.startswith("eff_lr")]
+        for tag in tags:
+            assert [(e.step, e.value) for e in a.Scalars(tag)] == [
+                (e.step, e.value) for e in b.Scalars(tag)
+            ], tag
+        assert hists == a.Tags()["histograms"]
+        for tag in hists:
+            assert [(e.step, e.histogram_value) for e in a.Histograms(tag)] == [
+                (e.step, e.histogram_value) for e in b.Histograms(tag)
+            ], tag
     y = torch.load(tmp_path / "now/checkpoints/step_000000009.pt", weights_only=True)
-    assert x["telemetry_first"] == y["telemetry_first"] and x["telemetry_first"]
+    for run_dir in ("process", "later"):
+        x = torch.load(tmp_path / run_dir / "checkpoints/step_000000009.pt", weights_only=True)
+        assert x["telemetry_first"] == y["telemetry_first"] and x["telemetry_first"]

@@ -164,7 +164,8 @@ def test_a_checkpoint_without_last_steps_still_loads(caplog):
     assert "predates per-row last steps" in caplog.text
     assert fresh.state[p]["last_step"].tolist() == [2, 2, 2, 0, 0, 0]
     assert fresh.state[p]["last_step"].dtype == torch.int32
-    np.testing.assert_array_equal(fresh.effective_lr(p).numpy(), opt.effective_lr(p).numpy())
+    # (the deleted key was `opt`'s own too: its rates come from torch ops, fresh's from C++)
+    np.testing.assert_allclose(fresh.effective_lr(p).numpy(), opt.effective_lr(p).numpy(), 1e-15)
 
 
 def _step_adagrad(fused, dim, padded, threads=1, steps=6, **kwargs):
@@ -231,6 +232,38 @@ def test_the_fused_step_gives_the_same_bits_on_any_number_of_threads():
     one = _step_adagrad(True, 64, False, threads=1, lr=0.5)
     two = _step_adagrad(True, 64, False, threads=2, lr=0.5)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=0.5), dict(lr=0.3, lr_decay=0.1, eps=1e-3)])
+def test_the_native_rate_read_is_the_torch_ops_read(kwargs):
+    """Telemetry's one-pass C++ read of Adagrad's rates against the torch ops it replaces:
+    rows by id (repeats, any order) and by slice, per row and per coordinate, with rows never
+    updated, rows whose gradients were all zero, and coordinates that never got one."""
+    from nlp_adagrad.optim.base import RowOptimizer
+
+    native_kernels("true", "optim.fused")
+    w = nn.Parameter(torch.randn(300, 5, generator=torch.Generator().manual_seed(0)))
+    opt = Adagrad([w], **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(7):
+        rows = torch.unique(torch.randint(0, 250, (90,), generator=gen))  # 250..299: never
+        values = torch.randn(rows.numel(), 5, generator=gen)
+        values[rows < 10] = 0  # rows 0..9: touched, zero second moment
+        values[(rows >= 10) & (rows < 20), 2] = 0  # one coordinate that never moves
+        w.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, w.shape)
+        opt.step()
+    ids = torch.cat([torch.randint(0, 300, (400,), generator=gen), torch.tensor([5, 15, 299])])
+    for rows in (ids, slice(None), slice(40, 290)):
+        for read, reference in (
+            (opt.effective_lr, RowOptimizer.effective_lr),
+            (opt.effective_lr_coords, RowOptimizer.effective_lr_coords),
+        ):
+            assert opt._native_read(w, rows, read == opt.effective_lr_coords) is not None
+            got, want = read(w, rows), reference(opt, w, rows)
+            assert got.dtype == want.dtype == torch.float64 and got.shape == want.shape
+            assert torch.equal(got.isnan(), want.isnan()) and not got.isnan().all()
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=0, equal_nan=True)
+    assert opt.effective_lr(w, torch.tensor([5, 299])).isnan().all()
 
 
 def test_fused_true_without_a_compiler_is_one_line(monkeypatch):

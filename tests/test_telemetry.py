@@ -93,6 +93,9 @@ class RowsRecorder:
     def row_updates(self, p):
         return self.updates
 
+    def rates_and_updates(self, p, rows):
+        return self.effective_lr(p, rows), self.updates[rows]
+
     def has_coordinate_rates(self, p):
         return False
 

@@ -19,6 +19,9 @@ std::vector<torch::Tensor> classify_steps(
     torch::Tensor split_ids, torch::Tensor split_offsets, torch::Tensor split_labels,
     torch::Tensor docs, int64_t batch_size, torch::Tensor alphas, double eps,
     int64_t first_step, bool mean, torch::Tensor slot_of, torch::Tensor loss_sum);
+std::vector<torch::Tensor> adagrad_rates(torch::Tensor sum, torch::Tensor updates,
+                                         torch::Tensor last_step, torch::Tensor ids, double lr,
+                                         double lr_decay, double eps, bool per_coordinate);
 void bind_words(pybind11::module_& m);
 void count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tensor rows,
                  int64_t step);
@@ -29,6 +32,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bag_gradients", &bag_gradients, unlocked, "a bag classifier's loss and gradients");
   m.def("adagrad_rows_", &adagrad_rows_, unlocked, "Adagrad's step on the touched rows, in place");
   m.def("count_rows_", &count_rows_, unlocked, "a sparse step's per-row counters, in place");
+  m.def("adagrad_rates", &adagrad_rates, unlocked, "Adagrad's effective rates and update counts of some rows");
   m.def("classify_steps", &classify_steps, unlocked,
         "a bag classifier's Adagrad steps over a chunk of batches, in place");
   bind_words(m);

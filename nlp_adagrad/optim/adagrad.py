@@ -15,7 +15,7 @@ import torch
 from nlp_adagrad import pages
 from nlp_adagrad.config import AdagradConfig
 from nlp_adagrad.kernels import native_kernels
-from nlp_adagrad.optim.base import RowOptimizer
+from nlp_adagrad.optim.base import ALL_ROWS, RowOptimizer
 
 
 class Adagrad(RowOptimizer):
@@ -105,6 +105,45 @@ class Adagrad(RowOptimizer):
         if rows is None:
             rows = self._row_ranges[n] = torch.arange(n)
         return rows
+
+    @torch.no_grad()
+    def effective_lr(self, p, rows=ALL_ROWS):
+        native = self._native_read(p, rows, per_coordinate=False)
+        return super().effective_lr(p, rows) if native is None else native[0]
+
+    @torch.no_grad()
+    def effective_lr_coords(self, p, rows=ALL_ROWS):
+        native = self._native_read(p, rows, per_coordinate=True)
+        return super().effective_lr_coords(p, rows) if native is None else native[0]
+
+    @torch.no_grad()
+    def rates_and_updates(self, p, rows=ALL_ROWS):
+        native = self._native_read(p, rows, per_coordinate=False)
+        return super().rates_and_updates(p, rows) if native is None else tuple(native)
+
+    def _native_read(self, p, rows, per_coordinate: bool) -> list[torch.Tensor] | None:
+        """(rates, updates) of `rows` from one C++ pass over them (a telemetry snapshot's
+        read: ~14 torch calls in one), where the kernels and a sparse table's CPU float32
+        state allow; else None."""
+        state = self.state.get(p, {})
+        if self._kernels is None or "last_step" not in state or not state["step"]:
+            return None
+        total = state["sum"]
+        if total.device.type != "cpu" or total.dtype != torch.float32 or not total.is_contiguous():
+            return None
+        if isinstance(rows, slice):
+            rows = torch.arange(*rows.indices(p.shape[0]))
+        group = self._group_of(p)
+        return self._kernels.adagrad_rates(
+            total,
+            state["updates"],
+            state["last_step"],
+            rows.to(torch.int64).contiguous(),
+            group["lr"],
+            group["lr_decay"],
+            group["eps"],
+            per_coordinate,
+        )
 
     def _rate_scale(self, steps, state, group):
         return self._clr(steps, group) if group["lr_decay"] else group["lr"]

@@ -264,6 +264,13 @@ class RowOptimizer(torch.optim.Optimizer):
             return torch.zeros(p.shape[0], dtype=torch.int32, device=p.device)
         return updates
 
+    @torch.no_grad()
+    def rates_and_updates(
+        self, p: torch.Tensor, rows: slice | torch.Tensor = ALL_ROWS
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(effective_lr(p, rows), row_updates(p)[rows]): what a telemetry snapshot reads."""
+        return self.effective_lr(p, rows), self.row_updates(p)[rows]
+
     def has_coordinate_rates(self, p: torch.Tensor) -> bool:
         """Whether the coordinates of a row of `p` can have rates of their own."""
         second = self._second_moment(self.state.get(p, {}))

@@ -53,7 +53,7 @@ class Trace:
 
 def analytic(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dict[str, float]:
     """Run the problem at each rate of the grid; write the best run's files; return metrics."""
-    start(cfg)
+    start(cfg, telemetry=False)
     task = cfg.task
     if task.problem == "text_replay":
         from nlp_adagrad.replay import text_replay

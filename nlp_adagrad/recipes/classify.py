@@ -107,7 +107,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     if is_main:
         tokenizer.save(str(run_dir / "tokenizer.json"))
         writer.custom_layout(telemetry.custom_layout(spec))
-    snapshots = Snapshots(cfg, spec, optimizer, model.sparse_tables())
+    snapshots = Snapshots(cfg, spec, optimizer, model.sparse_tables(), writer)
     checkpoints = Checkpoints(cfg, run_dir, model, device, is_main)
 
     def checkpoint() -> Path | None:
@@ -178,7 +178,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     predicted_classes = len(np.unique(result.predictions))
     if predicted_classes == 1 and len(class_names) > 1:
         warn_collapsed(cfg, class_names[int(result.predictions[0])], result.accuracy)
-    summary, rates = snapshots.final(writer, state)
+    summary, rates = snapshots.final(state)
     metrics = {
         "test/accuracy": result.accuracy,
         "test/loss": result.loss,

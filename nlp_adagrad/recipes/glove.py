@@ -119,7 +119,7 @@ def glove(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
 
     # ---- final telemetry, evaluation, vectors.txt and the run-dir files
     checkpoints.check(state.step)
-    summary, rates = snapshots.final(writer, state)
+    summary, rates = snapshots.final(state)
     metrics = {
         **evaluate_vectors(cfg, run_dir, corpus, model, writer, state.step),
         **state.timing_metrics(prepare_seconds),

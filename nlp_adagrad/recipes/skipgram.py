@@ -123,7 +123,7 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
 
     # ---- final telemetry, evaluation, vectors.txt and the run-dir files
     checkpoints.check(state.step)
-    summary, rates = snapshots.final(writer, state)
+    summary, rates = snapshots.final(state)
     metrics = {
         **evaluate_vectors(cfg, run_dir, corpus, model, writer, state.step),
         **state.timing_metrics(corpus.prepare_seconds),

@@ -44,7 +44,7 @@ def open_outputs(
     if missing:
         log.warning("telemetry.tokens not in the vocabulary: %s", ", ".join(missing))
     corpus.tokenizer.save(str(run_dir / "tokenizer.json"))
-    snapshots = Snapshots(cfg, spec, optimizer, tables)
+    snapshots = Snapshots(cfg, spec, optimizer, tables, writer)
     writer.custom_layout(word_layout(spec, snapshots.names(), cfg))
     return writer, snapshots, Checkpoints(cfg, run_dir, model, device, True)
 

@@ -1,0 +1,242 @@
+"""Where telemetry snapshots are summarized and written, off the training loop.
+
+A snapshot's rates are read at its step (`telemetry.read_snapshot`, one C++ pass for Adagrad);
+turning them into medians, slopes and histograms and writing those costs ~1.5 ms of Python.
+On a thread that Python shares the interpreter with the loop, which waited for the GIL each
+time it came back from a C++ chunk of steps (BBC News: +30% on a 0.05 s loop). So beside a
+TensorBoard run a child process does it, `python -m nlp_adagrad.telemetry_writer`, without
+torch (it starts in ~0.2 s): it writes the telemetry tags to an event file of its own in the
+run's TensorBoard folder (`events.out.tfevents.*.telemetry`; TensorBoard reads every event
+file of a folder as one run). Without TensorBoard (other ranks, tests) a thread does it.
+
+Either sink writes the snapshots in the order they came and hands back their summaries, in
+that order, from `results()`, which waits for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import queue
+import subprocess
+import sys
+import threading
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Protocol
+
+from nlp_adagrad.errors import UserError
+from nlp_adagrad.telemetry import Reading, TelemetrySpec, write_snapshot
+from nlp_adagrad.writer import EventsWriter, MetricWriter, TensorBoardWriter
+
+EVENTS_SUFFIX = ".telemetry"
+BLAS_LIBRARIES = ("OPENBLAS", "MKL", "OMP")
+PIPE_BYTES = 1 << 20  # a burst of early snapshots (steps 1, 2, 3, 5, ...) fits: sends never wait
+
+
+class SnapshotSink(Protocol):
+    def submit(self, reading: Reading, step: int, histograms: bool, table: str | None) -> None: ...
+    def results(self) -> list[dict[str, float]]: ...
+    def close(self) -> None: ...
+
+
+def open_sink(writer: MetricWriter, spec: TelemetrySpec) -> SnapshotSink:
+    """A process beside a TensorBoard writer; a thread for any other writer."""
+    if isinstance(writer, TensorBoardWriter):
+        return ProcessSink(writer.logdir, spec)
+    return ThreadSink(writer, spec)
+
+
+class ThreadSink:
+    """Snapshots summarized and written by `writer` on one thread, in order."""
+
+    def __init__(self, writer: MetricWriter, spec: TelemetrySpec) -> None:
+        self.writer, self.spec = writer, spec
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="telemetry")
+        self._pending: list[Future] = []
+
+    def submit(self, reading: Reading, step: int, histograms: bool, table: str | None) -> None:
+        self._pending.append(
+            self._thread.submit(
+                write_snapshot, self.writer, self.spec, reading, step, histograms, table
+            )
+        )
+
+    def results(self) -> list[dict[str, float]]:
+        done = [written.result() for written in self._pending]  # a failure surfaces here
+        self._pending.clear()
+        return done
+
+    def close(self) -> None:
+        self._thread.shutdown()
+
+
+class TelemetryWriterStopped(UserError):
+    """The telemetry process is gone (killed, out of memory): the run stops, keeping what it
+    wrote; not bad input, so its folder stays (exit code 1)."""
+
+    exit_code = 1
+
+
+class ProcessSink:
+    """Snapshots summarized and written by a child process into `logdir`, in order.
+
+    Messages go out through a feeder thread, as multiprocessing.Queue's do: a send never
+    makes the loop wait, not even while the process is still starting.
+    """
+
+    def __init__(self, logdir: Path, spec: TelemetrySpec) -> None:
+        self.spec = spec
+        self._child = _take_child()
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._send_error: BaseException | None = None
+        self._feeder = threading.Thread(target=self._feed, name="telemetry-feeder", daemon=True)
+        self._feeder.start()
+        self._submitted = 0
+        # the token strings and per-token bucket names stay here (a 10^6-word vocabulary's
+        # ~50 MB): summaries use counts and the views' positions
+        summarizing = replace_fields(spec, tokens=[], buckets=spec.buckets[:0])
+        self._outbox.put(("open", str(logdir), summarizing))
+
+    def submit(self, reading: Reading, step: int, histograms: bool, table: str | None) -> None:
+        exact = reading.view is self.spec.full
+        self._outbox.put(("snapshot", replace(reading, view=None), exact, step, histograms, table))
+        self._submitted += 1
+
+    def results(self) -> list[dict[str, float]]:
+        if not self._submitted:
+            return []
+        self._outbox.put(("results",))
+        reply = self._receive()
+        if isinstance(reply, str):  # a bug: the child's traceback
+            raise RuntimeError(f"the telemetry writer process failed:\n{reply}")
+        self._submitted = 0
+        return reply
+
+    def close(self) -> None:
+        """Flush and stop the process (its event file is complete when this returns)."""
+        self._outbox.put(("close",))
+        self._outbox.put(None)
+        self._feeder.join()
+        with contextlib.suppress(TelemetryWriterStopped):
+            self._receive()  # "closed": the events are on disk
+        self._child.close()
+
+    def _feed(self) -> None:
+        while (message := self._outbox.get()) is not None:
+            try:
+                self._child.outbox.send(message)
+            except OSError as e:  # the process is gone: `_receive` says so
+                self._send_error = e
+                return
+
+    def _receive(self):
+        try:
+            return self._child.inbox.recv()
+        except (EOFError, OSError) as e:
+            code = self._child.process.wait()
+            raise TelemetryWriterStopped(
+                f"the telemetry writer process stopped (exit code {code}; a negative code is "
+                "the signal that killed it, 9 often the out-of-memory killer); the run's "
+                "events and checkpoints so far are kept: resume it with trainer.resume"
+            ) from (self._send_error or e)
+
+
+class _Child:
+    """A `python -m nlp_adagrad.telemetry_writer` process and its two pipes."""
+
+    def __init__(self) -> None:
+        from_parent, to_child = os.pipe()  # (read end, write end)
+        from_child, to_parent = os.pipe()
+        with contextlib.suppress(AttributeError, OSError):  # Linux: 16 snapshots, not one
+            import fcntl
+
+            fcntl.fcntl(to_child, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(from_parent), str(to_parent)],
+            pass_fds=(from_parent, to_parent),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches the trainer, which closes this in order
+            # one BLAS thread, as in the trainer (nlp_adagrad.run.start): a histogram's dot
+            # product then sums in the same order, and no spinning thread takes its core
+            env={**os.environ, **{f"{lib}_NUM_THREADS": "1" for lib in BLAS_LIBRARIES}},
+        )
+        os.close(from_parent)
+        os.close(to_parent)
+        self.outbox = Connection(to_child, readable=False)
+        self.inbox = Connection(from_child, writable=False)
+
+    def close(self) -> None:
+        self.outbox.close()
+        self.inbox.close()
+        self.process.wait()
+
+
+_ahead: _Child | None = None
+
+
+def start_ahead() -> None:
+    """Start the next ProcessSink's process now: its ~0.2 s start-up then overlaps loading
+    the data, not the end of a short run (BBC News trains in 0.05 s)."""
+    global _ahead
+    if _ahead is None or _ahead.process.poll() is not None:
+        _ahead = _Child()
+
+
+def _take_child() -> _Child:
+    global _ahead
+    child, _ahead = _ahead, None
+    return child if child is not None and child.process.poll() is None else _Child()
+
+
+def replace_fields(spec: TelemetrySpec, **fields) -> TelemetrySpec:
+    """A shallow copy of `spec` with some fields replaced (dataclasses.replace would run
+    __post_init__ again, resetting the sample view)."""
+    out = copy.copy(spec)
+    for name, value in fields.items():
+        setattr(out, name, value)
+    return out
+
+
+def serve(inbox: Connection, outbox: Connection) -> None:
+    """The child's loop: a run's folder and spec, then snapshots in, events written, and
+    summaries out when asked."""
+    writer: EventsWriter | None = None
+    spec: TelemetrySpec | None = None
+    summaries: list[dict[str, float]] = []
+    failure = closing = None
+    try:
+        while not closing:
+            try:
+                message = inbox.recv()
+            except EOFError:  # the trainer is gone: keep what was written
+                return
+            kind = message[0]
+            closing = kind == "close"
+            if kind == "open":
+                writer, spec = EventsWriter(Path(message[1]), EVENTS_SUFFIX), message[2]
+            elif kind == "snapshot" and failure is None:
+                _, reading, exact, step, histograms, table = message
+                reading.view = spec.full if exact else spec.sample
+                try:
+                    summaries.append(write_snapshot(writer, spec, reading, step, histograms, table))
+                except Exception:
+                    failure = traceback.format_exc()
+            elif kind == "results":
+                outbox.send(failure or summaries)
+                summaries = []
+    finally:
+        if writer is not None:
+            writer.close()
+    outbox.send("closed")
+
+
+if __name__ == "__main__":
+    serve(
+        Connection(int(sys.argv[1]), writable=False),
+        Connection(int(sys.argv[2]), readable=False),
+    )

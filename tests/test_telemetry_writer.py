@@ -1,0 +1,135 @@
+"""The telemetry sinks: the child process writes what the in-process thread writes, binned as
+torch's SummaryWriter bins, and a process that dies stops the run with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nlp_adagrad import telemetry
+from nlp_adagrad.config import TelemetryConfig
+from nlp_adagrad.optim import Adagrad
+from nlp_adagrad.telemetry_writer import ProcessSink, TelemetryWriterStopped, ThreadSink
+from nlp_adagrad.writer import TENSORFLOW_BINS, TensorBoardWriter, histograms_summary
+
+
+def test_histograms_are_binned_as_torchs_summary_writer_bins_them():
+    from torch.utils.tensorboard.summary import histogram
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "normal": rng.normal(size=1000),
+        "log rates": np.log10(rng.uniform(1e-4, 1.0, size=5000)),
+        "one value": np.array([0.5]),
+        "zeros and negatives": np.array([0.0, 0.0, -3.0, 2.0]),
+        "huge": np.array([1e30, 2e30]),  # outside every bin: no histogram
+    }
+    ours = {v.tag: v.histo for v in histograms_summary(cases).value}
+    assert set(ours) == set(cases) - {"huge"}
+    for tag, values in cases.items():
+        if tag != "huge":
+            assert ours[tag] == histogram(tag, values, TENSORFLOW_BINS).value[0].histo, tag
+
+
+def test_the_bins_are_summary_writers_default_bins(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    assert TENSORFLOW_BINS.tolist() == writer.default_bins
+    writer.close()
+
+
+def _snapshots(num_tokens: int = 20_000, dim: int = 4):
+    """A spec over a Zipf vocabulary (sampled: 5,000 of 20,000) and readings of an Adagrad
+    table at steps 1, 2, 3 and 10 (histograms at 1 and 10), then the exact one."""
+    rng = np.random.default_rng(0)
+    counts = np.sort(np.minimum(rng.zipf(1.3, num_tokens), 10**6))[::-1].copy()
+    tokens = [f"t{i}" for i in range(num_tokens)]
+    spec, _ = telemetry.make_spec(tokens, counts, TelemetryConfig(sample_size=5_000), seed=0)
+    table = torch.nn.Parameter(torch.randn(num_tokens, dim))
+    optimizer = Adagrad([table], lr=0.5)
+    readings = []
+    for step in range(1, 11):
+        ids = np.concatenate([rng.integers(0, 2_000, 2_500), rng.integers(0, num_tokens, 500)])
+        rows = torch.from_numpy(np.unique(ids))
+        table.grad = torch.sparse_coo_tensor(rows[None], torch.randn(len(rows), dim), table.shape)
+        optimizer.step()
+        if step in (1, 2, 3, 10):
+            histograms = step in (1, 10)
+            reading = telemetry.read_snapshot(spec, optimizer, table, histograms)
+            readings.append((reading, step, histograms))
+    readings.append((telemetry.read_snapshot(spec, optimizer, table, exact=True), 10, True))
+    return spec, readings
+
+
+def _events(logdir):
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    scalars = {t: [(e.step, e.value) for e in events.Scalars(t)] for t in events.Tags()["scalars"]}
+    histograms = {
+        t: [(e.step, e.histogram_value) for e in events.Histograms(t)]
+        for t in events.Tags()["histograms"]
+    }
+    return scalars, histograms
+
+
+def test_the_process_writes_and_summarizes_what_the_thread_does(tmp_path):
+    spec, readings = _snapshots()
+    assert spec.sample is not spec.full and readings[0][0].coordinates is not None
+    process = ProcessSink(tmp_path / "process", spec)
+    writer = TensorBoardWriter(tmp_path / "thread")
+    thread = ThreadSink(writer, spec)
+    for sink in (process, thread):
+        for reading, step, histograms in readings[:3]:
+            sink.submit(reading, step, histograms, None)
+    first = process.results()
+    np.testing.assert_equal(first, thread.results())  # NaN (a bucket not yet updated) == NaN
+    assert len(first) == 3 and np.isfinite(first[0]["eff_lr/rare_to_common"])
+    for sink in (process, thread):
+        for reading, step, histograms in readings[3:]:
+            sink.submit(reading, step, histograms, "word")
+    np.testing.assert_equal(process.results(), thread.results())
+    process.close()
+    thread.close()
+    writer.close()
+    assert list((tmp_path / "process").glob("events.out.tfevents.*.telemetry"))
+    scalars, histograms = _events(tmp_path / "process")
+    assert (scalars, histograms) == _events(tmp_path / "thread")
+    assert len(scalars["eff_lr/rare"]) == 3 and len(scalars["eff_lr/word/rare"]) == 2
+    assert {"eff_lr_log10_hist/count_1e0", "eff_lr_log10_coord_hist/count_1e0"} <= set(histograms)
+
+
+def test_a_telemetry_process_that_dies_stops_the_run_with_one_line(tmp_path):
+    spec, readings = _snapshots()
+    sink = ProcessSink(tmp_path, spec)
+    sink._child.process.kill()
+    sink.submit(*readings[0], None)
+    with pytest.raises(TelemetryWriterStopped, match=r"exit code -9.*resume it") as stopped:
+        sink.results()
+    assert stopped.value.exit_code == 1 and "\n" not in str(stopped.value)
+    sink.close()  # still closes
+
+
+def test_the_telemetry_process_leaves_when_its_trainer_does(tmp_path):
+    """A trainer that dies without closing (SIGKILL) closes the pipe: the process writes what
+    it has and exits, never lingering."""
+    spec, readings = _snapshots()
+    sink = ProcessSink(tmp_path, spec)
+    sink.submit(*readings[0], None)
+    sink._outbox.put(None)  # the feeder stops; the pipes close as a dead trainer's would
+    sink._feeder.join()
+    sink._child.outbox.close()
+    assert sink._child.process.wait(timeout=30) == 0
+    scalars, _ = _events(tmp_path)
+    assert [step for step, _ in scalars["eff_lr/rare"]] == [1]
+
+
+def test_the_telemetry_process_never_imports_torch():
+    code = "import sys, nlp_adagrad.telemetry_writer; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
