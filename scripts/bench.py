@@ -550,9 +550,10 @@ def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
     """What the default telemetry costs the training loop, median of 3 runs, on BBC News
     (27k words) and a synthetic corpus with a 10^6-word vocabulary: the time the loop spends
     in snapshots (`train/telemetry_seconds`: reading the rates at the step, and any wait for
-    the telemetry thread that summarizes and writes them), against the rest of the loop; and,
-    since that thread shares the interpreter, the whole loop with telemetry on against
-    `telemetry.every=0` (runs alternating; this VM moves +-10% between repeats)."""
+    the telemetry process that summarizes and writes them), against the rest of the loop;
+    and, since a snapshot also costs the loop outside that time (its reads leave the loop's
+    rows out of cache), the whole loop with telemetry on against `telemetry.every=0` (runs
+    alternating; this VM moves +-10% between repeats)."""
     from nlp_adagrad.config import TelemetryConfig
     from nlp_adagrad.telemetry import snapshot_due
 
@@ -828,7 +829,7 @@ def markdown(results: dict, command: str, machine: str) -> str:
     if "telemetry" in results:
         lines += _table(
             "**Telemetry overhead** (default telemetry, median of 3 runs: time the loop spends "
-            "in snapshots, reading rates and waiting for the telemetry thread, against the "
+            "in snapshots, reading rates and waiting for the telemetry process, against the "
             "rest of the loop; and the whole loop against a run with `telemetry.every=0`):",
             [
                 "corpus",
