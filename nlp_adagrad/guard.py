@@ -7,8 +7,9 @@ float32 extremes cannot overflow float64, so there are no false alarms. The sum 
 every `check_every` steps: every step on CPU, where reading is free (and the extremes are
 taken with NumPy, whose calls cost a fraction of torch's: ~0.1 ms of a 0.9 ms classifier
 step); at the logging interval on CUDA, where a read per step would stall the stream.
-Parameters are checked in full before a checkpoint is written (the write costs more than the
-check), so no checkpoint ever holds a non-finite weight.
+Parameters and the optimizer's state are checked in full before a checkpoint is written and at
+the end (the write costs more than the check), so no checkpoint ever holds a non-finite weight
+or accumulator.
 """
 
 from __future__ import annotations
@@ -97,6 +98,19 @@ class DivergenceGuard:
             if not torch.isfinite(g).all():
                 return f"gradient of {name} at {when}"
         return f"loss or gradient at {when}"
+
+    @torch.no_grad()
+    def bad_state(self, optimizer: torch.optim.Optimizer) -> str | None:
+        """The first floating optimizer state holding a NaN or inf, named by its parameter: an
+        accumulator that overflowed (optim.weight_decay=1e30 did it) divides every later step
+        of its rows to nothing while the loss stays finite."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        for p, state in optimizer.state.items():
+            for key, value in state.items():
+                floating = torch.is_tensor(value) and value.is_floating_point()
+                if floating and not torch.isfinite(_probe(value)):
+                    return f"{key} of {names.get(id(p), 'a parameter')}"
+        return None
 
     @torch.no_grad()
     def bad_parameter(self) -> str | None:

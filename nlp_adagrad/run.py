@@ -196,10 +196,19 @@ class Checkpoints:
     """The NaN guard and the checkpoints behind it: nothing non-finite is ever saved, and a
     divergence names the last good checkpoint."""
 
-    def __init__(self, cfg: Config, run_dir: Path, model: torch.nn.Module, device, is_main):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device,
+        is_main,
+    ):
         # every step on CPU; on CUDA at the logging interval, which reads the loss back anyway
         every = 1 if device.type == "cpu" else cfg.trainer.log_every
         self.guard = DivergenceGuard(model, check_every=every)
+        self.optimizer = optimizer
         self.cfg, self.folder, self.is_main = cfg, run_dir / "checkpoints", is_main
         self.last: Path | None = None
 
@@ -216,10 +225,18 @@ class Checkpoints:
             raise self.diverged(bad)
 
     def check(self, step: int) -> None:
-        """Raise if the loss, gradients or any parameter went non-finite by `step`."""
+        """Raise if the loss, gradients, any parameter or the optimizer's state went
+        non-finite by `step`."""
         bad = self.guard.check(step)
         if bad is None and (name := self.guard.bad_parameter()) is not None:
             bad = f"parameter {name} after step {step}"
+        if bad is None and (name := self.guard.bad_state(self.optimizer)) is not None:
+            decay = getattr(self.cfg.optim, "weight_decay", 0)
+            lower = "optim.lr" + (f" or optim.weight_decay (now {decay:g})" if decay else "")
+            bad = (
+                f"optimizer state {name} after step {step} (it overflowed, so those rows "
+                f"stopped learning: lower {lower})"
+            )
         if bad is not None:
             raise self.diverged(bad)
 

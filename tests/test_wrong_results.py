@@ -126,3 +126,15 @@ def test_a_run_whose_predictions_collapse_to_one_class_says_so(tmp_path, caplog)
     assert metrics["test/predicted_classes"] == 1
     warnings = [r.getMessage() for r in caplog.records if "every test prediction" in r.message]
     assert len(warnings) == 1 and "model.mode=sum optim.lr=0.01" in warnings[0]
+
+
+def test_an_overflowed_accumulator_stops_the_run_instead_of_a_finite_wrong_result(tmp_path):
+    """optim.weight_decay=1e30 overflows Adagrad's G to inf: every later step of those rows
+    is 0 while the loss stays finite (it used to exit 0 at chance accuracy, every rate 0)."""
+    import pytest
+
+    from nlp_adagrad.guard import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match=r"optimizer state sum of .*optim\.weight_decay"):
+        train(make_config("+experiment=debug", "optim.weight_decay=1e30"), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -108,7 +108,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
         tokenizer.save(str(run_dir / "tokenizer.json"))
         writer.custom_layout(telemetry.custom_layout(spec))
     snapshots = Snapshots(cfg, spec, optimizer, model.sparse_tables(), writer)
-    checkpoints = Checkpoints(cfg, run_dir, model, device, is_main)
+    checkpoints = Checkpoints(cfg, run_dir, model, optimizer, device, is_main)
 
     def checkpoint() -> Path | None:
         return checkpoints.save_run(

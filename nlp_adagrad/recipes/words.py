@@ -46,7 +46,7 @@ def open_outputs(
     corpus.tokenizer.save(str(run_dir / "tokenizer.json"))
     snapshots = Snapshots(cfg, spec, optimizer, tables, writer)
     writer.custom_layout(word_layout(spec, snapshots.names(), cfg))
-    return writer, snapshots, Checkpoints(cfg, run_dir, model, device, True)
+    return writer, snapshots, Checkpoints(cfg, run_dir, model, optimizer, device, True)
 
 
 def word_layout(spec, tables: list[str] | None, cfg: Config) -> dict:
