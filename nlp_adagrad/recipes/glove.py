@@ -15,28 +15,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from tqdm.contrib.logging import logging_redirect_tqdm
+import torch
 
 from nlp_adagrad.batching import num_batches
 from nlp_adagrad.config import Config
 from nlp_adagrad.errors import UserError
-from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
-from nlp_adagrad.recipes.words import evaluate_vectors, open_outputs, refuse_distributed
-from nlp_adagrad.run import (
-    Intervals,
-    fresh_or_resumed,
-    planned_steps,
-    progress_bar,
-    rates_line,
-    start,
-    write_outputs,
-)
+from nlp_adagrad.recipes.words import refuse_distributed, train_vectors
+from nlp_adagrad.run import fresh_or_resumed, planned_steps, start
 from nlp_adagrad.words.cooccurrence import (
+    EntryBatch,
     cooccurrences,
     entry_batch,
     epoch_permutation,
@@ -75,58 +68,36 @@ def glove(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     total_steps = planned_steps(cfg, per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
     state = fresh_or_resumed(cfg, model, optimizer, device)
-    start_epoch, start_batch = divmod(state.step, per_epoch)
 
-    # ---- outputs: telemetry tagged eff_lr/word/... and eff_lr/context/...
+    def epoch_batches(epoch: int, first: int) -> Iterable[EntryBatch]:
+        order = epoch_permutation(entries, seed, epoch)
+        size = cfg.trainer.batch_size
+        for batch_in_epoch in range(first, per_epoch):
+            yield entry_batch(entries, order, batch_in_epoch, size, task.x_max, task.alpha)
+
+    def loss_of(batch: EntryBatch) -> tuple[torch.Tensor, int]:
+        predicted = model(batch.rows.to(device), batch.cols.to(device))
+        residual = predicted - batch.log_counts.to(device)
+        loss = 0.5 * (batch.weights.to(device) * residual.square()).sum()
+        loss.backward()
+        return loss.detach() / len(batch.rows), len(batch.rows)
+
+    # ---- the loop and the finish; telemetry tagged eff_lr/word/... and eff_lr/context/...
     charted = {name: model.sparse_tables()[name] for name in CHARTED_TABLES}
-    writer, snapshots, checkpoints = open_outputs(
-        cfg, run_dir, writer, corpus, model, optimizer, charted, device
+    return train_vectors(
+        cfg,
+        run_dir,
+        writer,
+        corpus,
+        model,
+        optimizer,
+        charted,
+        device,
+        state=state,
+        per_epoch=per_epoch,
+        total_steps=total_steps,
+        epoch_batches=epoch_batches,
+        loss_of=loss_of,
+        prepare_seconds=prepare_seconds,
+        extra_metrics={"train/cooccurrences": len(entries)},
     )
-
-    def checkpoint() -> Path | None:
-        return checkpoints.save_run(model, optimizer, state)
-
-    # ---- the loop
-    bar = progress_bar(cfg, total_steps, state.step, True)
-    model.train()
-    log.info("training: steps %d to %d (%d per epoch)", state.step + 1, total_steps, per_epoch)
-    state.window_start = time.perf_counter()
-    with logging_redirect_tqdm(), stop_requests(True) as stop:
-        intervals = Intervals(
-            cfg, state, total_steps, writer, bar, snapshots, checkpoints, checkpoint, stop
-        )
-        for epoch in range(start_epoch, cfg.trainer.epochs):
-            if state.step >= total_steps:
-                break
-            order = epoch_permutation(entries, seed, epoch)
-            first = start_batch if epoch == start_epoch else 0
-            for batch_in_epoch in range(first, per_epoch):
-                batch = entry_batch(
-                    entries, order, batch_in_epoch, cfg.trainer.batch_size, task.x_max, task.alpha
-                )
-                optimizer.zero_grad(set_to_none=True)
-                predicted = model(batch.rows.to(device), batch.cols.to(device))
-                residual = predicted - batch.log_counts.to(device)
-                loss = 0.5 * (batch.weights.to(device) * residual.square()).sum()
-                loss.backward()
-                optimizer.step()
-                last = intervals.after_step(loss.detach() / len(batch.rows), len(batch.rows))
-                if intervals.evaluation_due():
-                    evaluate_vectors(cfg, None, corpus, model, writer, state.step)
-                if last:
-                    break
-    bar.close()
-
-    # ---- final telemetry, evaluation, vectors.txt and the run-dir files
-    checkpoints.check(state.step)
-    summary, rates = snapshots.final(state)
-    metrics = {
-        **evaluate_vectors(cfg, run_dir, corpus, model, writer, state.step),
-        **state.timing_metrics(prepare_seconds),
-        "train/cooccurrences": len(entries),
-        **summary,
-    }
-    log.info("%s", rates_line(metrics, cfg))
-    write_outputs(cfg, run_dir, writer, snapshots, metrics, rates, per_epoch, model.word_vectors())
-    checkpoint()
-    return metrics

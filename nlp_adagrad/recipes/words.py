@@ -1,20 +1,35 @@
 """What the word-vector recipes (skipgram, glove) share beyond nlp_adagrad.run: their outputs
-(writer and layout, telemetry, checkpoints), the check that they run in one process, and
-scoring the vectors (logged, written to TensorBoard)."""
+(writer and layout, telemetry, checkpoints), the training loop and the finish around their own
+batches and loss, the check that they run in one process, and scoring the vectors (logged,
+written to TensorBoard)."""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nlp_adagrad import telemetry
 from nlp_adagrad.config import Config, PlantedGroupsConfig
 from nlp_adagrad.distributed import Topology
 from nlp_adagrad.errors import UserError
+from nlp_adagrad.interrupt import stop_requests
 from nlp_adagrad.optim import RowOptimizer
-from nlp_adagrad.run import Checkpoints, Snapshots, open_writer
+from nlp_adagrad.run import (
+    Checkpoints,
+    Intervals,
+    RunState,
+    Snapshots,
+    open_writer,
+    progress_bar,
+    rates_line,
+    write_outputs,
+)
 from nlp_adagrad.words.corpus import WordCorpus
 from nlp_adagrad.words.vectors import finish_vectors
 from nlp_adagrad.writer import MetricWriter
@@ -47,6 +62,73 @@ def open_outputs(
     snapshots = Snapshots(cfg, spec, optimizer, tables, writer)
     writer.custom_layout(word_layout(spec, snapshots.names(), cfg))
     return writer, snapshots, Checkpoints(cfg, run_dir, model, optimizer, device, True)
+
+
+def train_vectors(
+    cfg: Config,
+    run_dir: Path,
+    writer: MetricWriter | None,
+    corpus: WordCorpus,
+    model: torch.nn.Module,
+    optimizer: RowOptimizer,
+    tables: dict[str, torch.Tensor],
+    device: torch.device,
+    *,
+    state: RunState,
+    per_epoch: int,
+    total_steps: int,
+    epoch_batches: Callable[[int, int], Iterable[Any]],
+    loss_of: Callable[[Any], tuple[torch.Tensor, int]],
+    prepare_seconds: float,
+    extra_metrics: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """A word recipe's run from its model on: the outputs (telemetry of `tables`), every
+    epoch's batches from the resumed step on (`epoch_batches(epoch, first batch)`), each step
+    (`loss_of(batch)`: forward and backward, giving the mean loss and the words it covered),
+    evaluation when due; then the final telemetry, evaluation, vectors.txt, the run-dir files
+    and the last checkpoint. Returns the metrics (`extra_metrics` among them)."""
+    writer, snapshots, checkpoints = open_outputs(
+        cfg, run_dir, writer, corpus, model, optimizer, tables, device
+    )
+    start_epoch, start_batch = divmod(state.step, per_epoch)
+
+    def checkpoint() -> Path | None:
+        return checkpoints.save_run(model, optimizer, state)
+
+    bar = progress_bar(cfg, total_steps, state.step, True)
+    model.train()
+    log.info("training: steps %d to %d (%d per epoch)", state.step + 1, total_steps, per_epoch)
+    state.window_start = time.perf_counter()
+    with logging_redirect_tqdm(), stop_requests(True) as stop:
+        intervals = Intervals(
+            cfg, state, total_steps, writer, bar, snapshots, checkpoints, checkpoint, stop
+        )
+        for epoch in range(start_epoch, cfg.trainer.epochs):
+            if state.step >= total_steps:
+                break
+            for batch in epoch_batches(epoch, start_batch if epoch == start_epoch else 0):
+                optimizer.zero_grad(set_to_none=True)
+                loss, words = loss_of(batch)
+                optimizer.step()
+                last = intervals.after_step(loss, words)
+                if intervals.evaluation_due():
+                    evaluate_vectors(cfg, None, corpus, model, writer, state.step)
+                if last:
+                    break
+    bar.close()
+
+    checkpoints.check(state.step)
+    summary, rates = snapshots.final(state)
+    metrics = {
+        **evaluate_vectors(cfg, run_dir, corpus, model, writer, state.step),
+        **state.timing_metrics(prepare_seconds),
+        **(extra_metrics or {}),
+        **summary,
+    }
+    log.info("%s", rates_line(metrics, cfg))
+    write_outputs(cfg, run_dir, writer, snapshots, metrics, rates, per_epoch, model.word_vectors())
+    checkpoint()
+    return metrics
 
 
 def word_layout(spec, tables: list[str] | None, cfg: Config) -> dict:
