@@ -40,30 +40,6 @@ log = logging.getLogger("nlp_adagrad.train")
 SHOWN = ("eval/ws353/rho", "eval/simlex/rho", "eval/analogy/accuracy")
 
 
-def open_outputs(
-    cfg: Config,
-    run_dir: Path,
-    writer: MetricWriter | None,
-    corpus: WordCorpus,
-    model: torch.nn.Module,
-    optimizer: RowOptimizer,
-    tables: dict[str, torch.Tensor],
-    device: torch.device,
-) -> tuple[MetricWriter, Snapshots, Checkpoints]:
-    """The writer (with the layout), telemetry of `tables`, the guarded checkpoints, and the
-    tokenizer saved in the run dir."""
-    writer = writer or open_writer(cfg, run_dir, True)
-    spec, missing = telemetry.make_spec(
-        corpus.tokens, corpus.counts, cfg.telemetry, cfg.trainer.seed
-    )
-    if missing:
-        log.warning("telemetry.tokens not in the vocabulary: %s", ", ".join(missing))
-    corpus.tokenizer.save(str(run_dir / "tokenizer.json"))
-    snapshots = Snapshots(cfg, spec, optimizer, tables, writer)
-    writer.custom_layout(word_layout(spec, snapshots.names(), cfg))
-    return writer, snapshots, Checkpoints(cfg, run_dir, model, optimizer, device, True)
-
-
 def train_vectors(
     cfg: Config,
     run_dir: Path,
@@ -87,14 +63,23 @@ def train_vectors(
     (`loss_of(batch)`: forward and backward, giving the mean loss and the words it covered),
     evaluation when due; then the final telemetry, evaluation, vectors.txt, the run-dir files
     and the last checkpoint. Returns the metrics (`extra_metrics` among them)."""
-    writer, snapshots, checkpoints = open_outputs(
-        cfg, run_dir, writer, corpus, model, optimizer, tables, device
+    # ---- outputs: the writer with the layout, telemetry, guarded checkpoints, the tokenizer
+    writer = writer or open_writer(cfg, run_dir, True)
+    spec, missing = telemetry.make_spec(
+        corpus.tokens, corpus.counts, cfg.telemetry, cfg.trainer.seed
     )
+    if missing:
+        log.warning("telemetry.tokens not in the vocabulary: %s", ", ".join(missing))
+    corpus.tokenizer.save(str(run_dir / "tokenizer.json"))
+    snapshots = Snapshots(cfg, spec, optimizer, tables, writer)
+    writer.custom_layout(word_layout(spec, snapshots.names(), cfg))
+    checkpoints = Checkpoints(cfg, run_dir, model, optimizer, device, True)
     start_epoch, start_batch = divmod(state.step, per_epoch)
 
     def checkpoint() -> Path | None:
         return checkpoints.save_run(model, optimizer, state)
 
+    # ---- the loop
     bar = progress_bar(cfg, total_steps, state.step, True)
     model.train()
     log.info("training: steps %d to %d (%d per epoch)", state.step + 1, total_steps, per_epoch)
@@ -117,6 +102,7 @@ def train_vectors(
                     break
     bar.close()
 
+    # ---- final telemetry, evaluation, vectors.txt and the run-dir files
     checkpoints.check(state.step)
     summary, rates = snapshots.final(state)
     metrics = {
