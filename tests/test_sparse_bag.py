@@ -102,8 +102,8 @@ def test_the_zero_padded_gradient_is_the_same_gradient_at_a_fixed_size(mode):
     torch.testing.assert_close(values2, 2 * coalesced._values())
 
 
-def _classifier(kind: str, mode: str, gen: torch.Generator):
-    model = LogReg(300, 4, mode) if kind == "logreg" else FastText(300, 4, 8, mode)
+def _classifier(kind: str, mode: str, gen: torch.Generator, rows: int = 300):
+    model = LogReg(rows, 4, mode) if kind == "logreg" else FastText(rows, 4, 8, mode)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.5, generator=gen)
@@ -119,12 +119,15 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("kind", ["logreg", "fasttext"])
 @pytest.mark.parametrize("mode", ["mean", "sum"])
-def test_the_bag_kernel_gives_forward_and_backwards_loss_and_gradients(kind, mode):
+# a small table finds the batch's rows through its slot scratch, a large one by sorting them
+@pytest.mark.parametrize("rows", [300, 2**18 + 300])
+def test_the_bag_kernel_gives_forward_and_backwards_loss_and_gradients(kind, mode, rows):
     kernel = native_kernels("cpp", "task.kernel")  # this test is about the kernel: it must build
     gen = torch.Generator().manual_seed(0)
-    model = _classifier(kind, mode, gen)
+    model = _classifier(kind, mode, gen, rows)
     reference = copy.deepcopy(model)
-    ids = torch.randint(0, 120, (400,), generator=gen)  # rows 120+ stay untouched
+    ids = torch.randint(0, rows * 2 // 5, (400,), generator=gen)  # the last rows stay untouched
+    ids[:3] = torch.tensor([rows * 2 // 5 - 1, 0, rows * 2 // 5 - 1])  # both ends, a repeat
     offsets = torch.tensor([0, 10, 10, 150, 399])  # an empty bag and a one-token bag
     labels = torch.tensor([0, 3, 1, 2, 3])
     loss = model.loss_and_gradients(ids, offsets, labels, kernel)

@@ -18,7 +18,8 @@ struct Gradients {
 };
 
 // The batch's documents: ids[offsets[b]:offsets[b + 1]] with labels[b], b < docs. `head` is
-// null for logreg; `slot` is the caller's row -> slot scratch (-1 everywhere, as left).
+// null for logreg; `slot` is the caller's row -> slot scratch (-1 everywhere, as left), read
+// for tables up to 2^18 rows (bag.cpp: larger ones sort the batch's ids instead).
 Gradients gradients(const float* table, int64_t table_rows, int64_t dim, const float* head,
                     const float* bias, int64_t classes, const int64_t* ids, int64_t num_ids,
                     const int64_t* offsets, int64_t docs, const int64_t* labels, bool mean,

@@ -1,6 +1,8 @@
 // Helpers the kernels share for building a sparse gradient: one row per distinct id, found
-// through a caller-owned row -> slot scratch (int32 per table row, -1 everywhere on entry and
-// on exit), so the cost is the batch's rows, never the table's.
+// through a caller-owned row -> slot scratch (`distinct`: int32 per table row, -1 everywhere
+// on entry and on exit) or, for a table too large for that scratch to stay in cache, by
+// sorting the batch's ids (`distinct_by_sorting`): the cost is the batch's rows, never the
+// table's.
 #pragma once
 
 #include <torch/extension.h>
@@ -39,6 +41,30 @@ inline std::vector<int64_t> distinct(const int64_t* ids, int64_t n, int32_t* slo
   }
   radix_sort(out, slots);
   for (size_t k = 0; k < out.size(); ++k) slot[out[k]] = (int32_t)k;
+  return out;
+}
+
+// Sorted distinct ids of ids[0:n] (each in [0, limit), limit <= 2^32), and each position's
+// place among them (`place`), by an LSD radix sort of (id, position) pairs: sequential passes
+// over the batch, where `distinct` makes four scattered passes over the slot scratch.
+inline std::vector<int64_t> distinct_by_sorting(const int64_t* ids, int64_t n, int64_t limit,
+                                                std::vector<int32_t>& place) {
+  std::vector<uint64_t> pairs(n), spare(n);
+  for (int64_t i = 0; i < n; ++i) pairs[i] = (uint64_t)ids[i] << 32 | (uint64_t)i;
+  for (int shift = 32; shift < 64 && (uint64_t)(limit - 1) >> (shift - 32); shift += 8) {
+    size_t count[257] = {0};
+    for (uint64_t p : pairs) ++count[((p >> shift) & 255) + 1];
+    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+    for (uint64_t p : pairs) spare[count[(p >> shift) & 255]++] = p;
+    pairs.swap(spare);
+  }
+  std::vector<int64_t> out;
+  place.resize(n);
+  for (uint64_t p : pairs) {
+    const int64_t id = (int64_t)(p >> 32);
+    if (out.empty() || out.back() != id) out.push_back(id);
+    place[p & 0xffffffffu] = (int32_t)(out.size() - 1);
+  }
   return out;
 }
 
