@@ -245,6 +245,12 @@ def test_evaluate_prints_whole_class_names_in_the_confusion_matrix():
     assert "entertainment" in header and "politics" in header
 
 
-def test_an_absurd_weight_decay_still_ends_with_metrics(tmp_path):
-    metrics = train(make_config(*SMALL, "optim.weight_decay=1e30"), tmp_path)
-    assert (tmp_path / "metrics.json").exists() and metrics["train/steps"] > 0
+def test_an_absurd_weight_decay_ends_with_one_line_not_a_finite_wrong_result(tmp_path):
+    """It overflows Adagrad's accumulator: once this ended with metrics at chance accuracy
+    and exit 0; now the guard's one line (test_wrong_results has the in-process side)."""
+    proc = run_cli(*SMALL, "optim.weight_decay=1e30", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout[-2000:]
+    (line,) = error_lines(proc)
+    assert "optimizer state" in line and "optim.weight_decay (now 1e+30)" in line
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
