@@ -331,6 +331,10 @@ class Snapshots:
         if in_loop:
             state.telemetry_seconds += time.perf_counter() - started
 
+    def close(self) -> None:
+        """Stop the telemetry sink once what it was given is written (its event file whole)."""
+        self._sink.close()
+
     def final(self, state: RunState) -> tuple[dict, dict[str, TableRates]]:
         """The exact last snapshot of every table: (metrics, rates by table). The metrics
         hold the primary table's summary, its first snapshot's rates and, with several
@@ -343,7 +347,7 @@ class Snapshots:
             )
             self._sink.submit(readings[name], state.step, True, self.tag_of(name))
         summaries = dict(zip(self.tables, self._sink.results(), strict=True))
-        self._sink.close()
+        self.close()
         metrics, rates = {}, {}
         for name, reading in readings.items():
             tag, summary = self.tag_of(name), summaries[name]
@@ -411,6 +415,7 @@ class Intervals:
             self.bar.close()
             self.snapshots.settle(state)
             saved = self.save()
+            self.snapshots.close()  # its events on disk before the command returns
             self.writer.close()
             raise TrainingInterrupted(step, saved)
         return last

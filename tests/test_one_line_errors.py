@@ -141,10 +141,11 @@ LONG_RUN = [  # 30,000 steps: ~3 s of loop here (3,000 were over before a signal
 ]
 
 
-def start_and_signal(run_dir, sig) -> subprocess.CompletedProcess:
+def start_and_signal(run_dir, sig, *overrides: str) -> subprocess.CompletedProcess:
     """Start a run, send `sig` once its loop runs, and collect what it printed."""
+    command = [*QUIET, *LONG_RUN, *overrides, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nlp_adagrad.train", *QUIET, *LONG_RUN, f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "nlp_adagrad.train", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -164,12 +165,21 @@ def start_and_signal(run_dir, sig) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
     stopped = tmp_path / "stopped"
-    proc = start_and_signal(stopped, signal.SIGINT)
+    proc = start_and_signal(stopped, signal.SIGINT, "telemetry.every=1000")
     assert proc.returncode == 130, proc.stdout[-2000:]
     assert "Traceback" not in proc.stdout
     (line,) = [line for line in proc.stdout.splitlines() if "resume with:" in line]
     assert "interrupted after step" in line and f"trainer.resume={stopped}" in line
     assert (stopped / "checkpoints" / "last.pt").exists()
+    # the interrupted run's snapshots are in the telemetry process's event file
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (logdir,) = (stopped / "tb").iterdir()
+    assert list(logdir.glob("*.telemetry"))
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("eff_lr/rare")]
+    assert steps[:4] == [1, 2, 3, 5]
     command = line.split("resume with: ", 1)[1].split()
     resumed = run_cli(
         *command[3:], *LONG_RUN, f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path
