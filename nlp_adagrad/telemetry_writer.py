@@ -240,3 +240,6 @@ if __name__ == "__main__":
         Connection(int(sys.argv[1]), writable=False),
         Connection(int(sys.argv[2]), readable=False),
     )
+    # the events are closed and on disk: skip tearing the interpreter down (~50 ms of the
+    # trainer's wait for this process at the end of every run)
+    os._exit(0)
