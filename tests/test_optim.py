@@ -250,7 +250,7 @@ def test_the_native_rate_read_is_the_torch_ops_read(kwargs):
         values = torch.randn(rows.numel(), 5, generator=gen)
         values[rows < 10] = 0  # rows 0..9: touched, zero second moment
         values[(rows >= 10) & (rows < 20), 2] = 0  # one coordinate that never moves
-        w.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, w.shape)
+        w.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, w.shape, check_invariants=True)
         opt.step()
     ids = torch.cat([torch.randint(0, 300, (400,), generator=gen), torch.tensor([5, 15, 299])])
     for rows in (ids, slice(None), slice(40, 290)):

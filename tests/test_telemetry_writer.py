@@ -57,7 +57,8 @@ def _snapshots(num_tokens: int = 20_000, dim: int = 4):
     for step in range(1, 11):
         ids = np.concatenate([rng.integers(0, 2_000, 2_500), rng.integers(0, num_tokens, 500)])
         rows = torch.from_numpy(np.unique(ids))
-        table.grad = torch.sparse_coo_tensor(rows[None], torch.randn(len(rows), dim), table.shape)
+        values = torch.randn(len(rows), dim)
+        table.grad = torch.sparse_coo_tensor(rows[None], values, table.shape, check_invariants=True)
         optimizer.step()
         if step in (1, 2, 3, 10):
             histograms = step in (1, 10)
