@@ -49,13 +49,14 @@ inline std::vector<int64_t> distinct(const int64_t* ids, int64_t n, int32_t* slo
 // over the batch, where `distinct` makes four scattered passes over the slot scratch.
 inline std::vector<int64_t> distinct_by_sorting(const int64_t* ids, int64_t n, int64_t limit,
                                                 std::vector<int32_t>& place) {
+  constexpr int kBits = 11, kDigits = 1 << kBits;  // 2 passes up to 4M rows, not 3 of a byte
   std::vector<uint64_t> pairs(n), spare(n);
   for (int64_t i = 0; i < n; ++i) pairs[i] = (uint64_t)ids[i] << 32 | (uint64_t)i;
-  for (int shift = 32; shift < 64 && (uint64_t)(limit - 1) >> (shift - 32); shift += 8) {
-    size_t count[257] = {0};
-    for (uint64_t p : pairs) ++count[((p >> shift) & 255) + 1];
-    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
-    for (uint64_t p : pairs) spare[count[(p >> shift) & 255]++] = p;
+  for (int shift = 32; shift < 64 && (uint64_t)(limit - 1) >> (shift - 32); shift += kBits) {
+    std::vector<size_t> count(kDigits + 1, 0);
+    for (uint64_t p : pairs) ++count[((p >> shift) & (kDigits - 1)) + 1];
+    for (int b = 0; b < kDigits; ++b) count[b + 1] += count[b];
+    for (uint64_t p : pairs) spare[count[(p >> shift) & (kDigits - 1)]++] = p;
     pairs.swap(spare);
   }
   std::vector<int64_t> out;
