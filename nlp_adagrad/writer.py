@@ -115,6 +115,20 @@ def histograms_summary(values: dict[str, np.ndarray]):
     return Summary(value=parts) if parts else None
 
 
+def fast_record_checksums() -> None:
+    """TensorBoard without TensorFlow checksums every event record in pure Python (~0.1 us a
+    byte: 4 ms for a 40 KB histogram event, most of what the telemetry process spent); this
+    puts the same masked CRC-32C through google-crc32c's C code in its place (tested equal)."""
+    import google_crc32c
+    from tensorboard.summary.writer import record_writer
+
+    def masked_crc32c(data) -> int:
+        x = google_crc32c.value(bytes(data))
+        return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    record_writer.masked_crc32c = masked_crc32c
+
+
 class EventsWriter:
     """Scalars and histograms in an event file of their own, through TensorBoard's own
     EventFileWriter: what the telemetry process writes with (it never imports torch)."""
@@ -122,6 +136,7 @@ class EventsWriter:
     def __init__(self, logdir: Path, suffix: str) -> None:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+        fast_record_checksums()
         self._events = EventFileWriter(
             str(logdir), max_queue_size=1000, flush_secs=30, filename_suffix=suffix
         )
@@ -148,6 +163,7 @@ class TensorBoardWriter:
     def __init__(self, logdir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        fast_record_checksums()
         # a deep queue and rare flushes keep the writer thread off the training thread's lock
         self._writer = SummaryWriter(log_dir=str(logdir), max_queue=1000, flush_secs=30)
         self.logdir = Path(logdir)

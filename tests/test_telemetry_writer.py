@@ -36,6 +36,23 @@ def test_histograms_are_binned_as_torchs_summary_writer_bins_them():
             assert ours[tag] == histogram(tag, values, TENSORFLOW_BINS).value[0].histo, tag
 
 
+def test_event_records_are_checksummed_as_tensorboard_checksums_them(tmp_path):
+    """google-crc32c's masked CRC-32C in place of TensorBoard's pure-Python one: the same
+    numbers, and what the writers use (the readers check every record with TensorBoard's)."""
+    import os
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.summary.writer import record_writer
+
+    writer = TensorBoardWriter(tmp_path)
+    writer.close()
+    ours = record_writer.masked_crc32c
+    assert ours is not masked_crc32c
+    for size in (0, 1, 7, 64, 40_000):
+        data = os.urandom(size)
+        assert ours(data) == masked_crc32c(data), size
+
+
 def test_the_bins_are_summary_writers_default_bins(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
