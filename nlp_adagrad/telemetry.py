@@ -409,30 +409,12 @@ def write_snapshot(
     if histograms:
         out = {}
         for name in spec.bucket_names:
-            rates = eff_lr[view.members[name]]
-            rates = rates[np.isfinite(rates) & (rates > 0)]  # 0: a rate under an overflowed G
-            if len(rates):
-                out[table_tag(f"eff_lr_log10_hist/{name}", table_name)] = np.log10(rates)
-        for name, values in _coordinate_histograms(view, reading.coordinates).items():
-            out[table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)] = values
+            if (logs := _log10_of_rates(eff_lr[view.members[name]])) is not None:
+                out[table_tag(f"eff_lr_log10_hist/{name}", table_name)] = logs
+        for name, logs in _coordinate_histograms(view, reading.coordinates).items():
+            out[table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)] = logs
         writer.histograms(out, step)
     return summary
-
-
-def log_snapshot(
-    writer: MetricWriter,
-    spec: TelemetrySpec,
-    optimizer: RowOptimizer,
-    table: torch.Tensor,
-    step: int,
-    histograms: bool = True,
-    exact: bool = False,
-    table_name: str | None = None,
-) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Read and write one telemetry point at once; (summary, eff_lr, updates) of the view."""
-    reading = read_snapshot(spec, optimizer, table, histograms, exact)
-    summary = write_snapshot(writer, spec, reading, step, histograms, table_name)
-    return summary, reading.eff_lr, reading.updates
 
 
 def _coordinate_histograms(view: TokenView, coordinates: np.ndarray | None) -> dict:
@@ -442,12 +424,18 @@ def _coordinate_histograms(view: TokenView, coordinates: np.ndarray | None) -> d
         return out
     start = 0
     for name, chosen in view.shown.items():
-        values = coordinates[start : start + len(chosen)].ravel()
+        logs = _log10_of_rates(coordinates[start : start + len(chosen)].ravel())
         start += len(chosen)
-        values = values[np.isfinite(values) & (values > 0)]
-        if len(values):
-            out[name] = np.log10(values)
+        if logs is not None:
+            out[name] = logs
     return out
+
+
+def _log10_of_rates(rates: np.ndarray) -> np.ndarray | None:
+    """log10 of the rates a histogram shows, or None when there are none: missing (NaN) ones
+    and 0, the rate under an overflowed accumulator, left out."""
+    rates = rates[np.isfinite(rates) & (rates > 0)]
+    return np.log10(rates) if len(rates) else None
 
 
 def bucket_range(name: str) -> tuple[int, int]:

@@ -20,10 +20,11 @@ from nlp_adagrad.telemetry import (
     count_buckets,
     custom_layout,
     histograms_due,
-    log_snapshot,
     make_spec,
+    read_snapshot,
     snapshot_due,
     summarize,
+    write_snapshot,
 )
 from nlp_adagrad.writer import NullWriter
 
@@ -113,8 +114,11 @@ def test_snapshots_of_a_large_vocabulary_read_a_sample_that_tracks_the_exact_val
     cfg = TelemetryConfig(sample_size=5_000, tokens=["t123456"])
     spec, _ = make_spec(tokens, counts, cfg, seed=0)
     optimizer, table = RowsRecorder(updates), torch.empty(len(tokens), 1)
-    sampled, eff_lr_s, _ = log_snapshot(NullWriter(), spec, optimizer, table, 1)
-    exact, eff_lr, _ = log_snapshot(NullWriter(), spec, optimizer, table, 1, exact=True)
+    sampled_reading = read_snapshot(spec, optimizer, table)
+    exact_reading = read_snapshot(spec, optimizer, table, exact=True)
+    sampled = write_snapshot(NullWriter(), spec, sampled_reading, 1)
+    exact = write_snapshot(NullWriter(), spec, exact_reading, 1)
+    eff_lr_s, eff_lr = sampled_reading.eff_lr, exact_reading.eff_lr
     shown = len(spec.full.common) + len(spec.followed)
     assert optimizer.asked[0] <= 5_000 + shown and optimizer.asked[1] == len(tokens)
     # every bucket is represented; small buckets whole, so their medians are exact
@@ -183,7 +187,7 @@ def test_snapshot_writes_log10_medians_and_coordinate_histograms_per_bucket():
     table.grad = torch.from_numpy(g).to_sparse(1)  # rows 1-40: one sparse row each
     opt.step()
     writer = Recorder()
-    summary, _, _ = log_snapshot(writer, spec, opt, table, step=1)
+    summary = write_snapshot(writer, spec, read_snapshot(spec, opt, table), step=1)
     assert summary["eff_lr/common"] == pytest.approx(1 / 3**0.5)
     assert summary["eff_lr/rare"] == pytest.approx(1 / (0.01 / 3) ** 0.5)
     assert writer.tags["eff_lr_log10/common"] == pytest.approx(np.log10(1 / 3**0.5))

@@ -129,7 +129,7 @@ class Adagrad(RowOptimizer):
         if self._kernels is None or "last_step" not in state or not state["step"]:
             return None
         total = state["sum"]
-        if total.device.type != "cpu" or total.dtype != torch.float32 or not total.is_contiguous():
+        if not fusable(total, None, total):
             return None
         if isinstance(rows, slice):
             rows = torch.arange(*rows.indices(p.shape[0]))

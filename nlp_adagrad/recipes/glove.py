@@ -27,7 +27,7 @@ from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
 from nlp_adagrad.recipes.words import refuse_distributed, train_vectors
-from nlp_adagrad.run import fresh_or_resumed, planned_steps, start
+from nlp_adagrad.run import planned_steps, start
 from nlp_adagrad.words.cooccurrence import (
     EntryBatch,
     cooccurrences,
@@ -67,7 +67,6 @@ def glove(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
     per_epoch = num_batches(len(entries), cfg.trainer.batch_size)
     total_steps = planned_steps(cfg, per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
-    state = fresh_or_resumed(cfg, model, optimizer, device)
 
     def epoch_batches(epoch: int, first: int) -> Iterable[EntryBatch]:
         order = epoch_permutation(entries, seed, epoch)
@@ -93,7 +92,6 @@ def glove(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> dic
         optimizer,
         charted,
         device,
-        state=state,
         per_epoch=per_epoch,
         total_steps=total_steps,
         epoch_batches=epoch_batches,

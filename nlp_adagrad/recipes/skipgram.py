@@ -23,7 +23,7 @@ from nlp_adagrad.memory import check_memory
 from nlp_adagrad.models import build_model
 from nlp_adagrad.optim import build_optimizer
 from nlp_adagrad.recipes.words import refuse_distributed, train_vectors
-from nlp_adagrad.run import fresh_or_resumed, planned_steps, start
+from nlp_adagrad.run import planned_steps, start
 from nlp_adagrad.words.corpus import word_corpus
 from nlp_adagrad.words.pairs import (
     PairBatch,
@@ -56,7 +56,6 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     total_steps = planned_steps(cfg, per_epoch)
     optimizer = build_optimizer(cfg.optim, model.parameters(), total_steps)
     kernel = native_kernels(task.kernel, "task.kernel") if device.type == "cpu" else None
-    state = fresh_or_resumed(cfg, model, optimizer, device)
     # the next step's pairs are drawn on a second core while this one trains, when the run
     # was given more than one (trainer.num_threads)
     ahead = (cfg.trainer.num_threads or 2) > 1
@@ -88,7 +87,6 @@ def skipgram(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
         optimizer,
         model.sparse_tables(),
         device,
-        state=state,
         per_epoch=per_epoch,
         total_steps=total_steps,
         epoch_batches=epoch_batches,

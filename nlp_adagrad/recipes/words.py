@@ -23,8 +23,8 @@ from nlp_adagrad.optim import RowOptimizer
 from nlp_adagrad.run import (
     Checkpoints,
     Intervals,
-    RunState,
     Snapshots,
+    fresh_or_resumed,
     open_writer,
     progress_bar,
     rates_line,
@@ -50,7 +50,6 @@ def train_vectors(
     tables: dict[str, torch.Tensor],
     device: torch.device,
     *,
-    state: RunState,
     per_epoch: int,
     total_steps: int,
     epoch_batches: Callable[[int, int], Iterable[Any]],
@@ -58,11 +57,13 @@ def train_vectors(
     prepare_seconds: float,
     extra_metrics: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """A word recipe's run from its model on: the outputs (telemetry of `tables`), every
-    epoch's batches from the resumed step on (`epoch_batches(epoch, first batch)`), each step
-    (`loss_of(batch)`: forward and backward, giving the mean loss and the words it covered),
-    evaluation when due; then the final telemetry, evaluation, vectors.txt, the run-dir files
-    and the last checkpoint. Returns the metrics (`extra_metrics` among them)."""
+    """A word recipe's run from its model on: the state (fresh, or the checkpoint's under
+    trainer.resume), the outputs (telemetry of `tables`), every epoch's batches from that
+    step on (`epoch_batches(epoch, first batch)`), each step (`loss_of(batch)`: forward and
+    backward, giving the mean loss and the words it covered), evaluation when due; then the
+    final telemetry, evaluation, vectors.txt, the run-dir files and the last checkpoint.
+    Returns the metrics (`extra_metrics` among them)."""
+    state = fresh_or_resumed(cfg, model, optimizer, device)
     # ---- outputs: the writer with the layout, telemetry, guarded checkpoints, the tokenizer
     writer = writer or open_writer(cfg, run_dir, True)
     spec, missing = telemetry.make_spec(
