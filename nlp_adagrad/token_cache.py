@@ -26,25 +26,35 @@ from pathlib import Path
 
 import datasets
 import tokenizers
-from tokenizers import Tokenizer
 
 from nlp_adagrad.config import TokenizerConfig
 from nlp_adagrad.errors import UserError, one_line
-from nlp_adagrad.vocab import EncodedSplit, WordIds, encode_split, train_vocabulary, vocabulary
+from nlp_adagrad.vocab import (
+    EncodedSplit,
+    TrainedVocabulary,
+    WordIds,
+    WordTokenizer,
+    encode_split,
+    train_vocabulary,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the tokenizer recipe or the cached layout changes
+FORMAT_VERSION = 2  # bump when the tokenizer recipe or the cached layout changes (2: compact JSON)
 
 
 @dataclass
 class Tokenized:
-    tokenizer: Tokenizer
-    tokens: list[str]  # the vocabulary in id order (nlp_adagrad.vocab.vocabulary)
+    tokenizer: WordTokenizer
     train: EncodedSplit
     test: EncodedSplit | None  # None for a corpus without a test split (word vectors)
     cache_dir: Path | None  # the entry used, None with tokenizer.cache=false
     cache_hit: bool
+
+    @property
+    def tokens(self) -> list[str]:
+        """The vocabulary in id order."""
+        return self.tokenizer.tokens
 
 
 def cache_root() -> Path:
@@ -89,44 +99,49 @@ def tokenize_corpus(corpus: datasets.DatasetDict, cfg: TokenizerConfig) -> Token
                         entry,
                         one_line(e),
                     )
-    return _encoded(corpus, cfg, *train_vocabulary(corpus["train"], cfg))
+    return _encoded(corpus, cfg, train_vocabulary(corpus["train"], cfg))
 
 
 def _through_cache(corpus: datasets.DatasetDict, cfg: TokenizerConfig, entry: Path) -> Tokenized:
     tokenizer_file = entry / "tokenizer.json"
-    hit = tokenizer_file.exists()
-    if hit:
-        tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        tokens = vocabulary(tokenizer)
-    else:
-        tokenizer, tokens = train_vocabulary(corpus["train"], cfg)
-        entry.mkdir(parents=True, exist_ok=True)
-        _save_atomically(tokenizer, tokenizer_file)
-    return _encoded(corpus, cfg, tokenizer, tokens, entry, hit)
+    if tokenizer_file.exists():
+        tokenizer = WordTokenizer.read(tokenizer_file)
+        trained = TrainedVocabulary(tokenizer, WordIds(tokenizer, cfg), train_ids=None)
+        return _encoded(corpus, cfg, trained, entry, hit=True)
+    trained = train_vocabulary(corpus["train"], cfg)
+    entry.mkdir(parents=True, exist_ok=True)
+    _save_atomically(trained.tokenizer, tokenizer_file)
+    return _encoded(corpus, cfg, trained, entry)
 
 
 def _encoded(
     corpus: datasets.DatasetDict,
     cfg: TokenizerConfig,
-    tokenizer: Tokenizer,
-    tokens: list[str],
+    trained: TrainedVocabulary,
     entry: Path | None = None,
     hit: bool = False,
 ) -> Tokenized:
-    """Every split's ids, through one lookup; with a cache `entry`, in its files (a hit when
-    the tokenizer (`hit`) and every split's ids were read from there)."""
-    word_ids = WordIds(tokenizer, cfg, tokens)
+    """Every split's ids, through one lookup (the training split's as counted, when they
+    were); with a cache `entry`, in its files (a hit when the tokenizer (`hit`) and every
+    split's ids were read from there)."""
     splits = {}
     for name, split in corpus.items():
         ids_file = None if entry is None else entry / f"{name}.arrow"
         hit = hit and ids_file.exists()
-        splits[name] = encode_split(split, tokenizer, cfg, cache_file=ids_file, word_ids=word_ids)
+        splits[name] = encode_split(
+            split,
+            trained.tokenizer,
+            cfg,
+            cache_file=ids_file,
+            word_ids=trained.lookup,
+            known_ids=trained.train_ids if name == "train" else None,
+        )
     return Tokenized(
-        tokenizer, tokens, splits["train"], splits.get("test"), cache_dir=entry, cache_hit=hit
+        trained.tokenizer, splits["train"], splits.get("test"), cache_dir=entry, cache_hit=hit
     )
 
 
-def _save_atomically(tokenizer: Tokenizer, path: Path) -> None:
+def _save_atomically(tokenizer: WordTokenizer, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:

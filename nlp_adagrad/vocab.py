@@ -8,8 +8,10 @@ dropped, as fastText drops them; bigrams are hashed into `buckets` extra rows af
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import datasets
@@ -46,6 +48,48 @@ class EncodedSplit:
         return np.diff(self.offsets)
 
 
+class WordTokenizer:
+    """A trained word-level tokenizer: its `tokenizers` JSON (what `save` writes and
+    `Tokenizer.from_file` reads) and its words in id order (`tokens`). The `Tokenizer` object
+    is made from the JSON only when a text needs it (one the kernel leaves to tokenizers):
+    0.5 s for 690,000 words, as long as the kernel takes to count them."""
+
+    def __init__(self, json_text: str, tokens: list[str], tokenizer: Tokenizer | None = None):
+        self.json, self.tokens = json_text, tokens
+        if tokenizer is not None:
+            self.__dict__["tokenizer"] = tokenizer  # the cached property, already known
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer) -> WordTokenizer:
+        return cls(tokenizer.to_str(), vocabulary(tokenizer), tokenizer)
+
+    @classmethod
+    def read(cls, path: Path) -> WordTokenizer:
+        """A saved tokenizer's JSON and words, without making the tokenizer (a damaged file
+        raises ValueError or KeyError)."""
+        text = path.read_text(encoding="utf-8")
+        vocab = json.loads(text)["model"]["vocab"]
+        tokens = [""] * len(vocab)
+        for token, i in vocab.items():
+            tokens[i] = token
+        return cls(text, tokens)
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_str(self.json)
+
+    @cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(self.json.encode()).hexdigest()
+
+    @property
+    def num_words(self) -> int:
+        return len(self.tokens)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.json, encoding="utf-8")
+
+
 def train_tokenizer(texts: datasets.Dataset, cfg: TokenizerConfig) -> Tokenizer:
     """Word-level tokenizer (NFKC, optional lowercase, split on whitespace and punctuation).
 
@@ -54,23 +98,23 @@ def train_tokenizer(texts: datasets.Dataset, cfg: TokenizerConfig) -> Tokenizer:
     (`tokenizer.kernel`), the same tokenizer made from its counts of the plain texts (ASCII
     and everyday symbols: words.cpp), tested.
     """
-    return train_vocabulary(texts, cfg)[0]
+    return train_vocabulary(texts, cfg).tokenizer.tokenizer
 
 
-def train_vocabulary(texts: datasets.Dataset, cfg: TokenizerConfig) -> tuple[Tokenizer, list[str]]:
-    """`train_tokenizer`'s tokenizer and its vocabulary in id order (`vocabulary`), which the
-    kernel's words give without reading the tokenizer's back (0.5 s for 690,000 words)."""
-    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
-    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-    tokenizer.normalizer = normalizers.Sequence(norm)
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+@dataclass
+class TrainedVocabulary:
+    tokenizer: WordTokenizer
+    lookup: WordIds  # the kernel's lookup of the words, or tokenizers' encoding
+    train_ids: pa.ListArray | None  # the training texts' ids, found while counting (kernel)
+
+
+def train_vocabulary(texts: datasets.Dataset, cfg: TokenizerConfig) -> TrainedVocabulary:
+    """`train_tokenizer`'s tokenizer, without making its `Tokenizer` where the kernel counts:
+    the kernel numbers the words, writes them into the tokenizer's JSON and keeps which word
+    each training token was, so the training texts' ids need no second reading."""
+    base = _untrained_tokenizer(cfg)
     kernel = word_kernel(cfg)
-    if kernel is not None:
-        tokens = [UNK, *_ranked_words(texts.with_format("arrow")["text"], cfg, kernel, tokenizer)]
-        vocab = {token: i for i, token in enumerate(tokens)}
-        tokenizer.model = models.WordLevel(vocab, unk_token=UNK)
-        tokenizer.add_special_tokens([UNK])  # as the trainer registers its special tokens
-    else:
+    if kernel is None:
         # vocab_size defaults to 30,000 inside the trainer: always pass ours.
         trainer = trainers.WordLevelTrainer(
             vocab_size=cfg.max_vocab,
@@ -78,14 +122,44 @@ def train_vocabulary(texts: datasets.Dataset, cfg: TokenizerConfig) -> tuple[Tok
             special_tokens=[UNK],
             show_progress=False,
         )
-        tokenizer.train_from_iterator(_text_batches(texts), trainer=trainer, length=len(texts))
-        tokens = vocabulary(tokenizer)
+        base.train_from_iterator(_text_batches(texts), trainer=trainer, length=len(texts))
+        tokenizer = WordTokenizer.of(base)
+        _refuse_empty(tokenizer.tokens, cfg)
+        return TrainedVocabulary(tokenizer, WordIds(tokenizer, cfg), None)
+    column = texts.with_format("arrow")["text"]
+    if isinstance(column, pa.ChunkedArray):  # a split's index mapping: a chunk a row
+        column = column.combine_chunks()
+    counts, others = _counted(column, cfg, kernel, base)
+    tokens = [UNK, *counts.ranked(cfg.min_count, cfg.max_vocab - 1, 1)]  # [UNK] takes a row
+    _refuse_empty(tokens, cfg)
+    members = ",".join(filter(None, [f"{json.dumps(UNK)}:{UNK_ID}", counts.ranked_json()]))
+    base.add_special_tokens([UNK])  # as the trainer registers its special tokens
+    template = base.to_str()
+    assert template.count(EMPTY_VOCAB) == 1, template
+    tokenizer = WordTokenizer(template.replace(EMPTY_VOCAB, f'"vocab":{{{members}}}'), tokens)
+    lookup = WordIds(tokenizer, cfg, counts)
+    flat, lengths = counts.counted_ids()
+    train_ids = _ids_array(column, flat, lengths, others, tokenizer)
+    return TrainedVocabulary(tokenizer, lookup, train_ids)
+
+
+EMPTY_VOCAB = '"vocab":{}'  # the model's vocabulary in an untrained tokenizer's JSON
+
+
+def _untrained_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
+    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence(norm)
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
+
+
+def _refuse_empty(tokens: list[str], cfg: TokenizerConfig) -> None:
     if len(tokens) <= 1:
         raise UserError(
             f"the vocabulary is empty: no word occurs at least tokenizer.min_count="
             f"{cfg.min_count} times in the training split; lower tokenizer.min_count"
         )
-    return tokenizer, tokens
 
 
 def word_kernel(cfg: TokenizerConfig):
@@ -95,21 +169,19 @@ def word_kernel(cfg: TokenizerConfig):
     return native_kernels(cfg.kernel, "tokenizer.kernel")
 
 
-def _ranked_words(
-    column: pa.Array | pa.ChunkedArray, cfg: TokenizerConfig, kernel, tokenizer: Tokenizer
-) -> list[str]:
-    """WordLevelTrainer's words: the kernel counts the plain texts of the Arrow column in
-    place, tokenizers' own normalizer and pre-tokenizer the others."""
+def _counted(column: pa.Array, cfg: TokenizerConfig, kernel, tokenizer: Tokenizer):
+    """(the kernel's WordCounts of the column's words, the indices of the texts it left to
+    tokenizers): the kernel counts the plain texts in place, tokenizers' own normalizer and
+    pre-tokenizer the others."""
     counts = kernel.WordCounts(cfg.lowercase)
+    others = counts.count(*_arrow_texts(column))
     extra: dict[str, int] = {}
-    if isinstance(column, pa.ChunkedArray):  # a split's index mapping: a chunk a row
-        column = column.combine_chunks()
-    for i in counts.count(*_arrow_texts(column)).tolist():
+    for i in others.tolist():
         normalized = tokenizer.normalizer.normalize_str(column[i].as_py())
         for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized):
             extra[word] = extra.get(word, 0) + 1
     counts.add(list(extra), list(extra.values()))
-    return counts.ranked(cfg.min_count, cfg.max_vocab - 1)  # the unknown token takes a row
+    return counts, others
 
 
 def _arrow_texts(texts: pa.Array) -> tuple[pa.Buffer | bytes, torch.Tensor, torch.Tensor]:
@@ -143,19 +215,23 @@ def vocabulary(tokenizer: Tokenizer) -> list[str]:
 
 def encode_split(
     ds: datasets.Dataset,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | WordTokenizer,
     cfg: TokenizerConfig,
     cache_file: Path | None = None,
     word_ids: WordIds | None = None,
+    known_ids: pa.ListArray | None = None,
 ) -> EncodedSplit:
     """Tokenize a split through `datasets.map`, fingerprinted by data and tokenizer.
 
     With `cache_file`, datasets writes the ids there as Arrow and, when the file already
     exists, reads it back instead of tokenizing (token_cache.py decides the name).
-    `word_ids`: the tokenizer's lookup, when several splits share it (built here otherwise).
+    `word_ids`: the tokenizer's lookup, when several splits share it (built here otherwise);
+    `known_ids`: the split's ids, found while counting its words (`train_vocabulary`).
     """
+    if isinstance(tokenizer, Tokenizer):
+        tokenizer = WordTokenizer.of(tokenizer)
     word_ids = word_ids or WordIds(tokenizer, cfg)
-    fingerprint = hashlib.sha256((ds._fingerprint + word_ids.digest()).encode()).hexdigest()[:32]
+    fingerprint = hashlib.sha256((ds._fingerprint + tokenizer.digest).encode()).hexdigest()[:32]
     features = {"ids": datasets.Sequence(datasets.Value("int32"))}
     if "label" in ds.features:
         features["label"] = ds.features["label"]
@@ -163,7 +239,8 @@ def encode_split(
         _encode_batch,
         batched=True,
         batch_size=10_000,  # a batch is split over the threads (words.cpp)
-        fn_kwargs={"tokenizer": tokenizer, "word_ids": word_ids},
+        with_indices=True,
+        fn_kwargs={"word_ids": word_ids, "known_ids": known_ids},
         remove_columns=["text"],
         features=datasets.Features(features),
         new_fingerprint=fingerprint,
@@ -175,7 +252,7 @@ def encode_split(
     split = EncodedSplit(ids=ids, offsets=offsets, labels=labels)
     if cfg.ngrams == 2:
         kernel = word_kernel(cfg)
-        num_words = tokenizer.get_vocab_size()
+        num_words = tokenizer.num_words
         if kernel is None:
             split = add_bigrams(split, num_words=num_words, buckets=cfg.buckets)
         else:  # the same ids (tested), 30x faster
@@ -196,28 +273,43 @@ def csr_from_lists(column: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     return ids, offsets - offsets[0]
 
 
-def _encode_batch(batch: pa.Table, tokenizer: Tokenizer, word_ids: WordIds) -> pa.Table:
+def _encode_batch(
+    batch: pa.Table, indices: list[int], word_ids: WordIds, known_ids: pa.ListArray | None
+) -> pa.Table:
     column = batch.column("text").combine_chunks()
-    lookup = word_ids.get()
-    if lookup is None or column.null_count:
-        ids = pa.array(_tokenizers_ids(tokenizer, column.to_pylist()), pa.list_(pa.int32()))
+    tokenizer = word_ids.tokenizer
+    if known_ids is not None:  # a batch is a run of rows: indices count up by one
+        ids = known_ids.slice(indices[0] if len(indices) else 0, len(indices))
+    elif word_ids.get() is None or column.null_count:
+        texts = column.to_pylist()
+        ids = pa.array(_tokenizers_ids(tokenizer.tokenizer, texts), pa.list_(pa.int32()))
     else:
-        flat, lengths, others = lookup.encode(*_arrow_texts(column))  # others: not plain
-        if len(others):
-            rows = np.split(flat.numpy(), np.cumsum(lengths.numpy())[:-1])
-            others = others.tolist()
-            texts = [column[i].as_py() for i in others]
-            for i, encoded in zip(others, _tokenizers_ids(tokenizer, texts)):
-                rows[i] = encoded
-            ids = pa.array(rows, pa.list_(pa.int32()))
-        else:
-            offsets = np.zeros(len(column) + 1, dtype=np.int32)
-            np.cumsum(lengths.numpy(), out=offsets[1:])
-            ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.numpy()))
+        ids = _ids_array(column, *word_ids.get().encode(*_arrow_texts(column)), tokenizer)
     # a table replaces the batch whole, so it carries the kept columns (a dict returned for
     # an Arrow batch loses them: the labels came back null)
     kept = {name: batch.column(name) for name in batch.column_names if name != "text"}
     return pa.table({"ids": ids, **kept})
+
+
+def _ids_array(
+    column: pa.Array,
+    flat: torch.Tensor,
+    lengths: torch.Tensor,
+    others: torch.Tensor,
+    tokenizer: WordTokenizer,
+) -> pa.ListArray:
+    """A column's ids as one Arrow list array: the kernel's of its plain texts (`flat`, each
+    text's count in `lengths`), tokenizers' of the `others`."""
+    if len(others):
+        rows = np.split(flat.numpy(), np.cumsum(lengths.numpy())[:-1])
+        others = others.tolist()
+        texts = [column[i].as_py() for i in others]
+        for i, encoded in zip(others, _tokenizers_ids(tokenizer.tokenizer, texts)):
+            rows[i] = encoded
+        return pa.array(rows, pa.list_(pa.int32()))
+    offsets = np.zeros(len(column) + 1, dtype=np.int32)
+    np.cumsum(lengths.numpy(), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.numpy()))
 
 
 def _tokenizers_ids(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
@@ -230,21 +322,12 @@ def _tokenizers_ids(tokenizer: Tokenizer, texts: list[str]) -> list[np.ndarray]:
 
 
 class WordIds:
-    """The kernel's lookup for a tokenizer's vocabulary, built when a batch first needs it
-    (a split read back from the token cache never does), or None: tokenizers encodes.
-    `tokens` (the vocabulary in id order) spares reading the tokenizer's vocabulary again."""
+    """The kernel's lookup for a tokenizer's vocabulary (a `WordCounts` that numbered the
+    words, or built from them when a batch first needs it: a split read back from the token
+    cache never does), or None: tokenizers encodes."""
 
-    def __init__(
-        self, tokenizer: Tokenizer, cfg: TokenizerConfig, tokens: list[str] | None = None
-    ) -> None:
-        self.tokenizer, self.cfg, self.tokens, self._lookup = tokenizer, cfg, tokens, False
-        self._digest: str | None = None
-
-    def digest(self) -> str:
-        """The tokenizer's digest (its JSON: 0.1 s for 690,000 words), taken once."""
-        if self._digest is None:
-            self._digest = hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()
-        return self._digest
+    def __init__(self, tokenizer: WordTokenizer, cfg: TokenizerConfig, lookup=None) -> None:
+        self.tokenizer, self.cfg, self._lookup = tokenizer, cfg, lookup or False
 
     def get(self):
         if self._lookup is False:
@@ -252,7 +335,7 @@ class WordIds:
             if kernel is None:
                 self._lookup = None
             else:
-                tokens = self.tokens or vocabulary(self.tokenizer)
+                tokens = self.tokenizer.tokens
                 self._lookup = kernel.WordIds(tokens, range(len(tokens)), self.cfg.lowercase)
         return self._lookup
 

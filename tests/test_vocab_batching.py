@@ -10,12 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from nlp_adagrad.batching import batch_indices, epoch_order, make_batch
 from nlp_adagrad.config import TokenizerConfig
 from nlp_adagrad.distributed import Topology
 from nlp_adagrad.errors import UserError
 from nlp_adagrad.kernels import native_kernels
+from nlp_adagrad.token_cache import tokenize_corpus
 from nlp_adagrad.vocab import (
     BIGRAM_HASH_PRIME,
     UNK,
@@ -70,11 +72,14 @@ def test_bigrams_match_a_python_reference():
         np.concatenate([[0], np.cumsum(lengths)]),
         None,
     )
-    want = add_bigrams(big, num_words=2**31, buckets=2_000_003)
-    ids, new_offsets = kernel.add_bigrams(
-        torch.from_numpy(big.ids), torch.from_numpy(big.offsets), 2**31, 2_000_003
-    )
-    assert np.array_equal(ids.numpy(), want.ids) and np.array_equal(new_offsets, want.offsets)
+    # the kernel's remainder is two multiplications, not a division: exact for every divisor
+    for buckets in (1, 2, 7, 2**20, 2_000_003, 2**31 - 1, 10**12 + 39):
+        want = add_bigrams(big, num_words=2**31, buckets=buckets)
+        ids, new_offsets = kernel.add_bigrams(
+            torch.from_numpy(big.ids), torch.from_numpy(big.offsets), 2**31, buckets
+        )
+        assert np.array_equal(ids.numpy(), want.ids), buckets
+        assert np.array_equal(new_offsets, want.offsets)
     expected = []
     for d in docs:
         expected.append(d + [10 + (a * BIGRAM_HASH_PRIME + b) % 7 for a, b in zip(d, d[1:])])
@@ -144,6 +149,7 @@ TRICKY = [
     "£5, €3.50 – “so” — ‘it’s’ ©2024 ±1 ×2 ÷3 «a» ¿b? •c‣d †e‡ 10‰ 5′ ‹f› ¡g!",  # plain
     "£ alone, and £. £$ with ASCII marks; caf\u0065\u0301 (a combining mark): not plain",
     "Ⅻ ﬁ ™ … ½ µ ª ² \u00ad soft hyphen",  # compatibility forms NFKC changes: not plain
+    'JSON\'s own: "quoted" back\\slash {"k": [1]} \\"\\u0041',  # escaped in tokenizer.json
 ]
 
 
@@ -196,6 +202,34 @@ def test_the_word_kernel_makes_tokenizers_own_tokenizer_and_ids(settings):
     assert len(made["cpp"][1][0][0]) > 10  # the texts did become ids
 
 
+@pytest.mark.parametrize("settings", [dict(), dict(lowercase=False), dict(max_vocab=5)])
+def test_counting_writes_tokenizers_own_json_and_the_training_ids(settings):
+    # the kernel writes tokenizer.json itself (no Tokenizer made) and keeps the training ids
+    # it met while counting (no second reading): both byte for byte what tokenizers makes,
+    # on an index-mapped training split with texts the kernel leaves to tokenizers
+    native_kernels("cpp", "tokenizer.kernel")
+    every_symbol = " ".join(f"x{s}y {s}{s}. {s}" for s in plain_symbols())
+    texts = [*TRICKY, every_symbol, *TRICKY[::-1]]
+    full = datasets.Dataset.from_dict({"text": texts, "label": list(range(len(texts)))})
+    corpus = datasets.DatasetDict(
+        train=full.select(range(len(TRICKY) + 1)[::-1]),
+        test=full.select(range(len(TRICKY) + 1, len(texts))),
+    )
+    made = {}
+    for kernel in ("tokenizers", "cpp"):
+        got = tokenize_corpus(corpus, TokenizerConfig(kernel=kernel, cache=False, **settings))
+        splits = [
+            (s.ids.tolist(), s.offsets.tolist(), s.labels.tolist()) for s in (got.train, got.test)
+        ]
+        made[kernel] = got.tokenizer.json, got.tokens, splits
+        assert Tokenizer.from_str(got.tokenizer.json).to_str() == got.tokenizer.json
+    assert made["cpp"] == made["tokenizers"]
+    if "max_vocab" not in settings:  # words that needed escaping were written
+        assert (
+            "\\\\" in made["cpp"][0] and '"\\u001c"' in made["cpp"][0] and '\\"' in made["cpp"][0]
+        )
+
+
 def test_the_word_kernel_encodes_a_batch_of_ascii_texts_as_one_arrow_table():
     # one table per batch: datasets converts a list of arrays one row at a time
     cfg = TokenizerConfig(kernel="cpp")
@@ -220,10 +254,20 @@ def test_the_word_kernel_gives_the_same_tokenizer_and_ids_at_any_thread_count():
     ds = datasets.Dataset.from_dict({"text": texts, "label": [i % 4 for i in range(3000)]})
 
     def made(kernel: str):
-        cfg = TokenizerConfig(kernel=kernel, min_count=2)
+        cfg = TokenizerConfig(kernel=kernel, min_count=2, cache=False)
         tokenizer = train_tokenizer(ds, cfg)
         split = encode_split(ds.select(range(3000)[::-1]), tokenizer, cfg)  # index-mapped
-        return tokenizer.to_str(), split.ids.tolist(), split.offsets.tolist(), split.labels.tolist()
+        # and the training ids kept while counting, each thread's words numbered in its table
+        counted = tokenize_corpus(datasets.DatasetDict(train=ds.select(range(3000)[::-1])), cfg)
+        return (
+            tokenizer.to_str(),
+            split.ids.tolist(),
+            split.offsets.tolist(),
+            split.labels.tolist(),
+            counted.tokenizer.json,
+            counted.train.ids.tolist(),
+            counted.train.offsets.tolist(),
+        )
 
     expected = made("tokenizers")
     assert len(expected[1]) > 20_000

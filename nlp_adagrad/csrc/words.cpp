@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <numeric>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -116,11 +117,13 @@ torch::Tensor joined(const std::vector<std::vector<T>>& parts, int64_t ranges,
   return out;
 }
 
-// Open addressing over words whose bytes live in the table's own arena: a lookup hashes the
-// word once and compares bytes, no allocation (std::unordered_map<std::string> ran at ~6 M
-// words/s here). A slot keeps the hash, the value and the key's place together, one cache
-// line; `hash` is public so a caller can hash a document's words first and `prefetch` their
-// slots, overlapping the misses of a table far larger than the cache.
+// Open addressing over words: a lookup hashes the word once and compares bytes, no allocation
+// (std::unordered_map<std::string> ran at ~6 M words/s here). A slot (32 bytes, two a cache
+// line) keeps the hash, the value and the key together: a key of up to 8 bytes in the slot
+// itself, a longer one in the table's arena, so most lookups touch one line (a key read from
+// the arena cost a second miss for each rare word). `hash` is public so a caller can hash a
+// document's words first and `prefetch` their slots, overlapping the misses of a table far
+// larger than the cache. Views of keys (`Slot::view`) last until the next insertion.
 class WordTable {
  public:
   explicit WordTable(size_t expected = 1 << 16) { rehash(capacity_for(expected)); }
@@ -140,70 +143,86 @@ class WordTable {
 
   void prefetch(uint64_t h) const { __builtin_prefetch(&slots_[h & (slots_.size() - 1)]); }
 
-  // The value of `word` (hashed to `h`), added at 0 if new.
-  int64_t& at(std::string_view word, uint64_t h) {
+  static constexpr size_t kInline = 8;  // keys this long or shorter live in their slot
+  static constexpr uint32_t kEmpty = UINT32_MAX;
+  struct Slot {
+    uint64_t hash;
+    int64_t value;
+    union {
+      const char* far;     // size > kInline: the arena's copy
+      char near[kInline];  // size <= kInline
+    } key;
+    uint32_t size;   // kEmpty: an empty slot
+    uint32_t index;  // the order words came in: 0, 1, ...
+    bool empty() const { return size == kEmpty; }
+    std::string_view view() const {
+      return std::string_view(size <= kInline ? key.near : key.far, size);
+    }
+  };
+
+  // The slot of `word` (hashed to `h`), added with value 0 if new.
+  Slot& at(std::string_view word, uint64_t h) {
     if (2 * (size_ + 1) > slots_.size()) rehash(slots_.size() * 2);
     size_t i = h & (slots_.size() - 1);
     while (true) {
       Slot& slot = slots_[i];
-      if (slot.key == nullptr) {
-        slot = {h, 0, store(word), (uint32_t)word.size()};
-        ++size_;
-        return slot.value;
+      if (slot.empty()) {
+        slot.hash = h, slot.value = 0, slot.size = (uint32_t)word.size();
+        slot.index = (uint32_t)size_++;
+        if (word.size() <= kInline)
+          std::copy(word.begin(), word.end(), slot.key.near);
+        else
+          slot.key.far = store(word);
+        return slot;
       }
-      if (slot.hash == h && slot.view() == word) return slot.value;
+      if (slot.hash == h && slot.view() == word) return slot;
       i = (i + 1) & (slots_.size() - 1);
     }
   }
-  int64_t& at(std::string_view word) { return at(word, hash(word)); }
+  Slot& at(std::string_view word) { return at(word, hash(word)); }
 
-  // The value of `word` (hashed to `h`), or -1.
-  int64_t find(std::string_view word, uint64_t h) const {
+  // The slot of `word` (hashed to `h`), or null.
+  const Slot* find(std::string_view word, uint64_t h) const {
     size_t i = h & (slots_.size() - 1);
-    while (slots_[i].key != nullptr) {
-      if (slots_[i].hash == h && slots_[i].view() == word) return slots_[i].value;
+    while (!slots_[i].empty()) {
+      if (slots_[i].hash == h && slots_[i].view() == word) return &slots_[i];
       i = (i + 1) & (slots_.size() - 1);
     }
-    return -1;
+    return nullptr;
   }
+
+  size_t size() const { return size_; }
 
   template <typename Visit>
   void each(Visit visit) const {
     for (const Slot& slot : slots_)
-      if (slot.key != nullptr) visit(slot.view(), slot.value);
+      if (!slot.empty()) visit(slot);
   }
 
  private:
-  struct Slot {
-    uint64_t hash;
-    int64_t value;
-    const char* key;  // null: empty
-    uint32_t size;
-    std::string_view view() const { return std::string_view(key, size); }
-  };
-
   static size_t capacity_for(size_t n) {
     size_t c = 16;
     while (c < 2 * n) c *= 2;
     return c;
   }
   const char* store(std::string_view word) {
-    if (arena_.empty() || arena_.back().size() + word.size() + 1 > arena_.back().capacity()) {
+    if (arena_.empty() || arena_.back().size() + word.size() > arena_.back().capacity()) {
       arena_.emplace_back();
-      arena_.back().reserve(std::max<size_t>(1 << 20, word.size() + 1));
+      arena_.back().reserve(std::max<size_t>(1 << 20, word.size()));
     }
     std::string& block = arena_.back();  // never grows past its capacity: keys stay put
     const size_t at = block.size();
     block.append(word.data(), word.size());
-    block.push_back('\0');  // an empty word's key is not null
     return block.data() + at;
   }
   void rehash(size_t capacity) {
-    std::vector<Slot> slots(capacity, Slot{0, 0, nullptr, 0});
+    Slot vacant{};
+    vacant.size = kEmpty;
+    std::vector<Slot> slots(capacity, vacant);
     for (const Slot& slot : slots_) {
-      if (slot.key == nullptr) continue;
+      if (slot.empty()) continue;
       size_t j = slot.hash & (capacity - 1);
-      while (slots[j].key != nullptr) j = (j + 1) & (capacity - 1);
+      while (!slots[j].empty()) j = (j + 1) & (capacity - 1);
       slots[j] = slot;
     }
     slots_.swap(slots);
@@ -247,58 +266,228 @@ struct HashedWords {
   }
 };
 
+// {ids (int32) of all plain texts of `texts` in order, each text's count of them (int64, 0 for a
+// skipped text), indices of the texts that are not plain}: a word's id is id_of(its slot in
+// `table`), dropped when the table lacks it or id_of gives -1; the texts split over torch's
+// threads, the ranges joined in order.
+template <typename IdOf>
+std::vector<torch::Tensor> encode_texts(const Texts& texts, bool lowercase, const WordTable& table,
+                                        IdOf id_of) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  std::vector<std::vector<int32_t>> ids(threads);
+  std::vector<std::vector<int64_t>> others(threads);
+  auto lengths = torch::zeros({texts.count}, torch::kInt64);
+  int64_t* length = lengths.data_ptr<int64_t>();
+  const int64_t ranges = over_ranges(texts.count, [&](int64_t r, int64_t begin, int64_t end) {
+    HashedWords hashed;
+    for (int64_t t = begin; t < end; ++t) {
+      if (!is_plain(texts[t])) { others[r].push_back(t); continue; }
+      const size_t before = ids[r].size();
+      hashed.read(texts[t], lowercase, table);
+      for (const auto& [word, h] : hashed.words) {
+        const WordTable::Slot* slot = table.find(word, h);
+        const int64_t id = slot == nullptr ? -1 : id_of(*slot);
+        if (id >= 0) ids[r].push_back((int32_t)id);
+      }
+      length[t] = (int64_t)(ids[r].size() - before);
+    }
+  });
+  return {joined(ids, ranges, torch::kInt32), lengths, joined(others, ranges, torch::kInt64)};
+}
+
+// `word` as serde_json (and so tokenizers) writes a string: quotes, backslash and control
+// characters escaped, every other byte as it is.
+void append_json_string(std::string& out, std::string_view word) {
+  static const char kHex[] = "0123456789abcdef";
+  out.push_back('"');
+  for (unsigned char c : word) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          out += "\\u00";
+          out.push_back(kHex[c >> 4]);
+          out.push_back(kHex[c & 15]);
+        } else {
+          out.push_back((char)c);
+        }
+    }
+  }
+  out.push_back('"');
+}
+
 }  // namespace
 
-// The counts WordLevelTrainer's vocabulary comes from: `count` reads the plain texts of an
-// Arrow string array (split over torch's threads, each into its own table, merged in order)
-// and returns the indices of the others, whose words tokenizers finds and `add` counts.
+// The counts WordLevelTrainer's vocabulary comes from, and the ids of the texts counted.
+// `count` reads the plain texts of an Arrow string array (split over torch's threads, each
+// into its own table, merged in order), keeps which word each token was, and returns the
+// indices of the other texts, whose words tokenizers finds and `add` counts. Once `ranked` has
+// numbered the words, `counted_ids` gives the counted texts' ids without reading them again
+// (encoding them afresh took as long as counting) and `encode` the ids of any other texts.
 class WordCounts {
  public:
   explicit WordCounts(bool lowercase) : lowercase_(lowercase) {}
 
   torch::Tensor count(pybind11::buffer data, torch::Tensor starts, torch::Tensor ends) {
+    TORCH_CHECK(counted_.empty() && !numbered_, "WordCounts: one count(), before ranked()");
     const pybind11::buffer_info info = data.request();
     const Texts texts = texts_of(info, starts, ends);
     pybind11::gil_scoped_release unlocked;
     std::vector<WordTable> tables(std::max<int64_t>(1, at::get_num_threads()));
     std::vector<std::vector<int64_t>> others(tables.size());
+    counted_.assign(tables.size(), {});
+    tokens_.assign(texts.count, 0);
     const int64_t ranges = over_ranges(texts.count, [&](int64_t r, int64_t begin, int64_t end) {
       HashedWords hashed;
+      Counted& mine = counted_[r];
+      mine.begin = begin, mine.end = end;
       for (int64_t t = begin; t < end; ++t) {
         if (!is_plain(texts[t])) { others[r].push_back(t); continue; }
         hashed.read(texts[t], lowercase_, tables[r]);
-        for (const auto& [word, h] : hashed.words) ++tables[r].at(word, h);
+        for (const auto& [word, h] : hashed.words) {
+          WordTable::Slot& slot = tables[r].at(word, h);
+          ++slot.value;
+          mine.words.push_back(slot.index);
+        }
+        tokens_[t] = (int64_t)hashed.words.size();
       }
     });
-    for (int64_t r = 0; r < ranges; ++r)
-      tables[r].each([&](std::string_view word, int64_t n) { counts_.at(word) += n; });
+    counted_.resize(ranges);
+    // the first range's table becomes the merged one (its numbers stay); the others merge
+    // into it in range order, so the merged numbering is the same for any thread count
+    counted_[0].merged.resize(tables[0].size());
+    std::iota(counted_[0].merged.begin(), counted_[0].merged.end(), 0u);
+    counts_ = std::move(tables[0]);
+    for (int64_t r = 1; r < ranges; ++r) {
+      counted_[r].merged.resize(tables[r].size());
+      tables[r].each([&](const WordTable::Slot& slot) {
+        WordTable::Slot& merged = counts_.at(slot.view(), slot.hash);
+        merged.value += slot.value;
+        counted_[r].merged[slot.index] = merged.index;
+      });
+    }
     return joined(others, ranges, torch::kInt64);
   }
 
   void add(const std::vector<std::string>& words, const std::vector<int64_t>& counts) {
-    for (size_t k = 0; k < words.size(); ++k) counts_.at(words[k]) += counts[k];
+    TORCH_CHECK(!numbered_, "WordCounts.add: only before ranked()");
+    for (size_t k = 0; k < words.size(); ++k) counts_.at(words[k]).value += counts[k];
   }
 
   // The words seen at least `min_count` times, ordered by count (descending) then by their
-  // bytes, as many as `max_words`: WordLevelTrainer's order.
-  std::vector<std::string> ranked(int64_t min_count, int64_t max_words) const {
-    std::vector<std::pair<int64_t, std::string_view>> kept;
-    counts_.each([&](std::string_view word, int64_t count) {
-      if (count >= min_count) kept.emplace_back(count, word);
+  // bytes, as many as `max_words`: WordLevelTrainer's order. They take the ids first_id, ...
+  std::vector<std::string> ranked(int64_t min_count, int64_t max_words, int64_t first_id) {
+    struct Kept {  // contiguous, and most comparisons settle on the count and the first bytes
+      int64_t count;
+      uint64_t head;  // the first 8 bytes, big-endian (zero-padded): they order as the bytes do
+      std::string_view word;
+      uint32_t index;
+    };
+    std::vector<Kept> kept;
+    counts_.each([&](const WordTable::Slot& slot) {
+      if (slot.value < min_count) return;
+      const std::string_view word = slot.view();
+      uint64_t head = 0;
+      for (size_t k = 0; k < 8; ++k)
+        head = head << 8 | (k < word.size() ? (unsigned char)word[k] : 0u);
+      kept.push_back({slot.value, head, word, slot.index});
     });
-    std::sort(kept.begin(), kept.end(), [](const auto& a, const auto& b) {
-      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    std::sort(kept.begin(), kept.end(), [](const Kept& a, const Kept& b) {
+      if (a.count != b.count) return a.count > b.count;
+      if (a.head != b.head) return a.head < b.head;
+      return a.word < b.word;
     });
     if ((int64_t)kept.size() > max_words) kept.resize(std::max<int64_t>(max_words, 0));
+    id_of_.assign(counts_.size(), -1);
+    first_id_ = first_id;
+    numbered_ = true;
+    ranked_.clear();
     std::vector<std::string> out;
     out.reserve(kept.size());
-    for (const auto& [count, word] : kept) out.emplace_back(word);
+    for (size_t k = 0; k < kept.size(); ++k) {
+      id_of_[kept[k].index] = (int32_t)(first_id + (int64_t)k);
+      ranked_.push_back(kept[k].word);
+      out.emplace_back(kept[k].word);
+    }
     return out;
   }
 
+  // The ranked words as the members of a JSON object, "word":id, in id order: the vocabulary
+  // tokenizers' WordLevel model writes.
+  std::string ranked_json() const {
+    std::string out;
+    for (size_t k = 0; k < ranked_.size(); ++k) {
+      if (k) out.push_back(',');
+      append_json_string(out, ranked_[k]);
+      out.push_back(':');
+      out += std::to_string(first_id_ + (int64_t)k);
+    }
+    return out;
+  }
+
+  // {ids (int32) of the counted plain texts in order, each text's count of them (int64)}:
+  // the ranked words' ids, the others dropped; once, after ranked().
+  std::vector<torch::Tensor> counted_ids() {
+    TORCH_CHECK(numbered_, "WordCounts.counted_ids: after ranked()");
+    pybind11::gil_scoped_release unlocked;
+    const int64_t ranges = (int64_t)counted_.size();
+    auto lengths = torch::zeros({(int64_t)tokens_.size()}, torch::kInt64);
+    int64_t* length = lengths.data_ptr<int64_t>();
+    std::vector<std::vector<int32_t>> ids(ranges);
+    at::parallel_for(0, ranges, 1, [&](int64_t first, int64_t last) {
+      for (int64_t r = first; r < last; ++r) {
+        const Counted& counted = counted_[r];
+        std::vector<int32_t> id_of(counted.merged.size());  // by the range's own numbers
+        for (size_t w = 0; w < id_of.size(); ++w) id_of[w] = id_of_[counted.merged[w]];
+        const uint32_t* word = counted.words.data();
+        ids[r].reserve(counted.words.size());
+        for (int64_t t = counted.begin; t < counted.end; ++t) {
+          const size_t before = ids[r].size();
+          for (int64_t k = 0; k < tokens_[t]; ++k) {
+            const int32_t id = id_of[*word++];
+            if (id >= 0) ids[r].push_back(id);
+          }
+          length[t] = (int64_t)(ids[r].size() - before);
+        }
+      }
+    });
+    counted_.clear(), counted_.shrink_to_fit();
+    tokens_.clear(), tokens_.shrink_to_fit();
+    return {joined(ids, ranges, torch::kInt32), lengths};
+  }
+
+  // WordIds.encode of other texts through the ranked words' ids.
+  std::vector<torch::Tensor> encode(pybind11::buffer data, torch::Tensor starts,
+                                    torch::Tensor ends) const {
+    TORCH_CHECK(numbered_, "WordCounts.encode: after ranked()");
+    const pybind11::buffer_info info = data.request();
+    const Texts texts = texts_of(info, starts, ends);
+    pybind11::gil_scoped_release unlocked;
+    return encode_texts(texts, lowercase_, counts_,
+                        [&](const WordTable::Slot& slot) { return id_of_[slot.index]; });
+  }
+
  private:
+  struct Counted {  // one range of the counted texts: which word each token was
+    int64_t begin = 0, end = 0;
+    std::vector<uint32_t> words;   // numbered in the range's own table
+    std::vector<uint32_t> merged;  // the range's word numbers in counts_
+  };
+
   bool lowercase_;
   WordTable counts_;
+  std::vector<Counted> counted_;
+  std::vector<int64_t> tokens_;  // each counted text's token count (0: not plain)
+  std::vector<int32_t> id_of_;   // each word's id by its number in counts_, -1: not ranked
+  std::vector<std::string_view> ranked_;
+  int64_t first_id_ = 0;
+  bool numbered_ = false;  // ranked() gave the words their ids
 };
 
 // A vocabulary's lookup: plain texts to the ids of their known words (unknown ones dropped,
@@ -307,42 +496,44 @@ class WordIds {
  public:
   WordIds(const std::vector<std::string>& words, const std::vector<int64_t>& ids, bool lowercase)
       : lowercase_(lowercase), lookup_(words.size()) {
-    for (size_t k = 0; k < words.size(); ++k) lookup_.at(words[k]) = ids[k];
+    for (size_t k = 0; k < words.size(); ++k) lookup_.at(words[k]).value = ids[k];
   }
 
-  // {ids (int32) of all plain texts of an Arrow string array in order, each text's count of
-  // them (int64, 0 for a skipped text), indices of the texts that are not plain}; the texts
-  // split over torch's threads, the ranges joined in order
+  // encode_texts of an Arrow string array's texts
   std::vector<torch::Tensor> encode(pybind11::buffer data, torch::Tensor starts,
                                     torch::Tensor ends) const {
     const pybind11::buffer_info info = data.request();
     const Texts texts = texts_of(info, starts, ends);
     pybind11::gil_scoped_release unlocked;
-    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-    std::vector<std::vector<int32_t>> ids(threads);
-    std::vector<std::vector<int64_t>> others(threads);
-    auto lengths = torch::zeros({texts.count}, torch::kInt64);
-    int64_t* length = lengths.data_ptr<int64_t>();
-    const int64_t ranges = over_ranges(texts.count, [&](int64_t r, int64_t begin, int64_t end) {
-      HashedWords hashed;
-      for (int64_t t = begin; t < end; ++t) {
-        if (!is_plain(texts[t])) { others[r].push_back(t); continue; }
-        const size_t before = ids[r].size();
-        hashed.read(texts[t], lowercase_, lookup_);
-        for (const auto& [word, h] : hashed.words) {
-          const int64_t id = lookup_.find(word, h);
-          if (id >= 0) ids[r].push_back((int32_t)id);
-        }
-        length[t] = (int64_t)(ids[r].size() - before);
-      }
-    });
-    return {joined(ids, ranges, torch::kInt32), lengths, joined(others, ranges, torch::kInt64)};
+    return encode_texts(texts, lowercase_, lookup_,
+                        [](const WordTable::Slot& slot) { return slot.value; });
   }
 
  private:
   bool lowercase_;
   WordTable lookup_;
 };
+
+namespace {
+
+// x % d for a fixed d by two multiplications instead of a division (Lemire, Kaser and Kurz,
+// "Faster remainder by direct computation", 2019: exact for every 64-bit x and d): the bigram
+// hash's remainder was most of add_bigrams' time.
+class Remainder {
+ public:
+  explicit Remainder(uint64_t d) : d_(d), m_(~(unsigned __int128)0 / d + 1) {}
+  uint64_t operator()(uint64_t x) const {
+    const unsigned __int128 low = m_ * x;  // the fraction x / d, in 128 bits
+    const unsigned __int128 bottom = ((low & ~0ull) * d_) >> 64;
+    return (uint64_t)((bottom + (low >> 64) * d_) >> 64);
+  }
+
+ private:
+  uint64_t d_;
+  unsigned __int128 m_;
+};
+
+}  // namespace
 
 // fastText's word bigrams (nlp_adagrad.vocab.add_bigrams, the same ids: tested): each
 // document's word ids, then the row num_words + (a * 116049371 + b) % buckets of each pair of
@@ -365,13 +556,14 @@ std::vector<torch::Tensor> add_bigrams(torch::Tensor ids, torch::Tensor offsets,
   }
   auto out_ids = torch::empty({out_start[docs]}, torch::kInt64);
   int64_t* out = out_ids.data_ptr<int64_t>();
+  const Remainder bucket_of(buckets);
   at::parallel_for(0, docs, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t d = begin; d < end; ++d) {
       const int64_t* words = in + start[d];
       const int64_t length = start[d + 1] - start[d];
       int64_t* o = std::copy(words, words + length, out + out_start[d]);
       for (int64_t k = 0; k + 1 < length; ++k)
-        *o++ = num_words + (words[k] * 116049371 + words[k + 1]) % buckets;
+        *o++ = num_words + (int64_t)bucket_of((uint64_t)(words[k] * 116049371 + words[k + 1]));
     }
   });
   return {out_ids, new_offsets};
@@ -384,7 +576,10 @@ void bind_words(pybind11::module_& m) {
       .def(pybind11::init<bool>())
       .def("count", &WordCounts::count, "count the plain texts' words; the others' indices")
       .def("add", &WordCounts::add, "add words found elsewhere, with their counts")
-      .def("ranked", &WordCounts::ranked, "WordLevelTrainer's vocabulary of the counts");
+      .def("ranked", &WordCounts::ranked, "WordLevelTrainer's vocabulary of the counts")
+      .def("ranked_json", &WordCounts::ranked_json, "the ranked words as JSON members")
+      .def("counted_ids", &WordCounts::counted_ids, "ids of the counted texts, once")
+      .def("encode", &WordCounts::encode, "ids of other plain texts' known words");
   pybind11::class_<WordIds>(m, "WordIds")
       .def(pybind11::init<const std::vector<std::string>&, const std::vector<int64_t>&, bool>())
       .def("encode", &WordIds::encode, "ids of the plain texts' known words");

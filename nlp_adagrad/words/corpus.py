@@ -9,19 +9,18 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
-from tokenizers import Tokenizer
 
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_texts
 from nlp_adagrad.token_cache import tokenize_corpus
-from nlp_adagrad.vocab import EncodedSplit, token_counts, warn_unusual_documents
+from nlp_adagrad.vocab import EncodedSplit, WordTokenizer, token_counts, warn_unusual_documents
 
 log = logging.getLogger("nlp_adagrad.train")
 
 
 @dataclass
 class WordCorpus:
-    tokenizer: Tokenizer
+    tokenizer: WordTokenizer
     tokens: list[str]  # the vocabulary in id order; id 0 is the unknown token, never trained
     text: EncodedSplit  # every document's ids (unknown words dropped, as word2vec drops them)
     counts: np.ndarray  # occurrences of each id in `text`
