@@ -115,7 +115,7 @@ std::vector<torch::Tensor> adagrad_rates(torch::Tensor sum, torch::Tensor update
     if (i + rows::kAhead < n && r[i + rows::kAhead] >= 0 && r[i + rows::kAhead] < num_rows) {
       const int64_t later = r[i + rows::kAhead];  // a snapshot finds the state out of cache
       __builtin_prefetch(G + later * dim), __builtin_prefetch(u + later);
-      __builtin_prefetch(last + later);
+      if (lr_decay) __builtin_prefetch(last + later);  // no decay: the rate needs no step
     }
     count[i] = u[r[i]];
     const double scale = lr_decay ? lr / (1 + ((double)last[r[i]] - 1) * lr_decay) : lr;
