@@ -34,7 +34,7 @@ from nlp_adagrad.figures import FigureData, draw_later
 from nlp_adagrad.guard import DivergenceGuard, TrainingDiverged
 from nlp_adagrad.optim import Adagrad, RowOptimizer
 from nlp_adagrad.run_dir import write_json
-from nlp_adagrad.telemetry_writer import open_sink, start_ahead
+from nlp_adagrad.telemetry_writer import open_sink, spare_core, start_ahead
 from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
 
 log = logging.getLogger("nlp_adagrad.train")
@@ -70,7 +70,7 @@ def start(cfg: Config, telemetry: bool = True) -> tuple[distributed.Topology, to
     threadpool_limits(1, user_api="blas")
     topology, device = distributed.setup(resolve_device(cfg.trainer.device))
     torch.manual_seed(cfg.trainer.seed)
-    if telemetry and topology.is_main:
+    if telemetry and topology.is_main and spare_core():  # else the loop writes it (open_sink)
         start_ahead()
     return topology, device
 

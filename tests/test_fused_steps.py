@@ -175,7 +175,8 @@ def test_a_run_with_fused_steps_writes_what_batch_by_batch_steps_write(tmp_path,
 def test_snapshots_written_off_the_loop_hold_the_rates_of_their_step(tmp_path, monkeypatch):
     """The rates are read at the step; summarizing and writing them later, in the telemetry
     process (the default) or on a thread while training goes on (made slow here), changes
-    nothing against writing each at once, in the trainer's own process."""
+    nothing against writing each at once, in the trainer's own process; nor does the loop
+    writing them itself (`InlineSink`, when training takes every core), no process started."""
     import time
 
     from nlp_adagrad import run, telemetry, telemetry_writer
@@ -183,6 +184,12 @@ def test_snapshots_written_off_the_loop_hold_the_rates_of_their_step(tmp_path, m
     overrides = ["data.max_examples=300", "trainer.epochs=2", "trainer.checkpoint_every=9"]
     process = train(make_config(*overrides), tmp_path / "process")
     assert list((tmp_path / "process/tb").rglob("*.telemetry"))
+    with monkeypatch.context() as every_core_trains:
+        every_core_trains.setattr(telemetry_writer, "spare_core", lambda: False)
+        every_core_trains.setattr(run, "spare_core", lambda: False)
+        every_core_trains.setattr(telemetry_writer, "_Child", None)  # calling it would fail
+        inline = train(make_config(*overrides), tmp_path / "inline")
+    assert list((tmp_path / "inline/tb").rglob("*.telemetry"))
     write = telemetry.write_snapshot
 
     def slow(*args, **kwargs):
@@ -202,13 +209,13 @@ def test_snapshots_written_off_the_loop_hold_the_rates_of_their_step(tmp_path, m
     monkeypatch.setattr(run.Snapshots, "maybe", at_once)
     now = train(make_config(*overrides), tmp_path / "now")
     assert process["eff_lr/first_snapshot_step"] == later["eff_lr/first_snapshot_step"] == 1
-    assert now["eff_lr/first_snapshot_step"] == 1
+    assert now["eff_lr/first_snapshot_step"] == inline["eff_lr/first_snapshot_step"] == 1
     b = read_tb(tmp_path / "now")
     tags = [t for t in b.Tags()["scalars"] if t.startswith("eff_lr")]
     hists = b.Tags()["histograms"]
     assert len(tags) > 10 and hists
     expected = metrics_without_timing(tmp_path / "now")
-    for run_dir in ("process", "later"):
+    for run_dir in ("process", "later", "inline"):
         assert metrics_without_timing(tmp_path / run_dir) == expected
         a = read_tb(tmp_path / run_dir)
         assert tags == [t for t in a.Tags()["scalars"] if t.startswith("eff_lr")]
@@ -222,6 +229,6 @@ def test_snapshots_written_off_the_loop_hold_the_rates_of_their_step(tmp_path, m
                 (e.step, e.histogram_value) for e in b.Histograms(tag)
             ], tag
     y = torch.load(tmp_path / "now/checkpoints/step_000000009.pt", weights_only=True)
-    for run_dir in ("process", "later"):
+    for run_dir in ("process", "later", "inline"):
         x = torch.load(tmp_path / run_dir / "checkpoints/step_000000009.pt", weights_only=True)
         assert x["telemetry_first"] == y["telemetry_first"] and x["telemetry_first"]

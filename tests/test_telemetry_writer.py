@@ -14,8 +14,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from nlp_adagrad import telemetry
 from nlp_adagrad.config import TelemetryConfig
 from nlp_adagrad.optim import Adagrad
-from nlp_adagrad.telemetry_writer import ProcessSink, TelemetryWriterStopped, ThreadSink
+from nlp_adagrad.telemetry_writer import (
+    InlineSink,
+    ProcessSink,
+    TelemetryWriterStopped,
+    ThreadSink,
+    open_sink,
+)
 from nlp_adagrad.writer import TENSORFLOW_BINS, TensorBoardWriter, histograms_summary
+from tests.helpers import at_thread_counts
 
 
 def test_histograms_are_binned_as_torchs_summary_writer_bins_them():
@@ -96,28 +103,33 @@ def _events(logdir):
     return scalars, histograms
 
 
-def test_the_process_writes_and_summarizes_what_the_thread_does(tmp_path):
+def test_the_process_and_the_loop_write_and_summarize_what_the_thread_does(tmp_path):
     spec, readings = _snapshots()
     assert spec.sample is not spec.full and readings[0][0].coordinates is not None
     process = ProcessSink(tmp_path / "process", spec)
+    inline = InlineSink(tmp_path / "inline", spec)
     writer = TensorBoardWriter(tmp_path / "thread")
     thread = ThreadSink(writer, spec)
-    for sink in (process, thread):
+    for sink in (process, inline, thread):
         for reading, step, histograms in readings[:3]:
             sink.submit(reading, step, histograms, None)
     first = process.results()
     np.testing.assert_equal(first, thread.results())  # NaN (a bucket not yet updated) == NaN
+    np.testing.assert_equal(first, inline.results())
     assert len(first) == 3 and np.isfinite(first[0]["eff_lr/rare_to_common"])
-    for sink in (process, thread):
+    for sink in (process, inline, thread):
         for reading, step, histograms in readings[3:]:
             sink.submit(reading, step, histograms, "word")
-    np.testing.assert_equal(process.results(), thread.results())
-    process.close()
-    thread.close()
+    last = process.results()
+    np.testing.assert_equal(last, thread.results())
+    np.testing.assert_equal(last, inline.results())
+    for sink in (process, inline, thread):
+        sink.close()
     writer.close()
-    assert list((tmp_path / "process").glob("events.out.tfevents.*.telemetry"))
+    for folder in ("process", "inline"):
+        assert list((tmp_path / folder).glob("events.out.tfevents.*.telemetry"))
     scalars, histograms = _events(tmp_path / "process")
-    assert (scalars, histograms) == _events(tmp_path / "thread")
+    assert (scalars, histograms) == _events(tmp_path / "thread") == _events(tmp_path / "inline")
     assert len(scalars["eff_lr/rare"]) == 3 and len(scalars["eff_lr/word/rare"]) == 2
     assert {"eff_lr_log10_hist/count_1e0", "eff_lr_log10_coord_hist/count_1e0"} <= set(histograms)
 
@@ -151,3 +163,21 @@ def test_the_telemetry_process_never_imports_torch():
     code = "import sys, nlp_adagrad.telemetry_writer; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_loop_writes_the_telemetry_when_training_takes_every_core(tmp_path, monkeypatch):
+    """A process while a core is spare; the loop itself once the training threads take every
+    core (there the process's work preempted a training thread mid-step)."""
+    import os
+
+    spec, _ = _snapshots()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    writer = TensorBoardWriter(tmp_path)
+
+    def sink_kind():
+        sink = open_sink(writer, spec)
+        sink.close()
+        return type(sink)
+
+    assert at_thread_counts(sink_kind, counts=(1, 2, 3)) == [ProcessSink, InlineSink, InlineSink]
+    writer.close()
