@@ -88,6 +88,19 @@ def test_bigrams_match_a_python_reference():
     assert token_counts(out, 17).sum() == sum(len(e) for e in expected)
 
 
+def test_the_kernel_counts_rows_as_bincount_does():
+    rng = np.random.default_rng(3)
+    ids = np.concatenate([rng.zipf(1.3, 50_000) % 1_000, rng.integers(1_000, 300_000, 50_000)])
+    split = EncodedSplit(ids.astype(np.int64), np.array([0, len(ids)]), None)
+    want = np.bincount(ids, minlength=400_000)
+    for kernel in ("cpp", "tokenizers"):
+        got = token_counts(split, 400_000, TokenizerConfig(kernel=kernel))
+        assert got.dtype == np.int64 and np.array_equal(got, want), kernel
+    kernel = native_kernels("cpp", "tokenizer.kernel")
+    with pytest.raises(RuntimeError, match="outside"):
+        kernel.row_counts(torch.tensor([0, 5]), 5)
+
+
 def test_make_batch_gathers_documents_in_order():
     docs = [[1, 2], [3], [], [4, 5, 6]]
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])

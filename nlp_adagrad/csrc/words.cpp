@@ -13,6 +13,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "rows.h"
+
 #include <algorithm>
 #include <numeric>
 #include <string>
@@ -569,7 +571,29 @@ std::vector<torch::Tensor> add_bigrams(torch::Tensor ids, torch::Tensor offsets,
   return {out_ids, new_offsets};
 }
 
+// Occurrences of each row id in `ids` below num_rows (int64; np.bincount's numbers): one pass,
+// each id's counter requested rows::kAhead ids ahead, so the increments' cache misses overlap
+// (the bigram rows' counters lie far apart in a table larger than the cache).
+torch::Tensor row_counts(torch::Tensor ids, int64_t num_rows) {
+  TORCH_CHECK(ids.scalar_type() == torch::kInt64 && ids.is_contiguous() && num_rows >= 0,
+              "row_counts: contiguous int64 ids and num_rows >= 0");
+  auto counts = torch::zeros({num_rows}, torch::kInt64);
+  int64_t* count = counts.data_ptr<int64_t>();
+  const int64_t* id = ids.data_ptr<int64_t>();
+  const int64_t n = ids.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + rows::kAhead < n && (uint64_t)id[i + rows::kAhead] < (uint64_t)num_rows)
+      __builtin_prefetch(count + id[i + rows::kAhead], 1);
+    TORCH_CHECK((uint64_t)id[i] < (uint64_t)num_rows, "row_counts: id ", id[i], " outside [0, ",
+                num_rows, ")");
+    ++count[id[i]];
+  }
+  return counts;
+}
+
 void bind_words(pybind11::module_& m) {
+  m.def("row_counts", &row_counts, pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "occurrences of each row id (np.bincount's)");
   m.def("add_bigrams", &add_bigrams, pybind11::call_guard<pybind11::gil_scoped_release>(),
         "fastText's hashed word bigrams after each document's words");
   pybind11::class_<WordCounts>(m, "WordCounts")

@@ -35,7 +35,7 @@ def word_corpus(cfg: Config) -> WordCorpus:
         log.info("token ids read from the cache: %s", tokenized.cache_dir)
     tokens = tokenized.tokens
     warn_unusual_documents(tokenized.train, "text")
-    counts = token_counts(tokenized.train, len(tokens))
+    counts = token_counts(tokenized.train, len(tokens), cfg.tokenizer)
     corpus = WordCorpus(
         tokenized.tokenizer, tokens, tokenized.train, counts, time.perf_counter() - started
     )
