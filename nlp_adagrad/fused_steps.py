@@ -74,6 +74,7 @@ class FusedSteps:
             [-Adagrad._clr(first + k, group) for k in range(steps)], dtype=torch.float64
         )
         updates, last_step = optimizer.row_counters(self.table)
+        fresh_limit, fresh = optimizer.fresh_rows(self.table)
         model = self.model
         sums = [s["sum"] for s in states]
         with torch.no_grad():
@@ -95,6 +96,8 @@ class FusedSteps:
                 model.embedding.mode == "mean",
                 model.slot_scratch(),
                 loss_sum,
+                fresh,
+                fresh_limit,
             )
         for state in states:
             state["step"] += len(losses)

@@ -292,6 +292,8 @@ class Snapshots:
     ):
         self.cfg, self.spec, self.optimizer, self.tables = cfg.telemetry, spec, optimizer, tables
         self.primary = next(iter(tables))
+        for table in tables.values():  # a snapshot's count of updated tokens, kept by the steps
+            optimizer.track_updated_rows(table, spec.num_tokens)
         # summarizing and writing a snapshot cost 10x reading it: done off the loop, in order
         # (nlp_adagrad.telemetry_writer); opened now, so a process is up by the first snapshot
         self._sink = open_sink(writer, spec)

@@ -232,3 +232,27 @@ def test_snapshots_written_off_the_loop_hold_the_rates_of_their_step(tmp_path, m
     for run_dir in ("process", "later", "inline"):
         x = torch.load(tmp_path / run_dir / "checkpoints/step_000000009.pt", weights_only=True)
         assert x["telemetry_first"] == y["telemetry_first"] and x["telemetry_first"]
+
+
+def test_the_fused_steps_keep_the_count_of_updated_tokens_a_snapshot_reads(tmp_path, monkeypatch):
+    """eff_lr/tokens_updated at every snapshot: kept by the fused C++ steps (2 threads, each
+    adding its rows) equals a pass over the counters, the bigram buckets after the words
+    left out."""
+    from nlp_adagrad.optim.base import RowOptimizer
+
+    overrides = [
+        "data.max_examples=300",
+        "model=fasttext",
+        "tokenizer.ngrams=2",
+        "tokenizer.buckets=5000",
+        "trainer.epochs=2",
+        "trainer.num_threads=2",
+    ]
+    train(make_config(*overrides), tmp_path / "kept")
+    monkeypatch.setattr(RowOptimizer, "track_updated_rows", lambda *args: None)
+    train(make_config(*overrides), tmp_path / "counted")
+    kept, counted = read_tb(tmp_path / "kept"), read_tb(tmp_path / "counted")
+    tag = "eff_lr/tokens_updated"
+    series = [(e.step, e.value) for e in kept.Scalars(tag)]
+    assert series == [(e.step, e.value) for e in counted.Scalars(tag)]
+    assert len(series) > 5 and series[0][1] < series[-1][1]

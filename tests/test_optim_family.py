@@ -304,3 +304,34 @@ def test_each_constructor_takes_its_configs_fields_with_the_configs_defaults(con
     taken.pop("total_steps", None)  # SGD's schedule length comes from the run, not the config
     fields = {f.name: f.default for f in dataclasses.fields(config_type) if f.name != "name"}
     assert taken == fields  # one place for defaults: the config dataclass
+
+
+@pytest.mark.parametrize("fused", [None, False], ids=["cpp counters", "torch counters"])
+def test_the_steps_keep_the_count_of_updated_rows_that_a_pass_over_them_gives(fused):
+    """What a snapshot reads as eff_lr/tokens_updated: kept by the steps below a limit (the
+    words, not the bigram buckets after them), equal to counting the counters, through
+    repeats of a zero-padded gradient, and counted again from a loaded state."""
+    rng = np.random.default_rng(0)
+    table = nn.Parameter(torch.randn(1_000, 4))
+    optimizer = Adagrad([table], lr=0.1, fused=fused)
+    optimizer.track_updated_rows(table, 600)
+    assert optimizer.updated_rows(table, 600) == 0
+    for step in range(40):
+        rows = torch.from_numpy(np.unique(rng.integers(0, 1_000, 60)))
+        values = torch.randn(len(rows), 4)
+        if step % 3 == 2:  # zero-padded: each row repeated once, the copy's values zero
+            rows = rows.repeat_interleave(2)
+            values = torch.stack([values, torch.zeros_like(values)], 1).reshape(-1, 4)
+        grad = torch.sparse_coo_tensor(rows[None], values, table.shape, check_invariants=True)
+        if step % 3 == 2:
+            setattr(grad, ZERO_PADDED, True)
+        table.grad = grad
+        optimizer.step()
+        counted = int((optimizer.row_updates(table)[:600] > 0).sum())
+        assert optimizer.updated_rows(table, 600) == counted, step
+    assert 300 < counted < 600
+    assert optimizer.updated_rows(table, 1_000) == int((optimizer.row_updates(table) > 0).sum())
+    fresh = Adagrad([table], lr=0.1, fused=fused)
+    fresh.track_updated_rows(table, 600)
+    fresh.load_state_dict(optimizer.state_dict())
+    assert fresh.updated_rows(table, 600) == counted

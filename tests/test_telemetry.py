@@ -94,6 +94,9 @@ class RowsRecorder:
     def row_updates(self, p):
         return self.updates
 
+    def updated_rows(self, p, limit):
+        return int((self.updates[:limit] > 0).sum())
+
     def rates_and_updates(self, p, rows):
         return self.effective_lr(p, rows), self.updates[rows]
 

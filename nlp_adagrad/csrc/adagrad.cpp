@@ -15,14 +15,17 @@
 
 #include "rows.h"
 
+#include <atomic>
 #include <cmath>
 
 namespace adagrad {
 
 void step_rows(float* w, float* G, const int64_t* r, int64_t n, int64_t dim, const float* g,
-               float a, float e, int32_t* updates, int32_t* last_step, int64_t step) {
+               float a, float e, int32_t* updates, int32_t* last_step, int64_t step,
+               int64_t* fresh, int64_t fresh_limit) {
   at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(dim, 1)),
                    [&](int64_t begin, int64_t end) {
+    int64_t first_updates = 0;
     for (int64_t i = begin; i < end; ++i) {
       if (i + rows::kAhead < end) {  // scattered rows: ask for later ones early
         const int64_t later = r[i + rows::kAhead];
@@ -40,21 +43,30 @@ void step_rows(float* w, float* G, const int64_t* r, int64_t n, int64_t dim, con
         const float step = gi[j] / (std::sqrt(total) + e);
         wr[j] = std::fma(step, a, wr[j]);
       }
-      if (updates) updates[r[i]] += 1, last_step[r[i]] = (int32_t)step;
+      if (updates) {
+        first_updates += updates[r[i]] == 0 && r[i] < fresh_limit;
+        updates[r[i]] += 1, last_step[r[i]] = (int32_t)step;
+      }
     }
+    if (fresh != nullptr && first_updates)  // an integer sum: the same for any thread split
+      std::atomic_ref<int64_t>(*fresh).fetch_add(first_updates);
   });
 }
 
-void count_rows(int32_t* u, int32_t* last, const int64_t* r, int64_t n, int64_t step) {
+int64_t count_rows(int32_t* u, int32_t* last, const int64_t* r, int64_t n, int64_t step,
+                   int64_t fresh_limit) {
+  int64_t first_updates = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (i + rows::kAhead < n) {
       __builtin_prefetch(u + r[i + rows::kAhead], 1);
       __builtin_prefetch(last + r[i + rows::kAhead], 1);
     }
     if (i > 0 && r[i] == r[i - 1]) continue;
+    first_updates += u[r[i]] == 0 && r[i] < fresh_limit;
     u[r[i]] += 1;
     last[r[i]] = (int32_t)step;
   }
+  return first_updates;
 }
 
 }  // namespace adagrad
@@ -72,15 +84,15 @@ void adagrad_rows_(torch::Tensor weight, torch::Tensor sum, torch::Tensor rows,
 
 // The per-row counters telemetry reads (nlp_adagrad/optim/base.py), for the rows a sparse step
 // touched (a zero-padded gradient repeats a row right after its real entry). Three torch
-// calls in one.
-void count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tensor rows,
-                 int64_t step) {
+// calls in one. Returns the rows below `fresh_limit` updated for the first time.
+int64_t count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tensor rows,
+                    int64_t step, int64_t fresh_limit) {
   TORCH_CHECK(updates.scalar_type() == torch::kInt32 && last_step.scalar_type() == torch::kInt32 &&
                   rows.scalar_type() == torch::kInt64 && updates.is_contiguous() &&
                   last_step.is_contiguous(),
               "count_rows_: contiguous int32 counters and int64 rows on the CPU");
-  adagrad::count_rows(updates.data_ptr<int32_t>(), last_step.data_ptr<int32_t>(),
-                      rows.data_ptr<int64_t>(), rows.numel(), step);
+  return adagrad::count_rows(updates.data_ptr<int32_t>(), last_step.data_ptr<int32_t>(),
+                             rows.data_ptr<int64_t>(), rows.numel(), step, fresh_limit);
 }
 
 // Telemetry's read of rows `ids` (nlp_adagrad/optim/base.py: rate_per_row, rate_per_coordinate),

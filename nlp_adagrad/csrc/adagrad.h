@@ -9,13 +9,16 @@ namespace adagrad {
 // For each rows[i] (sorted; a repeat of the previous id is skipped) with gradient row
 // values[i]: G[r] += g * g; w[r] += alpha * g / (sqrt(G[r]) + eps). Split over torch's threads.
 // With `updates` and `last_step` (else null) it also counts the rows, as `count_rows`, in the
-// same pass over them: one wait for each scattered row's memory instead of two.
+// same pass over them: one wait for each scattered row's memory instead of two; and with
+// `fresh`, adds to *fresh the rows below `fresh_limit` updated for the first time.
 void step_rows(float* weight, float* sum, const int64_t* rows, int64_t n, int64_t dim,
                const float* values, float alpha, float eps, int32_t* updates = nullptr,
-               int32_t* last_step = nullptr, int64_t step = 0);
+               int32_t* last_step = nullptr, int64_t step = 0, int64_t* fresh = nullptr,
+               int64_t fresh_limit = 0);
 
-// updates[r] += 1 and last_step[r] = step, once per distinct row of the sorted `rows`.
-void count_rows(int32_t* updates, int32_t* last_step, const int64_t* rows, int64_t n,
-                int64_t step);
+// updates[r] += 1 and last_step[r] = step, once per distinct row of the sorted `rows`; returns
+// how many rows below `fresh_limit` that updated for the first time.
+int64_t count_rows(int32_t* updates, int32_t* last_step, const int64_t* rows, int64_t n,
+                   int64_t step, int64_t fresh_limit = 0);
 
 }  // namespace adagrad

@@ -2,7 +2,8 @@
 // batch of the chunk, what the Python loop does step by step (nlp_adagrad/recipes/classify.py
 // with the C++ kernels): gather the batch's documents from the split's CSR arrays, its loss
 // and gradients (bag.cpp), Adagrad's step on the touched rows and on the dense head and bias
-// (adagrad.cpp), the per-row counters, and the loss into the run's window sum. The same
+// (adagrad.cpp), the per-row counters (and `fresh`: the rows below `fresh_limit` updated for the
+// first time), and the loss into the run's window sum. The same
 // functions in the same order, so the numbers are the step-by-step path's bit for bit
 // (tested), and the chunk boundaries never change them.
 //
@@ -40,7 +41,8 @@ std::vector<torch::Tensor> classify_steps(
     torch::Tensor bias, torch::Tensor bias_sum, torch::Tensor updates, torch::Tensor last_step,
     torch::Tensor split_ids, torch::Tensor split_offsets, torch::Tensor split_labels,
     torch::Tensor docs, int64_t batch_size, torch::Tensor alphas, double eps,
-    int64_t first_step, bool mean, torch::Tensor slot_of, torch::Tensor loss_sum) {
+    int64_t first_step, bool mean, torch::Tensor slot_of, torch::Tensor loss_sum,
+    torch::Tensor fresh, int64_t fresh_limit) {
   const bool has_head = head.numel() > 0;
   for (const auto* t : {&table, &table_sum, &head, &head_sum, &bias, &bias_sum})
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == torch::kFloat32,
@@ -52,6 +54,8 @@ std::vector<torch::Tensor> classify_steps(
               "classify_steps: int32 row counters");
   TORCH_CHECK(alphas.scalar_type() == torch::kFloat64 && loss_sum.scalar_type() == torch::kFloat64,
               "classify_steps: float64 alphas and loss sum");
+  TORCH_CHECK(fresh.scalar_type() == torch::kInt64 && fresh.numel() == 1,
+              "classify_steps: one int64 count of rows updated for the first time");
   const int64_t dim = table.size(1), classes = bias.size(0), num_docs = docs.size(0);
   const int64_t steps = alphas.size(0);
   TORCH_CHECK(has_head || dim == classes, "classify_steps: without a head the table's width is the class count");
@@ -96,7 +100,8 @@ std::vector<torch::Tensor> classify_steps(
     const float a = (float)alpha[s];
     const int64_t n = (int64_t)g.rows.size();
     adagrad::step_rows(w, G, g.rows.data(), n, dim, g.table.data_ptr<float>(), a, e,
-                       updates.data_ptr<int32_t>(), last_step.data_ptr<int32_t>(), first_step + s);
+                       updates.data_ptr<int32_t>(), last_step.data_ptr<int32_t>(), first_step + s,
+                       fresh.data_ptr<int64_t>(), fresh_limit);
     if (has_head) adagrad::step_rows(W, WG, head_rows.data(), classes, dim, g.head.data_ptr<float>(), a, e);
     adagrad::step_rows(b, bG, &bias_row, 1, classes, g.bias.data_ptr<float>(), a, e);
     *window += (double)loss;

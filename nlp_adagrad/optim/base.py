@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.optim.optimizer as torch_optimizer
@@ -177,15 +178,52 @@ class RowOptimizer(torch.optim.Optimizer):
 
     def _count_rows(self, p, state: dict, rows: torch.Tensor, first: torch.Tensor | None) -> None:
         """updates[rows] += 1 and last_step[rows] = step, each distinct row once (`first`
-        marks them in a zero-padded gradient; None: all rows are distinct)."""
+        marks them in a zero-padded gradient; None: all rows are distinct); and the tracked
+        count of updated rows (`track_updated_rows`) grows by the rows updated first now."""
         updates, last_step = self.row_counters(p)
+        limit, fresh = self.fresh_rows(p)
         if self._kernels is not None and rows.device.type == "cpu":
-            self._kernels.count_rows_(updates, last_step, rows, state["step"])
+            added = self._kernels.count_rows_(updates, last_step, rows, state["step"], limit)
+            if limit:
+                fresh += added
             return
+        if limit:
+            distinct = rows if first is None else rows[first]
+            fresh += ((updates[distinct] == 0) & (distinct < limit)).sum()
         ones = torch.ones_like(rows, dtype=torch.int32) if first is None else first.to(torch.int32)
         updates.index_add_(0, rows, ones)
         # repeated rows of a zero-padded gradient all write the same step
         last_step.index_fill_(0, rows, state["step"])
+
+    def track_updated_rows(self, p: torch.Tensor, limit: int) -> None:
+        """Keep the number of rows of `p` below `limit` that any step updated, counted as the
+        steps count their rows, so a telemetry snapshot reads one number (`updated_rows`)
+        instead of passing over every row's counter: its cost stays with the sampled rows,
+        whatever the vocabulary. Counted from the counters now (a resumed run's too)."""
+        self._tracked()[p] = (limit, self._count_updated(p, limit))
+
+    def updated_rows(self, p: torch.Tensor, limit: int) -> int:
+        """Rows of `p` below `limit` that any step updated: the tracked count, else a pass
+        over the counters (NumPy's on the CPU: torch's builds a tensor of the nonzeros)."""
+        tracked_limit, count = self._tracked().get(p, (None, None))
+        if tracked_limit == limit:
+            return int(count)
+        return int(self._count_updated(p, limit))
+
+    def fresh_rows(self, p: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """(limit, int64 counter) a step adds the rows below limit it updated first to; for
+        an untracked parameter limit 0 (nothing counted) and a spare counter."""
+        tracked = self._tracked().get(p)
+        return tracked or (0, torch.zeros(1, dtype=torch.int64, device=p.device))
+
+    def _tracked(self) -> dict:
+        return self.__dict__.setdefault("_updated_rows", {})
+
+    def _count_updated(self, p: torch.Tensor, limit: int) -> torch.Tensor:
+        counters = self.row_updates(p)[:limit]
+        if counters.device.type == "cpu":
+            return torch.tensor([np.count_nonzero(counters.numpy())], dtype=torch.int64)
+        return torch.count_nonzero(counters).reshape(1).to(torch.int64)
 
     def row_counters(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(updates, last_step) of `p`, made at zero on its first sparse step."""
@@ -218,6 +256,8 @@ class RowOptimizer(torch.optim.Optimizer):
                 saved["last_step"] = updated.to(torch.int32) * int(state["step"])
             for key, value in saved.items():
                 state[key] = value.to(device, torch.int32)
+        for p, (limit, _) in self._tracked().items():  # counted again from what was loaded
+            self._tracked()[p] = (limit, self._count_updated(p, limit))
 
     _source: torch.Tensor | None = None  # set while stepping a zero-padded gradient
 
