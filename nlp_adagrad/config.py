@@ -441,9 +441,9 @@ class TrainerConfig:
 class TelemetryConfig:
     # Steps between effective-learning-rate snapshots, after log-spaced ones at steps 1, 2,
     # 3, 5, 10, 20, ... below it; 0 turns them off. A snapshot's read costs the loop ~0.2 ms
-    # (5,000 sampled rows; +0.1 ms per 3x10^5 words), the rest runs in the telemetry process
+    # (5,000 sampled rows, whatever the vocabulary), the rest runs in the telemetry process
     # (in the loop, ~0.7 ms more, when training takes every core): ~3% of BBC News's loop in
-    # snapshots, ~9% on the whole loop (README, Performance).
+    # snapshots, ~8% on the whole loop (README, Performance).
     every: int = 50
     # Tokens a snapshot reads at most: larger vocabularies are sampled by count bucket
     # (seeded, weighted), so a snapshot's cost stays flat; final metrics read every token.
