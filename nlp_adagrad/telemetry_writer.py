@@ -57,10 +57,12 @@ def open_sink(writer: MetricWriter, spec: TelemetrySpec) -> SnapshotSink:
 
 
 def spare_core() -> bool:
-    """Whether the training threads leave a core of this process's for the telemetry."""
+    """Whether the training threads leave a core of this process's for the telemetry: those
+    of every process torchrun started on this machine (`LOCAL_WORLD_SIZE`) count."""
     import torch
 
-    return torch.get_num_threads() < len(os.sched_getaffinity(0))
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return torch.get_num_threads() * processes < len(os.sched_getaffinity(0))
 
 
 class InlineSink:

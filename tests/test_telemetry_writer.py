@@ -180,4 +180,6 @@ def test_the_loop_writes_the_telemetry_when_training_takes_every_core(tmp_path, 
         return type(sink)
 
     assert at_thread_counts(sink_kind, counts=(1, 2, 3)) == [ProcessSink, InlineSink, InlineSink]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks here take both cores
+    assert at_thread_counts(sink_kind, counts=(1,)) == [InlineSink]
     writer.close()
