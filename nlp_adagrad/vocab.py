@@ -3,6 +3,8 @@
 A split becomes an `EncodedSplit`, token ids in CSR form (one flat id array plus per-document
 offsets), read straight out of the Arrow column that `datasets.map` produced. Unknown words are
 dropped, as fastText drops them; bigrams are hashed into `buckets` extra rows after the words.
+A trained tokenizer travels as a `WordTokenizer`: the JSON tokenizers reads and writes, and its
+words in id order; the `tokenizers.Tokenizer` itself is made only for text that needs it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ def train_tokenizer(texts: datasets.Dataset, cfg: TokenizerConfig) -> Tokenizer:
 
 @dataclass
 class TrainedVocabulary:
+    """What training a tokenizer leaves: the tokenizer, its lookup, and with the kernel the
+    training texts' ids it met while counting."""
+
     tokenizer: WordTokenizer
     lookup: WordIds  # the kernel's lookup of the words, or tokenizers' encoding
     train_ids: pa.ListArray | None  # the training texts' ids, found while counting (kernel)
