@@ -70,11 +70,7 @@ class WordTokenizer:
         """A saved tokenizer's JSON and words, without making the tokenizer (a damaged file
         raises ValueError or KeyError)."""
         text = path.read_text(encoding="utf-8")
-        vocab = json.loads(text)["model"]["vocab"]
-        tokens = [""] * len(vocab)
-        for token, i in vocab.items():
-            tokens[i] = token
-        return cls(text, tokens)
+        return cls(text, _in_id_order(json.loads(text)["model"]["vocab"]))
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
@@ -211,7 +207,11 @@ def _text_batches(ds: datasets.Dataset, size: int = 1000):
 
 def vocabulary(tokenizer: Tokenizer) -> list[str]:
     """Tokens in id order."""
-    vocab = tokenizer.get_vocab()
+    return _in_id_order(tokenizer.get_vocab())
+
+
+def _in_id_order(vocab: dict[str, int]) -> list[str]:
+    """The tokens of a token -> id map, listed by id."""
     tokens = [""] * len(vocab)
     for token, i in vocab.items():
         tokens[i] = token

@@ -337,7 +337,9 @@ class WordCounts {
   explicit WordCounts(bool lowercase) : lowercase_(lowercase) {}
 
   torch::Tensor count(pybind11::buffer data, torch::Tensor starts, torch::Tensor ends) {
-    TORCH_CHECK(counted_.empty() && !numbered_, "WordCounts: one count(), before ranked()");
+    // count() makes counts_ from its first range's table: nothing may be counted before it
+    TORCH_CHECK(counted_.empty() && counts_.size() == 0 && !numbered_,
+                "WordCounts: one count(), before add() and ranked()");
     const pybind11::buffer_info info = data.request();
     const Texts texts = texts_of(info, starts, ends);
     pybind11::gil_scoped_release unlocked;

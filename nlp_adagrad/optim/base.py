@@ -181,13 +181,13 @@ class RowOptimizer(torch.optim.Optimizer):
         marks them in a zero-padded gradient; None: all rows are distinct); and the tracked
         count of updated rows (`track_updated_rows`) grows by the rows updated first now."""
         updates, last_step = self.row_counters(p)
-        limit, fresh = self.fresh_rows(p)
+        limit, fresh = self._tracked().get(p, (0, None))  # untracked: nothing to add to
         if self._kernels is not None and rows.device.type == "cpu":
             added = self._kernels.count_rows_(updates, last_step, rows, state["step"], limit)
-            if limit:
+            if fresh is not None:
                 fresh += added
             return
-        if limit:
+        if fresh is not None:
             distinct = rows if first is None else rows[first]
             fresh += ((updates[distinct] == 0) & (distinct < limit)).sum()
         ones = torch.ones_like(rows, dtype=torch.int32) if first is None else first.to(torch.int32)

@@ -21,10 +21,14 @@ log = logging.getLogger("nlp_adagrad.train")
 @dataclass
 class WordCorpus:
     tokenizer: WordTokenizer
-    tokens: list[str]  # the vocabulary in id order; id 0 is the unknown token, never trained
     text: EncodedSplit  # every document's ids (unknown words dropped, as word2vec drops them)
     counts: np.ndarray  # occurrences of each id in `text`
     prepare_seconds: float  # raw text in memory -> ids and counts
+
+    @property
+    def tokens(self) -> list[str]:
+        """The vocabulary in id order; id 0 is the unknown token, never trained."""
+        return self.tokenizer.tokens
 
 
 def word_corpus(cfg: Config) -> WordCorpus:
@@ -36,9 +40,7 @@ def word_corpus(cfg: Config) -> WordCorpus:
     tokens = tokenized.tokens
     warn_unusual_documents(tokenized.train, "text")
     counts = token_counts(tokenized.train, len(tokens), cfg.tokenizer)
-    corpus = WordCorpus(
-        tokenized.tokenizer, tokens, tokenized.train, counts, time.perf_counter() - started
-    )
+    corpus = WordCorpus(tokenized.tokenizer, tokenized.train, counts, time.perf_counter() - started)
     log.info(
         "data=%s: %d documents, %d words in the vocabulary (min_count %d), %d training words",
         cfg.data.name,
