@@ -150,9 +150,11 @@ class RunState:
         now = time.perf_counter()
         self.loop_seconds += now - self.window_start
         tokens_per_sec = self.window_tokens / max(now - self.window_start, 1e-9)
-        writer.scalar("train/loss", self.train_loss, self.step)
-        writer.scalar("train/tokens_per_sec", tokens_per_sec, self.step)
-        bar.set_postfix(loss=f"{self.train_loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
+        writer.scalars(
+            {"train/loss": self.train_loss, "train/tokens_per_sec": tokens_per_sec}, self.step
+        )
+        if not bar.disable:  # formatting the postfix costs a hidden bar too
+            bar.set_postfix(loss=f"{self.train_loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
         self.loss_sum.zero_()
         self.window_steps, self.window_tokens = 0, 0
         self.window_start = time.perf_counter()
@@ -398,12 +400,21 @@ class Intervals:
         self.state.loss_sum += loss.detach().double()
         return self.after_steps(loss, 1, tokens)
 
-    def after_steps(self, loss: torch.Tensor, steps: int, tokens: int) -> bool:
+    def after_steps(
+        self, loss: torch.Tensor, steps: int, tokens: int, checked: bool = False
+    ) -> bool:
         """Book `steps` steps just taken (`tokens` in all), their losses already summed into
         the window, `loss` the last one's; True when it was the run's last. Nothing may fall
-        due before the last of them (`steps_to_next_event`): the guard judges the last."""
+        due before the last of them (`steps_to_next_event`): the guard judges the last, unless
+        every step's loss and gradients were `checked` finite as they were taken (the fused
+        steps check each one and stop at the first that is not)."""
         state, trainer = self.state, self.trainer
-        self.checkpoints.after_step(loss, state.step + steps)
+        if not checked:
+            try:
+                self.checkpoints.after_step(loss, state.step + steps)
+            except TrainingDiverged:
+                self._close_outputs()  # the TensorBoard events up to the step before stay
+                raise
         state.add_steps(steps, tokens)
         self.bar.update(steps)
         step, last = state.step, state.step >= self.total_steps
@@ -414,13 +425,18 @@ class Intervals:
             self.snapshots.settle(state)
             self.checkpoints.last = self.save()
         if self.stop.requested and not last:
-            self.bar.close()
             self.snapshots.settle(state)
             saved = self.save()
-            self.snapshots.close()  # its events on disk before the command returns
-            self.writer.close()
+            self._close_outputs()
             raise TrainingInterrupted(step, saved)
         return last
+
+    def _close_outputs(self) -> None:
+        """The progress bar, telemetry and TensorBoard closed, their events on disk before
+        the command returns: a run that stops early keeps what it wrote."""
+        self.bar.close()
+        self.snapshots.close()
+        self.writer.close()
 
     def steps_to_next_event(self, limit: int) -> int:
         """Steps from now to the next one after which something is due (a log point, a

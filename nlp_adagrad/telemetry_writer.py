@@ -249,8 +249,8 @@ def serve(inbox: Connection, outbox: Connection) -> None:
         while not closing:
             try:
                 message = inbox.recv()
-            except EOFError:  # the trainer is gone: keep what was written
-                return
+            except (EOFError, OSError):  # the trainer is gone, maybe mid-message: keep what
+                return  # was written
             kind = message[0]
             closing = kind == "close"
             if kind == "open":

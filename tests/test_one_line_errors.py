@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -264,3 +265,30 @@ def test_an_absurd_weight_decay_ends_with_one_line_not_a_finite_wrong_result(tmp
     assert "optimizer state" in line and "optim.weight_decay (now 1e+30)" in line
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_diverged_fused_run_is_one_line_and_keeps_its_tensorboard_events(tmp_path):
+    """fastText's model at lr 1e38 goes non-finite at step 6 inside the fused C++ steps: the
+    guard names it in one line, and the events written before stay on disk (they were lost
+    with the unclosed writers, and the telemetry process printed a traceback)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    proc = run_cli(
+        *SMALL,
+        "model=fasttext",
+        "optim.lr=1e38",
+        "trainer.log_every=2",
+        "hydra.run.dir=run",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 3, proc.stdout[-2000:]
+    (line,) = error_lines(proc)
+    diverged = int(re.search(r"non-finite loss at step (\d+)", line)[1])
+    assert "Traceback" not in proc.stdout + proc.stderr
+    (logdir,) = (tmp_path / "run" / "tb").iterdir()
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    logged = [e.step for e in events.Scalars("train/loss")]
+    assert logged[:2] == [2, 4] and max(logged) < diverged
+    snapshots = [e.step for e in events.Scalars("eff_lr/common")]
+    assert snapshots and max(snapshots) < diverged

@@ -183,3 +183,26 @@ def test_the_loop_writes_the_telemetry_when_training_takes_every_core(tmp_path, 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks here take both cores
     assert at_thread_counts(sink_kind, counts=(1,)) == [InlineSink]
     writer.close()
+
+
+def test_held_scalars_keep_their_time_and_order_and_reach_the_file_by_close(tmp_path):
+    """TensorBoardWriter hands scalar events to SummaryWriter's thread in bunches (a hand-over
+    per log point cost the loop its interpreter lock): each keeps the time it was logged, and
+    a histogram or the close hands over everything logged before it."""
+    import time
+
+    writer = TensorBoardWriter(tmp_path)
+    writer.scalar("train/loss", 1.0, 1)
+    logged = time.time()
+    time.sleep(0.2)
+    writer.scalars({"train/loss": 0.5, "train/tokens_per_sec": 10.0, "nan": float("nan")}, 2)
+    writer.histograms({"h": np.arange(5.0)}, 2)
+    writer.scalar("train/loss", 0.25, 3)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    events.Reload()
+    loss = events.Scalars("train/loss")
+    assert [(e.step, e.value) for e in loss] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert loss[0].wall_time <= logged < loss[1].wall_time
+    assert [e.step for e in events.Scalars("train/tokens_per_sec")] == [2]
+    assert "nan" not in events.Tags()["scalars"] and events.Tags()["histograms"] == ["h"]

@@ -132,14 +132,14 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
             at = start_batch if epoch == start_epoch else 0  # the epoch's next batch
             while at < steps_per_epoch:
                 if fused is not None:  # the steps up to the next event in one C++ call
-                    steps = min(
+                    asked = min(
                         intervals.steps_to_next_event(MAX_FUSED_STEPS), steps_per_epoch - at
                     )
-                    docs = batches(order, batch_size, at, steps)
+                    docs = batches(order, batch_size, at, asked)
                     losses = fused(docs, batch_size, state.loss_sum)
                     steps = len(losses)  # fewer only when a step went non-finite
                     tokens = int(doc_lengths[docs[: steps * batch_size]].sum())
-                    last = intervals.after_steps(losses[-1], steps, tokens)
+                    last = intervals.after_steps(losses[-1], steps, tokens, steps == asked)
                 else:
                     global_docs = batches(order, batch_size, at)
                     optimizer.zero_grad(set_to_none=True)
