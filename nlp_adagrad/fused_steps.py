@@ -1,7 +1,9 @@
 """Several Adagrad steps of a bag classifier in one C++ call (csrc/classify_steps.cpp), for
 the stretches of a run where nothing in Python needs to see the steps in between: the loop
-(nlp_adagrad/recipes/classify.py) hands it the batches up to the next log point, snapshot,
-evaluation or checkpoint (`Intervals.steps_to_next_event`).
+(nlp_adagrad/recipes/classify.py) hands it the batches up to the next snapshot, evaluation or
+checkpoint (`Intervals.steps_to_next_event`). Log points may fall inside a chunk: each step's
+loss and end time come back, and `Intervals.after_chunk` closes those windows as the steps
+did.
 
 The numbers are those of stepping one batch at a time with the kernels, bit for bit (tested,
 resumed runs included), so it is no setting: it runs wherever it applies, and saves the
@@ -13,7 +15,9 @@ weight decay, not maximizing, one parameter group and no step hooks; elsewhere
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +26,13 @@ from nlp_adagrad.models import NO_HEAD, BagClassifier
 from nlp_adagrad.optim.adagrad import Adagrad, fusable
 from nlp_adagrad.optim.base import hooks_or_profiler
 from nlp_adagrad.vocab import EncodedSplit
+
+
+class Chunk(NamedTuple):
+    """What a chunk of fused steps gives back, one entry per step taken."""
+
+    losses: torch.Tensor  # float32 mean losses
+    ends: np.ndarray  # when each step ended, on time.perf_counter's clock
 
 
 class FusedSteps:
@@ -59,11 +70,11 @@ class FusedSteps:
             return None
         return fused
 
-    def __call__(self, docs: np.ndarray, batch_size: int, loss_sum: torch.Tensor) -> torch.Tensor:
+    def __call__(self, docs: np.ndarray, batch_size: int) -> Chunk:
         """Steps on the batches of `docs` (`batch_size` documents each, the last maybe
-        fewer), their mean losses added to `loss_sum`; their losses (float32), one per step
-        taken. After a step whose loss or gradients are not finite it stops, as the loop's
-        guard does, and that step's gradients are left in `.grad` for the guard to name."""
+        fewer): their losses and end times, one per step taken. After a step whose loss or
+        gradients are not finite it stops, as the loop's guard does, and that step's
+        gradients are left in `.grad` for the guard to name."""
         optimizer, group = self.optimizer, self.group
         states = [optimizer.state[p] for p in self.params]
         first = states[0]["step"] + 1
@@ -77,8 +88,9 @@ class FusedSteps:
         fresh_limit, fresh = optimizer.fresh_rows(self.table)
         model = self.model
         sums = [s["sum"] for s in states]
+        called = time.perf_counter()
         with torch.no_grad():
-            losses, rows, row_grads, head_grad, bias_grad = self.kernel.classify_steps(
+            losses, seconds, rows, row_grads, head_grad, bias_grad = self.kernel.classify_steps(
                 self.table,
                 sums[0],
                 NO_HEAD if self.head is None else self.head,
@@ -95,11 +107,10 @@ class FusedSteps:
                 first,
                 model.embedding.mode == "mean",
                 model.slot_scratch(),
-                loss_sum,
                 fresh,
                 fresh_limit,
             )
         for state in states:
             state["step"] += len(losses)
         model.set_gradients(rows, row_grads, None if self.head is None else head_grad, bias_grad)
-        return losses
+        return Chunk(losses, called + seconds.numpy())

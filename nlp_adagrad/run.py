@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from nlp_adagrad.optim import Adagrad, RowOptimizer
 from nlp_adagrad.run_dir import write_json
 from nlp_adagrad.telemetry_writer import open_sink, spare_core, start_ahead
 from nlp_adagrad.writer import MetricWriter, NullWriter, TensorBoardWriter
+
+if TYPE_CHECKING:
+    from nlp_adagrad.fused_steps import Chunk
 
 log = logging.getLogger("nlp_adagrad.train")
 
@@ -137,6 +141,14 @@ class RunState:
             "telemetry_first": self.first_snapshot,
         }
 
+    def add_losses(self, losses: list[float]) -> None:
+        """Steps' losses into `loss_sum` one at a time in float64, as the step-by-step loop
+        adds them (a pairwise sum would round differently)."""
+        total = float(self.loss_sum)
+        for loss in losses:
+            total += loss
+        self.loss_sum.fill_(total)
+
     def add_steps(self, steps: int, tokens: int) -> None:
         """Book steps whose losses are already in `loss_sum`."""
         self.step += steps
@@ -144,10 +156,11 @@ class RunState:
         self.window_steps += steps
         self.window_tokens += tokens
 
-    def close_window(self, writer: MetricWriter, bar: tqdm) -> None:
-        """train/loss (the window's mean) and train/tokens_per_sec, then a new window."""
+    def close_window(self, writer: MetricWriter, bar: tqdm, ended: float | None = None) -> None:
+        """train/loss (the window's mean) and train/tokens_per_sec, then a new window; `ended`:
+        when the window's last step ended, for a window closed after later steps ran."""
         self.train_loss = float(self.loss_sum) / self.window_steps
-        now = time.perf_counter()
+        now = time.perf_counter() if ended is None else ended
         self.loop_seconds += now - self.window_start
         tokens_per_sec = self.window_tokens / max(now - self.window_start, 1e-9)
         writer.scalars(
@@ -157,7 +170,7 @@ class RunState:
             bar.set_postfix(loss=f"{self.train_loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}")
         self.loss_sum.zero_()
         self.window_steps, self.window_tokens = 0, 0
-        self.window_start = time.perf_counter()
+        self.window_start = time.perf_counter() if ended is None else ended
 
     def timing_metrics(self, prepare_seconds: float) -> dict[str, float]:
         return {
@@ -400,6 +413,23 @@ class Intervals:
         self.state.loss_sum += loss.detach().double()
         return self.after_steps(loss, 1, tokens)
 
+    def after_chunk(self, chunk: Chunk, tokens: np.ndarray, checked: bool) -> bool:
+        """Book a chunk of fused steps (`tokens`: each step's): the log windows that end
+        inside it closed at their last step's end, then its last step as `after_steps`
+        books it; True when that was the run's last. `checked`: the kernel found every
+        step's loss and gradients finite."""
+        every, first = self.trainer.log_every, self.state.step + 1
+        losses, booked = chunk.losses.tolist(), 0
+        for k in range(len(losses) - 1):
+            if every and (first + k) % every == 0:
+                self.state.add_losses(losses[booked : k + 1])
+                self._book(k + 1 - booked, int(tokens[booked : k + 1].sum()))
+                self.state.close_window(self.writer, self.bar, ended=float(chunk.ends[k]))
+                booked = k + 1
+        self.state.add_losses(losses[booked:])
+        rest = len(losses) - booked
+        return self.after_steps(chunk.losses[-1], rest, int(tokens[booked:].sum()), checked)
+
     def after_steps(
         self, loss: torch.Tensor, steps: int, tokens: int, checked: bool = False
     ) -> bool:
@@ -415,8 +445,7 @@ class Intervals:
             except TrainingDiverged:
                 self._close_outputs()  # the TensorBoard events up to the step before stay
                 raise
-        state.add_steps(steps, tokens)
-        self.bar.update(steps)
+        self._book(steps, tokens)
         step, last = state.step, state.step >= self.total_steps
         if (trainer.log_every and step % trainer.log_every == 0) or last:
             state.close_window(self.writer, self.bar)
@@ -431,6 +460,10 @@ class Intervals:
             raise TrainingInterrupted(step, saved)
         return last
 
+    def _book(self, steps: int, tokens: int) -> None:
+        self.state.add_steps(steps, tokens)
+        self.bar.update(steps)
+
     def _close_outputs(self) -> None:
         """The progress bar, telemetry and TensorBoard closed, their events on disk before
         the command returns: a run that stops early keeps what it wrote."""
@@ -438,12 +471,17 @@ class Intervals:
         self.snapshots.close()
         self.writer.close()
 
-    def steps_to_next_event(self, limit: int) -> int:
-        """Steps from now to the next one after which something is due (a log point, a
-        snapshot, an evaluation, a checkpoint, the end), at most `limit`: how many steps
-        may run without Python seeing them (nlp_adagrad.fused_steps)."""
+    def steps_to_next_event(self, limit: int, log_points: bool = True) -> int:
+        """Steps from now to the next one after which something is due (a log point unless
+        `log_points` is False, a snapshot, an evaluation, a checkpoint, the end), at most
+        `limit`: how many steps may run without Python seeing them (nlp_adagrad.fused_steps,
+        whose chunks cross log points: `after_chunk`)."""
         trainer, step = self.trainer, self.state.step
-        every = (trainer.log_every, trainer.eval_every, trainer.checkpoint_every)
+        every = (
+            trainer.log_every if log_points else 0,
+            trainer.eval_every,
+            trainer.checkpoint_every,
+        )
         intervals = [e for e in every if e]
         for n in range(1, limit):
             after = step + n

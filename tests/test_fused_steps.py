@@ -14,6 +14,7 @@ from nlp_adagrad.guard import DivergenceGuard
 from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.models import FastText, LogReg
 from nlp_adagrad.optim import SGD, Adagrad
+from nlp_adagrad.run import RunState
 from nlp_adagrad.train import train
 from nlp_adagrad.vocab import EncodedSplit
 from tests.helpers import make_config
@@ -77,14 +78,16 @@ def test_fused_chunks_equal_batch_by_batch_steps_bit_for_bit(kind, mode):
     model, optimizer = _trainer(kind, mode)
     fused = FusedSteps.for_run(model, optimizer, kernel, split)
     assert fused is not None
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    state = RunState.fresh(torch.device("cpu"))
     losses, begin = [], 0
     for steps in (3, 1, 4):  # 8 batches: chunk boundaries must not matter
-        chunk = order[begin * BATCH : (begin + steps) * BATCH]
-        losses += fused(chunk, BATCH, loss_sum).tolist()
+        chunk = fused(order[begin * BATCH : (begin + steps) * BATCH], BATCH)
+        assert len(chunk.ends) == steps and np.all(np.diff(chunk.ends) >= 0)
+        state.add_losses(chunk.losses.tolist())
+        losses += chunk.losses.tolist()
         begin += steps
     assert losses == expected
-    got = _everything(model, optimizer, loss_sum)
+    got = _everything(model, optimizer, state.loss_sum)
     assert len(got) == len(want)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
@@ -102,7 +105,7 @@ def test_fused_steps_stop_after_the_first_non_finite_step_for_the_guard_to_name(
         model.embedding.weight[ROWS - 1] = float("inf")
     fused = FusedSteps.for_run(model, optimizer, kernel, split)
     order = np.arange(15)
-    losses = fused(np.concatenate([order, order]), BATCH, torch.zeros((), dtype=torch.float64))
+    losses = fused(np.concatenate([order, order]), BATCH).losses
     assert len(losses) == 3 and not losses[-1].isfinite() and losses[:2].isfinite().all()
     assert optimizer.state[model.embedding.weight]["step"] == 3
     assert DivergenceGuard(model).after_step(losses[-1], 3) == "loss at step 3"
@@ -143,9 +146,9 @@ def test_a_run_with_fused_steps_writes_what_batch_by_batch_steps_write(tmp_path,
     calls = []
     call = FusedSteps.__call__
 
-    def counted(self, docs, batch_size, loss_sum):
+    def counted(self, docs, batch_size):
         calls.append(len(docs))
-        return call(self, docs, batch_size, loss_sum)
+        return call(self, docs, batch_size)
 
     monkeypatch.setattr(FusedSteps, "__call__", counted)
     fused = train(make_config(*overrides), tmp_path / "fused")

@@ -2,10 +2,11 @@
 // batch of the chunk, what the Python loop does step by step (nlp_adagrad/recipes/classify.py
 // with the C++ kernels): gather the batch's documents from the split's CSR arrays, its loss
 // and gradients (bag.cpp), Adagrad's step on the touched rows and on the dense head and bias
-// (adagrad.cpp), the per-row counters (and `fresh`: the rows below `fresh_limit` updated for the
-// first time), and the loss into the run's window sum. The same
-// functions in the same order, so the numbers are the step-by-step path's bit for bit
-// (tested), and the chunk boundaries never change them.
+// (adagrad.cpp) and the per-row counters (and `fresh`: the rows below `fresh_limit` updated for
+// the first time). The same functions in the same order, so the numbers are the step-by-step
+// path's bit for bit (tested), and the chunk boundaries never change them. Each step's loss and
+// the time it ended come back: the loop sums the losses into its log windows, which a chunk may
+// cross, and times each window to its own last step.
 //
 // Why: in Python a step costs ~0.3 ms of calls and tensor wrappers between the kernels, half
 // the step on a large corpus; here the loop runs once per chunk (nlp_adagrad/fused_steps.py).
@@ -16,6 +17,7 @@
 #include "bag.h"
 #include "rows.h"
 
+#include <chrono>
 #include <cmath>
 
 namespace {
@@ -32,8 +34,9 @@ bool all_finite(const torch::Tensor& t) {
 
 }  // namespace
 
-// {per-step mean losses (float32, one per step taken), and the last step's rows, row
-// gradients, head gradient (empty for logreg) and bias gradient}. `docs` holds the chunk's
+// {per-step mean losses (float32, one per step taken), the seconds from the call to each of
+// those steps' end (float64), and the last step's rows, row gradients, head gradient (empty for
+// logreg) and bias gradient}. `docs` holds the chunk's
 // documents in order, `batch_size` per step (the last batch may be smaller); `alphas` the
 // steps' -lr (one per batch); `first_step` the step number of the first (the counters').
 std::vector<torch::Tensor> classify_steps(
@@ -41,8 +44,9 @@ std::vector<torch::Tensor> classify_steps(
     torch::Tensor bias, torch::Tensor bias_sum, torch::Tensor updates, torch::Tensor last_step,
     torch::Tensor split_ids, torch::Tensor split_offsets, torch::Tensor split_labels,
     torch::Tensor docs, int64_t batch_size, torch::Tensor alphas, double eps,
-    int64_t first_step, bool mean, torch::Tensor slot_of, torch::Tensor loss_sum,
-    torch::Tensor fresh, int64_t fresh_limit) {
+    int64_t first_step, bool mean, torch::Tensor slot_of, torch::Tensor fresh,
+    int64_t fresh_limit) {
+  const auto called = std::chrono::steady_clock::now();
   const bool has_head = head.numel() > 0;
   for (const auto* t : {&table, &table_sum, &head, &head_sum, &bias, &bias_sum})
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == torch::kFloat32,
@@ -52,8 +56,7 @@ std::vector<torch::Tensor> classify_steps(
               "classify_steps: each accumulator has its parameter's shape");
   TORCH_CHECK(updates.scalar_type() == torch::kInt32 && last_step.scalar_type() == torch::kInt32,
               "classify_steps: int32 row counters");
-  TORCH_CHECK(alphas.scalar_type() == torch::kFloat64 && loss_sum.scalar_type() == torch::kFloat64,
-              "classify_steps: float64 alphas and loss sum");
+  TORCH_CHECK(alphas.scalar_type() == torch::kFloat64, "classify_steps: float64 alphas");
   TORCH_CHECK(fresh.scalar_type() == torch::kInt64 && fresh.numel() == 1,
               "classify_steps: one int64 count of rows updated for the first time");
   const int64_t dim = table.size(1), classes = bias.size(0), num_docs = docs.size(0);
@@ -73,7 +76,6 @@ std::vector<torch::Tensor> classify_steps(
   const int64_t* labels = split_labels.data_ptr<int64_t>();
   const int64_t* doc = docs.data_ptr<int64_t>();
   const double* alpha = alphas.data_ptr<double>();
-  double* window = loss_sum.data_ptr<double>();
   const float e = (float)eps;
 
   // the dense layer is all rows of itself (its elementwise step, whatever the row shape)
@@ -81,6 +83,7 @@ std::vector<torch::Tensor> classify_steps(
   for (int64_t c = 0; c < classes; ++c) head_rows[c] = c;
   const int64_t bias_row = 0;
   std::vector<float> losses;
+  std::vector<double> ends;
   std::vector<int64_t> batch_ids, batch_offsets, batch_labels;
   bag::Gradients g;
   for (int64_t s = 0; s < steps; ++s) {
@@ -104,13 +107,15 @@ std::vector<torch::Tensor> classify_steps(
                        fresh.data_ptr<int64_t>(), fresh_limit);
     if (has_head) adagrad::step_rows(W, WG, head_rows.data(), classes, dim, g.head.data_ptr<float>(), a, e);
     adagrad::step_rows(b, bG, &bias_row, 1, classes, g.bias.data_ptr<float>(), a, e);
-    *window += (double)loss;
     losses.push_back(loss);
+    ends.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - called).count());
     if (!(std::isfinite(loss) && all_finite(g.table) && all_finite(g.head) && all_finite(g.bias)))
       break;
   }
   auto out = torch::empty({(int64_t)losses.size()}, torch::kFloat32);
   std::copy(losses.begin(), losses.end(), out.data_ptr<float>());
-  return {out, rows::to_tensor(g.rows), g.table,
+  auto seconds = torch::empty({(int64_t)ends.size()}, torch::kFloat64);
+  std::copy(ends.begin(), ends.end(), seconds.data_ptr<double>());
+  return {out, seconds, rows::to_tensor(g.rows), g.table,
           has_head ? g.head : torch::empty({0}, torch::kFloat32), g.bias};
 }

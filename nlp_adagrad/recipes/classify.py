@@ -133,13 +133,15 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
             while at < steps_per_epoch:
                 if fused is not None:  # the steps up to the next event in one C++ call
                     asked = min(
-                        intervals.steps_to_next_event(MAX_FUSED_STEPS), steps_per_epoch - at
+                        intervals.steps_to_next_event(MAX_FUSED_STEPS, log_points=False),
+                        steps_per_epoch - at,
                     )
                     docs = batches(order, batch_size, at, asked)
-                    losses = fused(docs, batch_size, state.loss_sum)
-                    steps = len(losses)  # fewer only when a step went non-finite
-                    tokens = int(doc_lengths[docs[: steps * batch_size]].sum())
-                    last = intervals.after_steps(losses[-1], steps, tokens, steps == asked)
+                    chunk = fused(docs, batch_size)
+                    steps = len(chunk.losses)  # fewer only when a step went non-finite
+                    lengths = doc_lengths[docs[: steps * batch_size]]
+                    tokens = np.add.reduceat(lengths, np.arange(0, len(lengths), batch_size))
+                    last = intervals.after_chunk(chunk, tokens, checked=steps == asked)
                 else:
                     global_docs = batches(order, batch_size, at)
                     optimizer.zero_grad(set_to_none=True)
