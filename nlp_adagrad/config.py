@@ -442,7 +442,7 @@ class TelemetryConfig:
     # Steps between effective-learning-rate snapshots, after log-spaced ones at steps 1, 2,
     # 3, 5, 10, 20, ... below it; 0 turns them off. A snapshot's read costs the loop ~0.2 ms
     # (5,000 sampled rows, whatever the vocabulary), the rest runs in the telemetry process
-    # (in the loop, ~0.7 ms more, when training takes every core): ~3% of BBC News's loop in
+    # (in the loop, ~0.7 ms more, when training takes every core): ~3-4% of BBC News's loop in
     # snapshots, ~8% on the whole loop (README, Performance).
     every: int = 50
     # Tokens a snapshot reads at most: larger vocabularies are sampled by count bucket

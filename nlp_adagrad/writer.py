@@ -181,7 +181,7 @@ class TensorBoardWriter:
         Events are held for up to HOLD_SECONDS and handed over together: each hand-over
         wakes SummaryWriter's writer thread, which then takes the interpreter lock from the
         loop (~0.15 ms a log point, a quarter of a small classifier's loop at log_every=10).
-        The file is flushed every 30 s anyway, so a reader sees them no later.
+        SummaryWriter flushes its file every 30 s, so a reader waits for that anyway.
         """
         from tensorboard.compat.proto.event_pb2 import Event
 
