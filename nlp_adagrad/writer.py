@@ -72,7 +72,7 @@ def _tensorflow_bins() -> np.ndarray:
 
 
 TENSORFLOW_BINS = _tensorflow_bins()
-HOLD_SECONDS = 1.0  # longest a scalar event waits before TensorBoardWriter hands it over
+HOLD_SECONDS = 1.0  # longest a scalar event or a loop-written snapshot is held back
 
 
 def scalars_summary(values: dict[str, float]):

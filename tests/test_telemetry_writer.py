@@ -134,6 +134,38 @@ def test_the_process_and_the_loop_write_and_summarize_what_the_thread_does(tmp_p
     assert {"eff_lr_log10_hist/count_1e0", "eff_lr_log10_coord_hist/count_1e0"} <= set(histograms)
 
 
+def test_the_loop_holds_its_snapshots_back_at_most_the_hold_time(tmp_path, monkeypatch):
+    """InlineSink writes its readings together (written right after a chunk of steps, a
+    snapshot found its code and data out of cache): held until the hold time has passed
+    since the first, or until results() or close() asks, and always in order."""
+    from nlp_adagrad import telemetry_writer
+
+    spec, readings = _snapshots()
+    monkeypatch.setattr(telemetry_writer, "HOLD_SECONDS", 3600)
+    held = InlineSink(tmp_path / "held", spec)
+    for reading, step, histograms in readings[:3]:
+        held.submit(reading, step, histograms, None)
+    assert not held._done and len(held._held) == 3  # nothing summarized yet
+    summaries = held.results()
+    assert not held._held and len(summaries) == 3
+    monkeypatch.setattr(telemetry_writer, "HOLD_SECONDS", 0)
+    at_once = InlineSink(tmp_path / "at_once", spec)
+    for reading, step, histograms in readings[:3]:
+        at_once.submit(reading, step, histograms, None)
+        assert not at_once._held  # the hold time has passed: written at once
+    np.testing.assert_equal(at_once.results(), summaries)
+    monkeypatch.setattr(telemetry_writer, "HOLD_SECONDS", 3600)
+    for reading, step, histograms in readings[3:]:
+        held.submit(reading, step, histograms, "word")
+        at_once.submit(reading, step, histograms, "word")
+    held.close()  # writes what it still holds
+    at_once.close()
+    assert _events(tmp_path / "held") == _events(tmp_path / "at_once")
+    scalars, _ = _events(tmp_path / "held")
+    assert [s for s, _ in scalars["eff_lr/rare"]] == [1, 2, 3]
+    assert [s for s, _ in scalars["eff_lr/word/rare"]] == [10, 10]
+
+
 def test_a_telemetry_process_that_dies_stops_the_run_with_one_line(tmp_path):
     spec, readings = _snapshots()
     sink = ProcessSink(tmp_path, spec)
