@@ -96,9 +96,14 @@ def test_the_kernel_counts_rows_as_bincount_does():
     for kernel in ("cpp", "tokenizers"):
         got = token_counts(split, 400_000, TokenizerConfig(kernel=kernel))
         assert got.dtype == np.int64 and np.array_equal(got, want), kernel
+        # a classifier's words only: the ids past the vocabulary (buckets) passed over
+        words = token_counts(split, 1_000, TokenizerConfig(kernel=kernel), words_only=True)
+        assert np.array_equal(words, want[:1_000]), kernel
     kernel = native_kernels("cpp", "tokenizer.kernel")
     with pytest.raises(RuntimeError, match="outside"):
-        kernel.row_counts(torch.tensor([0, 5]), 5)
+        kernel.row_counts(torch.tensor([0, 5]), 5, False)
+    with pytest.raises(RuntimeError, match="outside"):  # a negative id is no bucket
+        kernel.row_counts(torch.tensor([0, -1]), 5, True)
 
 
 def test_make_batch_gathers_documents_in_order():

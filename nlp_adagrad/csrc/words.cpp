@@ -575,8 +575,10 @@ std::vector<torch::Tensor> add_bigrams(torch::Tensor ids, torch::Tensor offsets,
 
 // Occurrences of each row id in `ids` below num_rows (int64; np.bincount's numbers): one pass,
 // each id's counter requested rows::kAhead ids ahead, so the increments' cache misses overlap
-// (the bigram rows' counters lie far apart in a table larger than the cache).
-torch::Tensor row_counts(torch::Tensor ids, int64_t num_rows) {
+// (the bigram rows' counters lie far apart in a table larger than the cache). An id at or
+// above num_rows is refused, or with `only_below` passed over: a classifier's telemetry counts
+// its words, not the bigram buckets that follow each document's words.
+torch::Tensor row_counts(torch::Tensor ids, int64_t num_rows, bool only_below) {
   TORCH_CHECK(ids.scalar_type() == torch::kInt64 && ids.is_contiguous() && num_rows >= 0,
               "row_counts: contiguous int64 ids and num_rows >= 0");
   auto counts = torch::zeros({num_rows}, torch::kInt64);
@@ -586,8 +588,10 @@ torch::Tensor row_counts(torch::Tensor ids, int64_t num_rows) {
   for (int64_t i = 0; i < n; ++i) {
     if (i + rows::kAhead < n && (uint64_t)id[i + rows::kAhead] < (uint64_t)num_rows)
       __builtin_prefetch(count + id[i + rows::kAhead], 1);
-    TORCH_CHECK((uint64_t)id[i] < (uint64_t)num_rows, "row_counts: id ", id[i], " outside [0, ",
-                num_rows, ")");
+    if ((uint64_t)id[i] >= (uint64_t)num_rows) {
+      TORCH_CHECK(only_below && id[i] >= 0, "row_counts: id ", id[i], " outside [0, ", num_rows, ")");
+      continue;
+    }
     ++count[id[i]];
   }
   return counts;

@@ -68,7 +68,8 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     num_rows = len(tokens) + (cfg.tokenizer.buckets if cfg.tokenizer.ngrams == 2 else 0)
     class_names = corpus["train"].features["label"].names
     check_memory(cfg, num_rows, len(class_names), device)
-    counts = token_counts(train_split, num_rows, cfg.tokenizer)
+    # the words' counts (telemetry, the run's token files); no one reads the bigram rows'
+    counts = token_counts(train_split, len(tokens), cfg.tokenizer, words_only=True)
     prepare_seconds = time.perf_counter() - prepare_start
     # what `evaluate` checks before it scores the run on "its" test split again
     held_out = {"documents": len(corpus["test"]), "digest": split_digest(corpus["test"])}
