@@ -45,6 +45,7 @@ def assert_same(a: token_cache.Tokenized, b: token_cache.Tokenized) -> None:
             np.testing.assert_array_equal(getattr(x, field), getattr(y, field))
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # none for the user (read-only ids)
 def test_second_call_reads_identical_ids_without_tokenizing(monkeypatch, own_cache):
     cfg = TokenizerConfig(ngrams=2, buckets=50)
     first = token_cache.tokenize_corpus(corpus(), cfg)

@@ -75,11 +75,15 @@ def test_bigrams_match_a_python_reference():
     # the kernel's remainder is two multiplications, not a division: exact for every divisor
     for buckets in (1, 2, 7, 2**20, 2_000_003, 2**31 - 1, 10**12 + 39):
         want = add_bigrams(big, num_words=2**31, buckets=buckets)
-        ids, new_offsets = kernel.add_bigrams(
-            torch.from_numpy(big.ids), torch.from_numpy(big.offsets), 2**31, buckets
-        )
-        assert np.array_equal(ids.numpy(), want.ids), buckets
-        assert np.array_equal(new_offsets, want.offsets)
+        for stored in (np.int64, np.int32):  # int32: the Arrow column's ids, read in place
+            ids, new_offsets = kernel.add_bigrams(
+                torch.from_numpy(big.ids.astype(stored)),
+                torch.from_numpy(big.offsets),
+                2**31,
+                buckets,
+            )
+            assert np.array_equal(ids.numpy(), want.ids), (buckets, stored)
+            assert np.array_equal(new_offsets, want.offsets)
     expected = []
     for d in docs:
         expected.append(d + [10 + (a * BIGRAM_HASH_PRIME + b) % 7 for a, b in zip(d, d[1:])])

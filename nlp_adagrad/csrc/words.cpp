@@ -541,15 +541,31 @@ class Remainder {
 
 // fastText's word bigrams (nlp_adagrad.vocab.add_bigrams, the same ids: tested): each
 // document's word ids, then the row num_words + (a * 116049371 + b) % buckets of each pair of
-// neighbours (a, b). {ids, offsets}, both int64. One pass; the NumPy version's scatters took
-// 3 s of the synthetic corpus's tokenizing.
+// neighbours (a, b), in int64. {ids, offsets}, both int64. One pass; the NumPy version's
+// scatters took 3 s of the synthetic corpus's tokenizing. The ids may be int32, as the Arrow
+// column stores them: widening them first was a copy of every id (~0.07 s of that corpus).
+template <typename Id>
+static void write_bigrams(const Id* in, const int64_t* start, int64_t docs, const int64_t* out_start,
+                          int64_t* out, int64_t num_words, int64_t buckets) {
+  const Remainder bucket_of(buckets);
+  at::parallel_for(0, docs, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t d = begin; d < end; ++d) {
+      const Id* words = in + start[d];
+      const int64_t length = start[d + 1] - start[d];
+      int64_t* o = std::copy(words, words + length, out + out_start[d]);
+      for (int64_t k = 0; k + 1 < length; ++k)
+        *o++ = num_words + (int64_t)bucket_of((uint64_t)((int64_t)words[k] * 116049371 + words[k + 1]));
+    }
+  });
+}
+
 std::vector<torch::Tensor> add_bigrams(torch::Tensor ids, torch::Tensor offsets, int64_t num_words,
                                        int64_t buckets) {
-  TORCH_CHECK(ids.scalar_type() == torch::kInt64 && offsets.scalar_type() == torch::kInt64 &&
-                  ids.is_contiguous() && offsets.is_contiguous() && buckets > 0,
-              "add_bigrams: contiguous int64 ids and offsets, buckets > 0");
+  TORCH_CHECK((ids.scalar_type() == torch::kInt64 || ids.scalar_type() == torch::kInt32) &&
+                  offsets.scalar_type() == torch::kInt64 && ids.is_contiguous() &&
+                  offsets.is_contiguous() && buckets > 0,
+              "add_bigrams: contiguous int32 or int64 ids, int64 offsets, buckets > 0");
   const int64_t docs = offsets.size(0) - 1;
-  const int64_t* in = ids.data_ptr<int64_t>();
   const int64_t* start = offsets.data_ptr<int64_t>();
   auto new_offsets = torch::empty({docs + 1}, torch::kInt64);
   int64_t* out_start = new_offsets.data_ptr<int64_t>();
@@ -560,16 +576,10 @@ std::vector<torch::Tensor> add_bigrams(torch::Tensor ids, torch::Tensor offsets,
   }
   auto out_ids = torch::empty({out_start[docs]}, torch::kInt64);
   int64_t* out = out_ids.data_ptr<int64_t>();
-  const Remainder bucket_of(buckets);
-  at::parallel_for(0, docs, 1024, [&](int64_t begin, int64_t end) {
-    for (int64_t d = begin; d < end; ++d) {
-      const int64_t* words = in + start[d];
-      const int64_t length = start[d + 1] - start[d];
-      int64_t* o = std::copy(words, words + length, out + out_start[d]);
-      for (int64_t k = 0; k + 1 < length; ++k)
-        *o++ = num_words + (int64_t)bucket_of((uint64_t)(words[k] * 116049371 + words[k + 1]));
-    }
-  });
+  if (ids.scalar_type() == torch::kInt32)
+    write_bigrams(ids.data_ptr<int32_t>(), start, docs, out_start, out, num_words, buckets);
+  else
+    write_bigrams(ids.data_ptr<int64_t>(), start, docs, out_start, out, num_words, buckets);
   return {out_ids, new_offsets};
 }
 
