@@ -74,7 +74,7 @@ class InlineSink:
 
     Readings wait up to HOLD_SECONDS and are written together: right after a chunk of steps
     the summarizing code and data are out of cache, and a snapshot took 1.2 ms there against
-    0.4 ms written after another. SummaryWriter flushes the file every 30 s anyway.
+    0.4 ms written after another. The event file is flushed every 30 s anyway.
     """
 
     def __init__(self, logdir: Path, spec: TelemetrySpec) -> None:
