@@ -259,3 +259,47 @@ def test_the_fused_steps_keep_the_count_of_updated_tokens_a_snapshot_reads(tmp_p
     series = [(e.step, e.value) for e in kept.Scalars(tag)]
     assert series == [(e.step, e.value) for e in counted.Scalars(tag)]
     assert len(series) > 5 and series[0][1] < series[-1][1]
+
+
+def test_log_windows_inside_a_call_close_at_their_last_steps_loss_and_time():
+    """A call of 10 steps at 0.1 s each with log_every=3: the windows ending at steps 3, 6
+    and 9 are closed from the call's own record (their losses' mean, 30 tokens in 0.3 s),
+    and step 10 starts the next window."""
+    from types import SimpleNamespace
+
+    from tqdm import tqdm
+
+    from nlp_adagrad.fused_steps import Chunk
+    from nlp_adagrad.run import Intervals
+    from nlp_adagrad.writer import NullWriter
+
+    class Scalars(NullWriter):
+        def __init__(self):
+            self.points = []
+
+        def scalars(self, values, step):
+            self.points.append((step, values))
+
+    writer, state = Scalars(), RunState.fresh(torch.device("cpu"))
+    state.window_start = 100.0
+    nothing = SimpleNamespace(maybe=lambda *args: None, settle=lambda *args: None)
+    intervals = Intervals(
+        make_config("trainer.log_every=3"),
+        state,
+        100,
+        writer,
+        tqdm(disable=True),
+        nothing,
+        None,  # checkpoints: every step was checked in the call
+        lambda: None,
+        SimpleNamespace(requested=False),
+    )
+    losses = torch.arange(1, 11, dtype=torch.float32)
+    chunk = Chunk(losses, 100.0 + 0.1 * np.arange(1, 11))
+    assert not intervals.after_chunk(chunk, np.full(10, 10), checked=True)
+    assert [step for step, _ in writer.points] == [3, 6, 9]
+    for (_, values), mean in zip(writer.points, (2.0, 5.0, 8.0)):
+        assert values["train/loss"] == mean
+        assert values["train/tokens_per_sec"] == pytest.approx(100.0)
+    assert state.step == 10 and state.window_steps == 1 and float(state.loss_sum) == 10.0
+    assert state.window_start == pytest.approx(100.9) and state.loop_seconds == pytest.approx(0.9)
