@@ -471,17 +471,13 @@ class Intervals:
         self.snapshots.close()
         self.writer.close()
 
-    def steps_to_next_event(self, limit: int, log_points: bool = True) -> int:
-        """Steps from now to the next one after which something is due (a log point unless
-        `log_points` is False, a snapshot, an evaluation, a checkpoint, the end), at most
-        `limit`: how many steps may run without Python seeing them (nlp_adagrad.fused_steps,
-        whose chunks cross log points: `after_chunk`)."""
+    def steps_to_next_event(self, limit: int) -> int:
+        """Steps from now to the next one after which something is due (a snapshot, an
+        evaluation, a checkpoint, the end), at most `limit`: how many steps may run without
+        Python seeing them (nlp_adagrad.fused_steps; its calls cross log points, which
+        `after_chunk` closes from the steps' own record)."""
         trainer, step = self.trainer, self.state.step
-        every = (
-            trainer.log_every if log_points else 0,
-            trainer.eval_every,
-            trainer.checkpoint_every,
-        )
+        every = (trainer.eval_every, trainer.checkpoint_every)
         intervals = [e for e in every if e]
         for n in range(1, limit):
             after = step + n

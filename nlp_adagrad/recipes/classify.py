@@ -134,8 +134,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
             while at < steps_per_epoch:
                 if fused is not None:  # the steps up to the next event in one C++ call
                     asked = min(
-                        intervals.steps_to_next_event(MAX_FUSED_STEPS, log_points=False),
-                        steps_per_epoch - at,
+                        intervals.steps_to_next_event(MAX_FUSED_STEPS), steps_per_epoch - at
                     )
                     docs = batches(order, batch_size, at, asked)
                     chunk = fused(docs, batch_size)
