@@ -24,7 +24,6 @@ import queue
 import subprocess
 import sys
 import threading
-import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -34,7 +33,7 @@ from typing import Protocol
 
 from nlp_adagrad.errors import UserError
 from nlp_adagrad.telemetry import Reading, TelemetrySpec, write_snapshot
-from nlp_adagrad.writer import HOLD_SECONDS, EventsWriter, MetricWriter, TensorBoardWriter
+from nlp_adagrad.writer import EventsWriter, HeldBack, MetricWriter, TensorBoardWriter
 
 EVENTS_SUFFIX = ".telemetry"
 BLAS_LIBRARIES = ("OPENBLAS", "MKL", "OMP")
@@ -80,23 +79,17 @@ class InlineSink:
     def __init__(self, logdir: Path, spec: TelemetrySpec) -> None:
         self.spec = spec
         self._writer = EventsWriter(logdir, EVENTS_SUFFIX)
-        self._held: list[tuple] = []
-        self._held_since = 0.0
+        self._held = HeldBack()
         self._done: list[dict[str, float]] = []
 
     def submit(self, reading: Reading, step: int, histograms: bool, table: str | None) -> None:
-        now = time.perf_counter()
-        if not self._held:
-            self._held_since = now
-        self._held.append((reading, step, histograms, table))
-        if now - self._held_since >= HOLD_SECONDS:
+        if self._held.add((reading, step, histograms, table)):
             self._write_held()
 
     def _write_held(self) -> None:
-        for reading, step, histograms, table in self._held:
+        for reading, step, histograms, table in self._held.take():
             summary = write_snapshot(self._writer, self.spec, reading, step, histograms, table)
             self._done.append(summary)
-        self._held = []
 
     def results(self) -> list[dict[str, float]]:
         self._write_held()

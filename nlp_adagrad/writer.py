@@ -75,6 +75,32 @@ TENSORFLOW_BINS = _tensorflow_bins()
 HOLD_SECONDS = 1.0  # longest a scalar event or a loop-written snapshot is held back
 
 
+class HeldBack:
+    """Items held back to be handed over together, the oldest at most HOLD_SECONDS: each
+    hand-over of one item by itself cost the loop more than the item (writer.py's scalars,
+    telemetry_writer's loop-written snapshots)."""
+
+    def __init__(self) -> None:
+        self._items: list = []
+        self._since = 0.0
+
+    def add(self, item) -> bool:
+        """Hold `item`; True when the oldest held one has waited HOLD_SECONDS."""
+        now = time.monotonic()
+        if not self._items:
+            self._since = now
+        self._items.append(item)
+        return now - self._since >= HOLD_SECONDS
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def take(self) -> list:
+        """Everything held, in the order it came; nothing is held after."""
+        items, self._items = self._items, []
+        return items
+
+
 def scalars_summary(values: dict[str, float]):
     """One Summary holding every finite scalar (the Summary.Value add_scalar builds, without
     its NumPy round trip per tag), or None when none is finite."""
@@ -168,8 +194,7 @@ class TensorBoardWriter:
         # a deep queue and rare flushes keep the writer thread off the training thread's lock
         self._writer = SummaryWriter(log_dir=str(logdir), max_queue=1000, flush_secs=30)
         self.logdir = Path(logdir)
-        self._held: list = []  # scalar events not yet handed to the writer thread
-        self._held_since = 0.0
+        self._held = HeldBack()  # scalar events not yet handed to the writer thread
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.scalars({tag: value}, step)  # a bucket with no updated token yet has no value
@@ -186,20 +211,15 @@ class TensorBoardWriter:
         from tensorboard.compat.proto.event_pb2 import Event
 
         summary = scalars_summary(values)
-        if summary is None:
-            return
-        now = time.time()
-        if not self._held:
-            self._held_since = now
-        self._held.append(Event(summary=summary, step=step, wall_time=now))
-        if now - self._held_since >= HOLD_SECONDS:
+        if summary is not None and self._held.add(
+            Event(summary=summary, step=step, wall_time=time.time())
+        ):
             self._hand_over()
 
     def _hand_over(self) -> None:
         """The held scalar events to the writer thread, before anything written after them."""
-        for event in self._held:
+        for event in self._held.take():
             self._writer.file_writer.add_event(event, walltime=event.wall_time)
-        self._held = []
 
     def histograms(self, values: dict[str, np.ndarray], step: int) -> None:
         """Histograms as one event, each with TensorBoard's own bins, as add_histogram makes

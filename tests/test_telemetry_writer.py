@@ -138,23 +138,23 @@ def test_the_loop_holds_its_snapshots_back_at_most_the_hold_time(tmp_path, monke
     """InlineSink writes its readings together (written right after a chunk of steps, a
     snapshot found its code and data out of cache): held until the hold time has passed
     since the first, or until results() or close() asks, and always in order."""
-    from nlp_adagrad import telemetry_writer
+    from nlp_adagrad import writer
 
     spec, readings = _snapshots()
-    monkeypatch.setattr(telemetry_writer, "HOLD_SECONDS", 3600)
+    monkeypatch.setattr(writer, "HOLD_SECONDS", 3600)
     held = InlineSink(tmp_path / "held", spec)
     for reading, step, histograms in readings[:3]:
         held.submit(reading, step, histograms, None)
     assert not held._done and len(held._held) == 3  # nothing summarized yet
     summaries = held.results()
     assert not held._held and len(summaries) == 3
-    monkeypatch.setattr(telemetry_writer, "HOLD_SECONDS", 0)
+    monkeypatch.setattr(writer, "HOLD_SECONDS", 0)
     at_once = InlineSink(tmp_path / "at_once", spec)
     for reading, step, histograms in readings[:3]:
         at_once.submit(reading, step, histograms, None)
         assert not at_once._held  # the hold time has passed: written at once
     np.testing.assert_equal(at_once.results(), summaries)
-    monkeypatch.setattr(telemetry_writer, "HOLD_SECONDS", 3600)
+    monkeypatch.setattr(writer, "HOLD_SECONDS", 3600)
     for reading, step, histograms in readings[3:]:
         held.submit(reading, step, histograms, "word")
         at_once.submit(reading, step, histograms, "word")
