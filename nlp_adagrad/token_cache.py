@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import numpy as np
 import tokenizers
 
 from nlp_adagrad.config import TokenizerConfig
@@ -35,6 +36,7 @@ from nlp_adagrad.vocab import (
     WordIds,
     WordTokenizer,
     encode_split,
+    token_counts,
     train_vocabulary,
 )
 
@@ -50,11 +52,20 @@ class Tokenized:
     test: EncodedSplit | None  # None for a corpus without a test split (word vectors)
     cache_dir: Path | None  # the entry used, None with tokenizer.cache=false
     cache_hit: bool
+    counted: np.ndarray | None = None  # train_word_counts, where the word kernel counted them
 
     @property
     def tokens(self) -> list[str]:
         """The vocabulary in id order."""
         return self.tokenizer.tokens
+
+    def train_word_counts(self, cfg: TokenizerConfig) -> np.ndarray:
+        """Each word id's occurrences in the training split (not the bigram buckets'): as
+        the word kernel counted them while training the tokenizer (the same numbers, tested),
+        else counted from the ids (read from the cache, or tokenizers' encoding)."""
+        if self.counted is not None:
+            return self.counted
+        return token_counts(self.train, len(self.tokens), cfg, words_only=True)
 
 
 def cache_root() -> Path:
@@ -137,7 +148,12 @@ def _encoded(
             known_ids=trained.train_ids if name == "train" else None,
         )
     return Tokenized(
-        trained.tokenizer, splits["train"], splits.get("test"), cache_dir=entry, cache_hit=hit
+        trained.tokenizer,
+        splits["train"],
+        splits.get("test"),
+        cache_dir=entry,
+        cache_hit=hit,
+        counted=trained.train_counts,
     )
 
 

@@ -103,11 +103,12 @@ def train_tokenizer(texts: datasets.Dataset, cfg: TokenizerConfig) -> Tokenizer:
 @dataclass
 class TrainedVocabulary:
     """What training a tokenizer leaves: the tokenizer, its lookup, and with the kernel the
-    training texts' ids it met while counting."""
+    training texts' ids it met while counting and each id's count."""
 
     tokenizer: WordTokenizer
     lookup: WordIds  # the kernel's lookup of the words, or tokenizers' encoding
     train_ids: pa.ListArray | None  # the training texts' ids, found while counting (kernel)
+    train_counts: np.ndarray | None = None  # each id's occurrences in them (kernel)
 
 
 def train_vocabulary(texts: datasets.Dataset, cfg: TokenizerConfig) -> TrainedVocabulary:
@@ -127,7 +128,7 @@ def train_vocabulary(texts: datasets.Dataset, cfg: TokenizerConfig) -> TrainedVo
         base.train_from_iterator(_text_batches(texts), trainer=trainer, length=len(texts))
         tokenizer = WordTokenizer.of(base)
         _refuse_empty(tokenizer.tokens, cfg)
-        return TrainedVocabulary(tokenizer, WordIds(tokenizer, cfg), None)
+        return TrainedVocabulary(tokenizer, WordIds(tokenizer, cfg), train_ids=None)
     column = texts.with_format("arrow")["text"]
     if isinstance(column, pa.ChunkedArray):  # a split's index mapping: a chunk a row
         column = column.combine_chunks()
@@ -142,7 +143,9 @@ def train_vocabulary(texts: datasets.Dataset, cfg: TokenizerConfig) -> TrainedVo
     lookup = WordIds(tokenizer, cfg, counts)
     flat, lengths = counts.counted_ids()
     train_ids = _ids_array(column, flat, lengths, others, tokenizer)
-    return TrainedVocabulary(tokenizer, lookup, train_ids)
+    train_counts = np.zeros(len(tokens), dtype=np.int64)  # [UNK]'s 0: unknown words dropped
+    train_counts[1:] = counts.ranked_counts().numpy()
+    return TrainedVocabulary(tokenizer, lookup, train_ids, train_counts)
 
 
 EMPTY_VOCAB = '"vocab":{}'  # the model's vocabulary in an untrained tokenizer's JSON

@@ -224,7 +224,33 @@ def test_the_word_kernel_makes_tokenizers_own_tokenizer_and_ids(settings):
     assert len(made["cpp"][1][0][0]) > 10  # the texts did become ids
 
 
-@pytest.mark.parametrize("settings", [dict(), dict(lowercase=False), dict(max_vocab=5)])
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_the_word_kernel_splits_every_kind_of_byte_at_every_place_in_a_64_byte_block(lowercase):
+    # the kernel classifies 64 bytes at a time (AVX2 where built), a text's last bytes one by
+    # one: each text here is the plain TRICKY texts shifted by 0..129 bytes, so every byte
+    # kind and run lands on every position of a block and runs cross blocks; long words and
+    # runs of marks (over 8 and over 64 bytes) test the hash's 8-byte chunks
+    runs = ["Antidisestablishmentarianism", "x" * 70, "Y_9" * 30, "?!" * 40, "a.b,c;d"]
+    body = " ".join([*TRICKY[:3], *TRICKY[6:9], TRICKY[11], *runs])  # the plain ones
+    texts = [("ab C" * 40)[:shift] + body for shift in range(130)]
+    counts = native_kernels("cpp", "tokenizer.kernel").WordCounts(lowercase)
+    assert counts.count(*_arrow_texts(pa.array(texts))).tolist() == []  # it reads them all
+    train, test = dataset(texts[::2]), dataset(texts[1::2])
+    made = {}
+    for kernel in ("tokenizers", "cpp"):
+        cfg = TokenizerConfig(kernel=kernel, lowercase=lowercase)
+        tokenizer = train_tokenizer(train, cfg)
+        made[kernel] = (
+            tokenizer.to_str(),
+            [encode_split(ds, tokenizer, cfg).ids.tolist() for ds in (train, test)],
+        )
+    assert made["cpp"] == made["tokenizers"]
+    assert len(made["cpp"][1][1]) > 65 * 100  # every text became ids
+
+
+@pytest.mark.parametrize(
+    "settings", [dict(), dict(lowercase=False), dict(min_count=2), dict(max_vocab=5)]
+)
 def test_counting_writes_tokenizers_own_json_and_the_training_ids(settings):
     # the kernel writes tokenizer.json itself (no Tokenizer made) and keeps the training ids
     # it met while counting (no second reading): both byte for byte what tokenizers makes,
@@ -239,14 +265,21 @@ def test_counting_writes_tokenizers_own_json_and_the_training_ids(settings):
     )
     made = {}
     for kernel in ("tokenizers", "cpp"):
-        got = tokenize_corpus(corpus, TokenizerConfig(kernel=kernel, cache=False, **settings))
+        cfg = TokenizerConfig(kernel=kernel, cache=False, **settings)
+        got = tokenize_corpus(corpus, cfg)
         splits = [
             (s.ids.tolist(), s.offsets.tolist(), s.labels.tolist()) for s in (got.train, got.test)
         ]
+        # the words' counts as the kernel counted them: those of the ids (in the other texts'
+        # words too), counted only where the kernel did not count
+        counts = got.train_word_counts(cfg)
+        assert (got.counted is not None) == (kernel == "cpp")
+        from_ids = token_counts(got.train, len(got.tokens), cfg, words_only=True)
+        assert counts.dtype == np.int64 and counts.tolist() == from_ids.tolist()
         made[kernel] = got.tokenizer.json, got.tokens, splits
         assert Tokenizer.from_str(got.tokenizer.json).to_str() == got.tokenizer.json
     assert made["cpp"] == made["tokenizers"]
-    if "max_vocab" not in settings:  # words that needed escaping were written
+    if settings.keys() <= {"lowercase"}:  # words that needed escaping were written
         assert (
             "\\\\" in made["cpp"][0] and '"\\u001c"' in made["cpp"][0] and '\\"' in made["cpp"][0]
         )
@@ -289,6 +322,7 @@ def test_the_word_kernel_gives_the_same_tokenizer_and_ids_at_any_thread_count():
             counted.tokenizer.json,
             counted.train.ids.tolist(),
             counted.train.offsets.tolist(),
+            counted.train_word_counts(cfg).tolist(),
         )
 
     expected = made("tokenizers")

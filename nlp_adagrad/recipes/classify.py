@@ -41,7 +41,7 @@ from nlp_adagrad.run import (
 )
 from nlp_adagrad.scoring import evaluate
 from nlp_adagrad.token_cache import tokenize_corpus
-from nlp_adagrad.vocab import token_counts, warn_unusual_documents
+from nlp_adagrad.vocab import warn_unusual_documents
 from nlp_adagrad.writer import MetricWriter
 
 log = logging.getLogger("nlp_adagrad.train")
@@ -69,7 +69,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
     class_names = corpus["train"].features["label"].names
     check_memory(cfg, num_rows, len(class_names), device)
     # the words' counts (telemetry, the run's token files); no one reads the bigram rows'
-    counts = token_counts(train_split, len(tokens), cfg.tokenizer, words_only=True)
+    counts = tokenized.train_word_counts(cfg.tokenizer)
     prepare_seconds = time.perf_counter() - prepare_start
     # what `evaluate` checks before it scores the run on "its" test split again
     held_out = {"documents": len(corpus["test"]), "digest": split_digest(corpus["test"])}

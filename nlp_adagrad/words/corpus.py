@@ -13,7 +13,7 @@ import numpy as np
 from nlp_adagrad.config import Config
 from nlp_adagrad.data import load_texts
 from nlp_adagrad.token_cache import tokenize_corpus
-from nlp_adagrad.vocab import EncodedSplit, WordTokenizer, token_counts, warn_unusual_documents
+from nlp_adagrad.vocab import EncodedSplit, WordTokenizer, warn_unusual_documents
 
 log = logging.getLogger("nlp_adagrad.train")
 
@@ -39,7 +39,7 @@ def word_corpus(cfg: Config) -> WordCorpus:
         log.info("token ids read from the cache: %s", tokenized.cache_dir)
     tokens = tokenized.tokens
     warn_unusual_documents(tokenized.train, "text")
-    counts = token_counts(tokenized.train, len(tokens), cfg.tokenizer)
+    counts = tokenized.train_word_counts(cfg.tokenizer)
     corpus = WordCorpus(tokenized.tokenizer, tokenized.train, counts, time.perf_counter() - started)
     log.info(
         "data=%s: %d documents, %d words in the vocabulary (min_count %d), %d training words",
