@@ -28,11 +28,32 @@ from nlp_adagrad.optim.base import hooks_or_profiler
 from nlp_adagrad.vocab import EncodedSplit
 
 
+class Reads(NamedTuple):
+    """The telemetry snapshots the chunks read after their steps (`Snapshots.read_in_chunks`)."""
+
+    steps: torch.Tensor  # int64: the run's snapshot steps, ascending
+    rows: torch.Tensor  # int64: the rows whose rates and update counts each read takes
+    coordinates: torch.Tensor  # bool, one per step: also the coordinate rates of...
+    coordinate_rows: torch.Tensor  # int64: ...these rows
+
+
+class ReadRates(NamedTuple):
+    """The snapshots a chunk read, one entry per read."""
+
+    steps: torch.Tensor  # int64 (reads,): the steps they followed
+    rates: torch.Tensor  # float64 (reads, rows): the effective rates
+    updates: torch.Tensor  # int32 (reads, rows): each row's update count
+    tokens_updated: torch.Tensor  # int64 (reads,): rows updated so far (the tracked count)
+    coordinates: torch.Tensor  # float64 (reads with coordinates, coordinate rows, dim)
+    seconds: torch.Tensor  # float64 (reads,): the time each read took
+
+
 class Chunk(NamedTuple):
     """What a chunk of fused steps gives back, one entry per step taken."""
 
     losses: torch.Tensor  # float32 mean losses
     ends: np.ndarray  # when each step ended, on time.perf_counter's clock
+    read: ReadRates | None = None  # the snapshots it read (`FusedSteps.reads`)
 
 
 class FusedSteps:
@@ -45,6 +66,7 @@ class FusedSteps:
         self.head, self.bias = model.dense_layer()
         self.params = [p for p in (self.table, self.head, self.bias) if p is not None]
         self.split = tuple(torch.from_numpy(a) for a in (split.ids, split.offsets, split.labels))
+        self.reads = NO_READS  # the snapshots to read inside the chunks
 
     @classmethod
     def for_run(
@@ -72,9 +94,10 @@ class FusedSteps:
 
     def __call__(self, docs: np.ndarray, batch_size: int) -> Chunk:
         """Steps on the batches of `docs` (`batch_size` documents each, the last maybe
-        fewer): their losses and end times, one per step taken. After a step whose loss or
-        gradients are not finite it stops, as the loop's guard does, and that step's
-        gradients are left in `.grad` for the guard to name."""
+        fewer): their losses and end times, one per step taken, and the snapshots of
+        `self.reads` due after them. After a step whose loss or gradients are not finite it
+        stops, as the loop's guard does (that step not read), and that step's gradients are
+        left in `.grad` for the guard to name."""
         optimizer, group = self.optimizer, self.group
         states = [optimizer.state[p] for p in self.params]
         first = states[0]["step"] + 1
@@ -90,27 +113,36 @@ class FusedSteps:
         sums = [s["sum"] for s in states]
         called = time.perf_counter()
         with torch.no_grad():
-            losses, seconds, rows, row_grads, head_grad, bias_grad = self.kernel.classify_steps(
-                self.table,
-                sums[0],
-                NO_HEAD if self.head is None else self.head,
-                NO_HEAD if self.head is None else sums[1],
-                self.bias,
-                sums[-1],
-                updates,
-                last_step,
-                *self.split,
-                torch.from_numpy(np.ascontiguousarray(docs, dtype=np.int64)),
-                batch_size,
-                alphas,
-                group["eps"],
-                first,
-                model.embedding.mode == "mean",
-                model.slot_scratch(),
-                fresh,
-                fresh_limit,
+            losses, seconds, rows, row_grads, head_grad, bias_grad, *read = (
+                self.kernel.classify_steps(
+                    self.table,
+                    sums[0],
+                    NO_HEAD if self.head is None else self.head,
+                    NO_HEAD if self.head is None else sums[1],
+                    self.bias,
+                    sums[-1],
+                    updates,
+                    last_step,
+                    *self.split,
+                    torch.from_numpy(np.ascontiguousarray(docs, dtype=np.int64)),
+                    batch_size,
+                    alphas,
+                    group["eps"],
+                    first,
+                    model.embedding.mode == "mean",
+                    model.slot_scratch(),
+                    fresh,
+                    fresh_limit,
+                    *self.reads,
+                    group["lr"],
+                    group["lr_decay"],
+                )
             )
         for state in states:
             state["step"] += len(losses)
         model.set_gradients(rows, row_grads, None if self.head is None else head_grad, bias_grad)
-        return Chunk(losses, called + seconds.numpy())
+        return Chunk(losses, called + seconds.numpy(), ReadRates(*read))
+
+
+_NO_ROWS = torch.zeros(0, dtype=torch.int64)
+NO_READS = Reads(_NO_ROWS, _NO_ROWS, torch.zeros(0, dtype=torch.bool), _NO_ROWS)

@@ -74,6 +74,15 @@ def snapshot_due(step: int, every: int) -> bool:
     return step <= 3 or _without_trailing_zeros(step) in (1, 2, 5)
 
 
+def snapshot_steps(first: int, end: int, every: int) -> list[int]:
+    """The steps in [first, end) where `snapshot_due`: the early ones one by one, the
+    multiples of `every` counted (a fused chunk asks for up to 64 steps at a time)."""
+    if every <= 0:
+        return []
+    early = [s for s in range(max(first, 1), min(end, every)) if snapshot_due(s, every)]
+    return early + list(range(-(-max(first, every) // every) * every, end, every))
+
+
 def histograms_due(step: int, every: int, histogram_every: int) -> bool:
     """Whether a snapshot at `step` carries histograms: at steps 1, 10, 100, ... below
     `every` (a histogram costs ~10 scalar snapshots), then on every histogram_every-th."""

@@ -148,11 +148,17 @@ def test_a_run_with_fused_steps_writes_what_batch_by_batch_steps_write(tmp_path,
 
     def counted(self, docs, batch_size):
         calls.append(len(docs))
-        return call(self, docs, batch_size)
+        first = self.optimizer.state[self.table]["step"] + 1
+        chunk = call(self, docs, batch_size)
+        last = first + len(chunk.losses) - 1  # snapshots read inside the call, not at its end
+        read_inside.extend(step for step in chunk.read.steps.tolist() if step < last)
+        return chunk
 
+    read_inside = []
     monkeypatch.setattr(FusedSteps, "__call__", counted)
     fused = train(make_config(*overrides), tmp_path / "fused")
     assert calls and max(calls) > 8  # several steps per call did run
+    assert len(read_inside) > 3
     monkeypatch.setattr(FusedSteps, "for_run", classmethod(lambda *args: None))
     stepped = train(make_config(*overrides), tmp_path / "stepped")
     assert fused["train/steps"] == stepped["train/steps"] > 60
@@ -165,6 +171,12 @@ def test_a_run_with_fused_steps_writes_what_batch_by_batch_steps_write(tmp_path,
     for tag in tags:
         assert [(e.step, e.value) for e in a.Scalars(tag)] == [
             (e.step, e.value) for e in b.Scalars(tag)
+        ], tag
+    hists = a.Tags()["histograms"]
+    assert hists == b.Tags()["histograms"] and any("coord" in tag for tag in hists)
+    for tag in hists:
+        assert [(e.step, e.histogram_value) for e in a.Histograms(tag)] == [
+            (e.step, e.histogram_value) for e in b.Histograms(tag)
         ], tag
     for run in ("fused", "stepped"):
         saved = sorted(p.name for p in (tmp_path / run / "checkpoints").glob("step_*.pt"))

@@ -95,32 +95,18 @@ int64_t count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tenso
                              rows.data_ptr<int64_t>(), rows.numel(), step, fresh_limit);
 }
 
+namespace adagrad {
+
 // Telemetry's read of rows `ids` (nlp_adagrad/optim/base.py: rate_per_row, rate_per_coordinate),
-// one pass instead of ~14 torch calls: (rates, updates of those rows). scale = lr / (1 + (last -
-// 1) * lr_decay) at the row's last update (lr when lr_decay is 0), then scale / (sqrt(mean_j G)
-// + eps) per row, or scale / (sqrt(G_j) + eps) per coordinate, in float64. NaN for rows never
-// updated and where the second moment is 0. The row mean is summed in double, torch's in
-// float32, and the division is IEEE's (torch's `float / tensor` is a vectorised reciprocal,
-// an ulp off at times): the rates agree with torch's to ~1e-7 relative (tested to 1e-6).
-std::vector<torch::Tensor> adagrad_rates(torch::Tensor sum, torch::Tensor updates,
-                                         torch::Tensor last_step, torch::Tensor ids, double lr,
-                                         double lr_decay, double eps, bool per_coordinate) {
-  TORCH_CHECK(sum.is_contiguous() && sum.scalar_type() == torch::kFloat32 && sum.dim() >= 1 &&
-                  updates.scalar_type() == torch::kInt32 && updates.is_contiguous() &&
-                  last_step.scalar_type() == torch::kInt32 && last_step.is_contiguous() &&
-                  ids.scalar_type() == torch::kInt64 && ids.is_contiguous(),
-              "adagrad_rates: contiguous float32 sum, int32 counters and int64 ids on the CPU");
-  const int64_t n = ids.numel(), num_rows = sum.size(0);
-  const int64_t dim = num_rows ? sum.numel() / num_rows : 0;
-  auto out = torch::empty(per_coordinate ? std::vector<int64_t>{n, dim} : std::vector<int64_t>{n},
-                          torch::kFloat64);
-  auto counts = torch::empty({n}, torch::kInt32);
-  const float* G = sum.data_ptr<float>();
-  const int32_t* u = updates.data_ptr<int32_t>();
-  const int32_t* last = last_step.data_ptr<int32_t>();
-  const int64_t* r = ids.data_ptr<int64_t>();
-  double* rate = out.data_ptr<double>();
-  int32_t* count = counts.data_ptr<int32_t>();
+// one pass instead of ~14 torch calls. scale = lr / (1 + (last - 1) * lr_decay) at the row's
+// last update (lr when lr_decay is 0), then scale / (sqrt(mean_j G) + eps) per row, or scale /
+// (sqrt(G_j) + eps) per coordinate, in float64. NaN for rows never updated and where the
+// second moment is 0. The row mean is summed in double, torch's in float32, and the division
+// is IEEE's (torch's `float / tensor` is a vectorised reciprocal, an ulp off at times): the
+// rates agree with torch's to ~1e-7 relative (tested to 1e-6).
+void read_rates(const float* G, const int32_t* u, const int32_t* last, int64_t num_rows,
+                int64_t dim, const int64_t* r, int64_t n, double lr, double lr_decay, double eps,
+                bool per_coordinate, double* rate, int32_t* count) {
   const double nan = std::nan("");
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK(r[i] >= 0 && r[i] < num_rows, "adagrad_rates: row id ", r[i], " out of range");
@@ -142,5 +128,27 @@ std::vector<torch::Tensor> adagrad_rates(torch::Tensor sum, torch::Tensor update
     const double mean = total / dim;
     rate[i] = u[r[i]] == 0 || mean == 0 ? nan : scale / (std::sqrt(mean) + eps);
   }
+}
+
+}  // namespace adagrad
+
+// (rates, updates) of rows `ids`: adagrad::read_rates.
+std::vector<torch::Tensor> adagrad_rates(torch::Tensor sum, torch::Tensor updates,
+                                         torch::Tensor last_step, torch::Tensor ids, double lr,
+                                         double lr_decay, double eps, bool per_coordinate) {
+  TORCH_CHECK(sum.is_contiguous() && sum.scalar_type() == torch::kFloat32 && sum.dim() >= 1 &&
+                  updates.scalar_type() == torch::kInt32 && updates.is_contiguous() &&
+                  last_step.scalar_type() == torch::kInt32 && last_step.is_contiguous() &&
+                  ids.scalar_type() == torch::kInt64 && ids.is_contiguous(),
+              "adagrad_rates: contiguous float32 sum, int32 counters and int64 ids on the CPU");
+  const int64_t n = ids.numel(), num_rows = sum.size(0);
+  const int64_t dim = num_rows ? sum.numel() / num_rows : 0;
+  auto out = torch::empty(per_coordinate ? std::vector<int64_t>{n, dim} : std::vector<int64_t>{n},
+                          torch::kFloat64);
+  auto counts = torch::empty({n}, torch::kInt32);
+  adagrad::read_rates(sum.data_ptr<float>(), updates.data_ptr<int32_t>(),
+                      last_step.data_ptr<int32_t>(), num_rows, dim, ids.data_ptr<int64_t>(), n, lr,
+                      lr_decay, eps, per_coordinate, out.data_ptr<double>(),
+                      counts.data_ptr<int32_t>());
   return {out, counts};
 }

@@ -1,5 +1,6 @@
-// Adagrad's row step and the per-row counters on raw rows (adagrad.cpp): what the Python
-// bindings `adagrad_rows_` / `count_rows_` run, and what classify_steps.cpp runs per step.
+// Adagrad's row step, the per-row counters and telemetry's read of the rates on raw rows
+// (adagrad.cpp): what the Python bindings `adagrad_rows_` / `count_rows_` / `adagrad_rates`
+// run, and what classify_steps.cpp runs per step.
 #pragma once
 
 #include <cstdint>
@@ -20,5 +21,11 @@ void step_rows(float* weight, float* sum, const int64_t* rows, int64_t n, int64_
 // how many rows below `fresh_limit` that updated for the first time.
 int64_t count_rows(int32_t* updates, int32_t* last_step, const int64_t* rows, int64_t n,
                    int64_t step, int64_t fresh_limit = 0);
+
+// Telemetry's effective rates of the n `rows` (adagrad.cpp: adagrad_rates, the formula): into
+// rate[i], or rate[i * dim + j] with `per_coordinate`, and each row's update count into count[i].
+void read_rates(const float* sum, const int32_t* updates, const int32_t* last_step,
+                int64_t num_rows, int64_t dim, const int64_t* rows, int64_t n, double lr,
+                double lr_decay, double eps, bool per_coordinate, double* rate, int32_t* count);
 
 }  // namespace adagrad

@@ -19,7 +19,8 @@ std::vector<torch::Tensor> classify_steps(
     torch::Tensor split_ids, torch::Tensor split_offsets, torch::Tensor split_labels,
     torch::Tensor docs, int64_t batch_size, torch::Tensor alphas, double eps,
     int64_t first_step, bool mean, torch::Tensor slot_of, torch::Tensor fresh,
-    int64_t fresh_limit);
+    int64_t fresh_limit, torch::Tensor read_steps, torch::Tensor read_rows,
+    torch::Tensor coordinates_at, torch::Tensor coordinate_rows, double lr, double lr_decay);
 std::vector<torch::Tensor> adagrad_rates(torch::Tensor sum, torch::Tensor updates,
                                          torch::Tensor last_step, torch::Tensor ids, double lr,
                                          double lr_decay, double eps, bool per_coordinate);

@@ -109,6 +109,7 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
         tokenizer.save(str(run_dir / "tokenizer.json"))
         writer.custom_layout(telemetry.custom_layout(spec))
     snapshots = Snapshots(cfg, spec, optimizer, model.sparse_tables(), writer)
+    snapshots.read_in_chunks(fused, total_steps)
     checkpoints = Checkpoints(cfg, run_dir, model, optimizer, device, is_main)
 
     def checkpoint() -> Path | None:
@@ -138,6 +139,8 @@ def classify(cfg: Config, run_dir: Path, writer: MetricWriter | None = None) -> 
                     )
                     docs = batches(order, batch_size, at, asked)
                     chunk = fused(docs, batch_size)
+                    if snapshots.in_chunks:
+                        snapshots.submit_chunk_reads(state, chunk)
                     steps = len(chunk.losses)  # fewer only when a step went non-finite
                     lengths = doc_lengths[docs[: steps * batch_size]]
                     tokens = np.add.reduceat(lengths, np.arange(0, len(lengths), batch_size))
