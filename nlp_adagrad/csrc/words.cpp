@@ -541,27 +541,41 @@ class WordCounts {
     const int64_t ranges = (int64_t)counted_.size();
     auto lengths = torch::zeros({(int64_t)tokens_.size()}, torch::kInt64);
     int64_t* length = lengths.data_ptr<int64_t>();
-    std::vector<std::vector<int32_t>> ids(ranges);
+    // each range writes its ids where its tokens start in one output, then the ranges close
+    // up over the dropped (unranked) words: no per-range vectors copied into the output
+    std::vector<int64_t> start(ranges + 1, 0), kept(ranges, 0);
+    for (int64_t r = 0; r < ranges; ++r) start[r + 1] = start[r] + (int64_t)counted_[r].words.size();
+    auto out = torch::empty({start[ranges]}, torch::kInt32);
+    int32_t* ids = out.data_ptr<int32_t>();
     at::parallel_for(0, ranges, 1, [&](int64_t first, int64_t last) {
       for (int64_t r = first; r < last; ++r) {
         const Counted& counted = counted_[r];
         std::vector<int32_t> id_of(counted.merged.size());  // by the range's own numbers
         for (size_t w = 0; w < id_of.size(); ++w) id_of[w] = id_of_[counted.merged[w]];
         const uint32_t* word = counted.words.data();
-        ids[r].reserve(counted.words.size());
+        const uint32_t* words_end = word + counted.words.size();
+        int32_t* o = ids + start[r];
         for (int64_t t = counted.begin; t < counted.end; ++t) {
-          const size_t before = ids[r].size();
-          for (int64_t k = 0; k < tokens_[t]; ++k) {
-            const int32_t id = id_of[*word++];
-            if (id >= 0) ids[r].push_back(id);
+          const int32_t* before = o;
+          for (int64_t k = 0; k < tokens_[t]; ++k, ++word) {
+            if (word + rows::kAhead < words_end) __builtin_prefetch(&id_of[word[rows::kAhead]]);
+            const int32_t id = id_of[*word];
+            *o = id;
+            o += id >= 0;
           }
-          length[t] = (int64_t)(ids[r].size() - before);
+          length[t] = (int64_t)(o - before);
         }
+        kept[r] = (int64_t)(o - (ids + start[r]));
       }
     });
+    int64_t total = kept[0];
+    for (int64_t r = 1; r < ranges; ++r) {
+      std::memmove(ids + total, ids + start[r], (size_t)kept[r] * sizeof(int32_t));
+      total += kept[r];
+    }
     counted_.clear(), counted_.shrink_to_fit();
     tokens_.clear(), tokens_.shrink_to_fit();
-    return {joined(ids, ranges, torch::kInt32), lengths};
+    return {out.narrow(0, 0, total), lengths};
   }
 
   // WordIds.encode of other texts through the ranked words' ids.
