@@ -224,6 +224,25 @@ def test_the_word_kernel_makes_tokenizers_own_tokenizer_and_ids(settings):
     assert len(made["cpp"][1][0][0]) > 10  # the texts did become ids
 
 
+def test_the_word_kernel_ranks_frequent_and_rare_words_as_the_trainer_does():
+    # words counted 1,024 times and more are sorted whole, the others placed by their count
+    # and sorted by their bytes within it (words.cpp): ties on both sides of that line, words
+    # sharing their first 8 bytes, and counts on either side of it
+    counts = {"zebra": 2000, "apple": 2000, "prefix_long_b": 1500, "prefix_long_a": 1500}
+    counts |= {"mango": 1024, "kiwi": 1023, "fig": 1023, "prefix_long_d": 7, "prefix_long_c": 7}
+    counts |= {f"w{i}": 1 + i % 5 for i in range(300)}
+    words = [word for word, n in counts.items() for _ in range(n)]
+    np.random.default_rng(0).shuffle(words)
+    train = dataset([" ".join(words[i : i + 50]) for i in range(0, len(words), 50)])
+    made = {}
+    for kernel in ("tokenizers", "cpp"):
+        made[kernel] = train_tokenizer(train, TokenizerConfig(kernel=kernel)).to_str()
+    assert made["cpp"] == made["tokenizers"]
+    vocab = Tokenizer.from_str(made["cpp"]).get_vocab()
+    assert vocab["apple"] < vocab["zebra"] < vocab["prefix_long_a"] < vocab["mango"]
+    assert vocab["mango"] < vocab["fig"] < vocab["kiwi"] < vocab["prefix_long_c"]
+
+
 @pytest.mark.parametrize("lowercase", [True, False])
 def test_the_word_kernel_splits_every_kind_of_byte_at_every_place_in_a_64_byte_block(lowercase):
     # the kernel classifies 64 bytes at a time (AVX2 where built), a text's last bytes one by

@@ -490,11 +490,33 @@ class WordCounts {
         head = head << 8 | (k < word.size() ? (unsigned char)word[k] : 0u);
       kept.push_back({slot.value, head, word, slot.index});
     });
-    std::sort(kept.begin(), kept.end(), [](const Kept& a, const Kept& b) {
-      if (a.count != b.count) return a.count > b.count;
-      if (a.head != b.head) return a.head < b.head;
-      return a.word < b.word;
+    // Most words are rare (Zipf): those counted fewer than kBucketed times are placed by
+    // their count (a counting sort), so only words of one count are compared, by their
+    // bytes; the few frequent ones are sorted whole. (One std::sort of all took 0.07 s of the
+    // synthetic corpus's 690,000 words, its branches mispredicted.)
+    constexpr int64_t kBucketed = 1024;
+    const auto by_bytes = [](const Kept& a, const Kept& b) {
+      return a.head != b.head ? a.head < b.head : a.word < b.word;
+    };
+    std::vector<Kept> ordered;
+    ordered.reserve(kept.size());
+    std::vector<int64_t> place(kBucketed + 1, 0);  // count -> where its words go
+    for (const Kept& k : kept) {
+      if (k.count >= kBucketed) ordered.push_back(k);
+      else ++place[k.count];
+    }
+    std::sort(ordered.begin(), ordered.end(), [&](const Kept& a, const Kept& b) {
+      return a.count != b.count ? a.count > b.count : by_bytes(a, b);
     });
+    int64_t at = (int64_t)ordered.size();
+    for (int64_t c = kBucketed - 1; c >= 0; --c) std::swap(place[c], at), at += place[c];
+    std::vector<int64_t> group_start(place.begin(), place.end() - 1);
+    ordered.resize(kept.size());
+    for (const Kept& k : kept)
+      if (k.count < kBucketed) ordered[place[k.count]++] = k;
+    for (int64_t c = 0; c < kBucketed; ++c)  // each count's words now lie in [start, place)
+      std::sort(ordered.begin() + group_start[c], ordered.begin() + place[c], by_bytes);
+    kept.swap(ordered);
     if ((int64_t)kept.size() > max_words) kept.resize(std::max<int64_t>(max_words, 0));
     id_of_.assign(counts_.size(), -1);
     first_id_ = first_id;
