@@ -74,12 +74,17 @@ def snapshot_due(step: int, every: int) -> bool:
     return step <= 3 or _without_trailing_zeros(step) in (1, 2, 5)
 
 
+# every step `snapshot_due` may take below `every`: 1, 2, 3, 5, 10, 20, 50, ... up to 5e18
+_EARLY_CANDIDATES = sorted({1, 2, 3} | {m * 10**k for k in range(19) for m in (1, 2, 5)})
+
+
 def snapshot_steps(first: int, end: int, every: int) -> list[int]:
-    """The steps in [first, end) where `snapshot_due`: the early ones one by one, the
-    multiples of `every` counted (a fused chunk asks for up to 64 steps at a time)."""
+    """The steps in [first, end) where `snapshot_due`, ascending, without asking each step (a
+    run's schedule, passed to the fused steps once)."""
     if every <= 0:
         return []
-    early = [s for s in range(max(first, 1), min(end, every)) if snapshot_due(s, every)]
+    bound = min(end, every)
+    early = [s for s in _EARLY_CANDIDATES if first <= s < bound and snapshot_due(s, every)]
     return early + list(range(-(-max(first, every) // every) * every, end, every))
 
 

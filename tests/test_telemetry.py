@@ -167,8 +167,10 @@ def test_snapshots_are_log_spaced_at_the_start_then_every_n_steps():
     assert not any(snapshot_due(s, every=0) for s in range(1, 100))  # 0: off
     with_histograms = [s for s in due if histograms_due(s, every=50, histogram_every=2)]
     assert with_histograms == [1, 10, 100, 200, 300]
-    # a fused chunk's steps, counted instead of asked one by one: the same steps
-    for every, first, steps in itertools.product((0, 1, 3, 7, 50, 1000), range(130), (1, 5, 64)):
+    # the schedule the fused steps get, listed without asking each step: the same steps
+    for every, first, steps in itertools.product(
+        (0, 1, 3, 7, 50, 1000, 10**6), range(130), (1, 5, 64, 3000)
+    ):
         expected = [s for s in range(first, first + steps) if snapshot_due(s, every)]
         assert snapshot_steps(first, first + steps, every) == expected, (every, first, steps)
 
