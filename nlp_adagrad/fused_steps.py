@@ -1,9 +1,12 @@
 """Several Adagrad steps of a bag classifier in one C++ call (csrc/classify_steps.cpp), for
 the stretches of a run where nothing in Python needs to see the steps in between: the loop
-(nlp_adagrad/recipes/classify.py) hands it the batches up to the next snapshot, evaluation or
+(nlp_adagrad/recipes/classify.py) hands it the batches up to the next evaluation or
 checkpoint (`Intervals.steps_to_next_event`). Log points may fall inside a chunk: each step's
 loss and end time come back, and `Intervals.after_chunk` closes those windows as the steps
-did.
+did. So may telemetry snapshots: given the run's schedule (`reads`, set by
+`Snapshots.read_in_chunks`), the kernel reads each one after its step and the readings come
+back with the chunk (`Snapshots.submit_chunk_reads` hands them on); where it cannot read them,
+a snapshot ends the chunk and Python reads it.
 
 The numbers are those of stepping one batch at a time with the kernels, bit for bit (tested,
 resumed runs included), so it is no setting: it runs wherever it applies, and saves the
