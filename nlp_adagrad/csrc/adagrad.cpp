@@ -115,7 +115,7 @@ void read_rates(const float* G, const int32_t* u, const int32_t* last, int64_t n
       __builtin_prefetch(G + later * dim), __builtin_prefetch(u + later);
       if (lr_decay) __builtin_prefetch(last + later);  // no decay: the rate needs no step
     }
-    count[i] = u[r[i]];
+    if (count != nullptr) count[i] = u[r[i]];
     const double scale = lr_decay ? lr / (1 + ((double)last[r[i]] - 1) * lr_decay) : lr;
     const float* Gr = G + r[i] * dim;
     if (per_coordinate) {

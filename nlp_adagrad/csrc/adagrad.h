@@ -23,7 +23,8 @@ int64_t count_rows(int32_t* updates, int32_t* last_step, const int64_t* rows, in
                    int64_t step, int64_t fresh_limit = 0);
 
 // Telemetry's effective rates of the n `rows` (adagrad.cpp: adagrad_rates, the formula): into
-// rate[i], or rate[i * dim + j] with `per_coordinate`, and each row's update count into count[i].
+// rate[i], or rate[i * dim + j] with `per_coordinate`, and each row's update count into count[i]
+// (`count` may be null).
 void read_rates(const float* sum, const int32_t* updates, const int32_t* last_step,
                 int64_t num_rows, int64_t dim, const int64_t* rows, int64_t n, double lr,
                 double lr_decay, double eps, bool per_coordinate, double* rate, int32_t* count);

@@ -159,14 +159,12 @@ std::vector<torch::Tensor> classify_steps(
                           dim, read_rows.data_ptr<int64_t>(), n_read, lr, lr_decay, eps, false,
                           rates.data_ptr<double>() + done * n_read,
                           counts.data_ptr<int32_t>() + done * n_read);
-      if (read_coordinates[begin + done]) {
-        std::vector<int32_t> unused(n_coord);
+      if (read_coordinates[begin + done])  // the rates only: the counts are the read's above
         adagrad::read_rates(G, updates.data_ptr<int32_t>(), last_step.data_ptr<int32_t>(),
                             rows_total, dim, coordinate_rows.data_ptr<int64_t>(), n_coord, lr,
                             lr_decay, eps, true,
                             coordinates.data_ptr<double>() + coordinates_done++ * n_coord * dim,
-                            unused.data());
-      }
+                            nullptr);
       tokens_updated.data_ptr<int64_t>()[done] = fresh.data_ptr<int64_t>()[0];
       read_seconds.data_ptr<double>()[done++] =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - ended).count();
