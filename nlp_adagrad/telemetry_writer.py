@@ -90,6 +90,7 @@ class InlineSink:
         for reading, step, histograms, table in self._held.take():
             summary = write_snapshot(self._writer, self.spec, reading, step, histograms, table)
             self._done.append(summary)
+        self._writer.flush()
 
     def results(self) -> list[dict[str, float]]:
         self._write_held()
@@ -136,7 +137,8 @@ class ProcessSink:
     """Snapshots summarized and written by a child process into `logdir`, in order.
 
     Messages go out through a feeder thread, as multiprocessing.Queue's do: a send never
-    makes the loop wait, not even while the process is still starting.
+    makes the loop wait, not even while the process is still starting. The process flushes
+    its event file after each burst of snapshots, so TensorBoard shows them ~1 s late.
     """
 
     def __init__(self, logdir: Path, spec: TelemetrySpec) -> None:
@@ -177,9 +179,28 @@ class ProcessSink:
         self._child.close()
 
     def _feed(self) -> None:
-        while (message := self._outbox.get()) is not None:
+        """Send the outbox's messages in order; snapshots are held back (HeldBack) and sent
+        as one message once the oldest has waited HOLD_SECONDS, or before any other message.
+        Sent one by one, they kept the pipe, the process and its page faults busy beside the
+        loop all through it: the synthetic telemetry config's 0.22 s loop took +12% against
+        `telemetry.every=0`, +2% with them sent together (medians of 8 alternating runs;
+        README, "Telemetry against a fast loop")."""
+        held = HeldBack()
+        while True:
             try:
-                self._child.outbox.send(message)
+                message = self._outbox.get(timeout=held.seconds_left())
+                snapshot = message is not None and message[0] == "snapshot"
+                if snapshot and not held.add(message[1:]):
+                    continue
+            except queue.Empty:  # the oldest held snapshot has waited long enough
+                message, snapshot = (), True
+            try:
+                if held:
+                    self._child.outbox.send(("snapshots", held.take()))
+                if message is None:
+                    return
+                if not snapshot:
+                    self._child.outbox.send(message)
             except OSError as e:  # the process is gone: `_receive` says so
                 self._send_error = e
                 return
@@ -269,11 +290,13 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             closing = kind == "close"
             if kind == "open":
                 writer, spec = EventsWriter(Path(message[1]), EVENTS_SUFFIX), message[2]
-            elif kind == "snapshot" and failure is None:
-                _, reading, exact, step, histograms, table = message
-                reading.view = spec.full if exact else spec.sample
+            elif kind == "snapshots" and failure is None:
                 try:
-                    summaries.append(write_snapshot(writer, spec, reading, step, histograms, table))
+                    for reading, exact, step, histograms, table in message[1]:
+                        reading.view = spec.full if exact else spec.sample
+                        summary = write_snapshot(writer, spec, reading, step, histograms, table)
+                        summaries.append(summary)
+                    writer.flush()
                 except Exception:
                     failure = traceback.format_exc()
             elif kind == "results":

@@ -6,7 +6,10 @@ tests that do not care) get `NullWriter`, so no code asks "is logging on?".
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,6 +95,12 @@ class HeldBack:
         self._items.append(item)
         return now - self._since >= HOLD_SECONDS
 
+    def seconds_left(self) -> float | None:
+        """How long until the oldest held item has waited HOLD_SECONDS; None when none is."""
+        if not self._items:
+            return None
+        return max(0.0, self._since + HOLD_SECONDS - time.monotonic())
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -122,20 +131,24 @@ def histograms_summary(values: dict[str, np.ndarray]):
     parts = []
     for tag, v in values.items():
         v = np.asarray(v, dtype=float).reshape(-1)
-        counts, limits = np.histogram(v, bins=TENSORFLOW_BINS)
-        occupied = np.flatnonzero(counts)
-        if not len(occupied):  # no values, or all outside the bins (all 1e30, say): no chart
+        # np.histogram's bins (the last one closed), by bisection: its general path for
+        # uneven edges sorts the values and costs ~5x more
+        which = np.searchsorted(TENSORFLOW_BINS, v, side="right") - 1
+        which[v == TENSORFLOW_BINS[-1]] = len(TENSORFLOW_BINS) - 2
+        which = which[(which >= 0) & (which < len(TENSORFLOW_BINS) - 1)]
+        if not len(which):  # no values, or all outside the bins (all 1e30, say): no chart
             continue
-        start, end = occupied[0], occupied[-1] + 1
+        start, end = which.min(), which.max() + 1
         # TensorBoard reads right bin limits only: an empty bin on the left keeps the first
-        counts = counts[start - 1 : end] if start > 0 else np.concatenate([[0], counts[:end]])
+        # as floats: the proto's doubles converted from Python ints cost 5x more (~65 us)
+        counts = np.concatenate([[0.0], np.bincount(which - start)])
         histogram = HistogramProto(
             min=v.min(),
             max=v.max(),
             num=len(v),
             sum=v.sum(),
             sum_squares=v.dot(v),
-            bucket_limit=limits[start : end + 1].tolist(),
+            bucket_limit=TENSORFLOW_BINS[start : end + 1].tolist(),
             bucket=counts.tolist(),
         )
         parts.append(Summary.Value(tag=tag, histo=histogram))
@@ -157,22 +170,34 @@ def fast_record_checksums() -> None:
 
 
 class EventsWriter:
-    """Scalars and histograms in an event file of their own, through TensorBoard's own
-    EventFileWriter: what the telemetry process writes with (it never imports torch)."""
+    """Scalars and histograms in an event file of their own, written where they are made,
+    with TensorBoard's own RecordWriter and protos: what the telemetry process writes with
+    (it never imports torch). Not through TensorBoard's EventFileWriter, which hands each
+    event to a writer thread: its wake-ups cost ~0.15 ms a snapshot, a fifth of writing one
+    (0.64 -> 0.48 ms, microbenchmark), and it flushes every 30 s. `flush` puts what was
+    written on disk: the telemetry sinks call it after each burst of snapshots."""
 
     def __init__(self, logdir: Path, suffix: str) -> None:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
 
         fast_record_checksums()
-        self._events = EventFileWriter(
-            str(logdir), max_queue_size=1000, flush_secs=30, filename_suffix=suffix
-        )
+        logdir.mkdir(parents=True, exist_ok=True)
+        # TensorBoard's own file name pattern: it reads every file with "tfevents" in it
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+        file = logdir / f"{name}.{next(_EVENT_FILES)}{suffix}"
+        self._records = RecordWriter(open(file, "wb"))  # noqa: SIM115 (closed by close())
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.flush()
+
+    def _write(self, event) -> None:
+        self._records.write(event.SerializeToString())
 
     def _add(self, summary, step: int) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
 
         if summary is not None:
-            self._events.add_event(Event(summary=summary, step=step, wall_time=time.time()))
+            self._write(Event(summary=summary, step=step, wall_time=time.time()))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         self._add(scalars_summary(values), step)
@@ -180,8 +205,14 @@ class EventsWriter:
     def histograms(self, values: dict[str, np.ndarray], step: int) -> None:
         self._add(histograms_summary(values), step)
 
+    def flush(self) -> None:
+        self._records.flush()
+
     def close(self) -> None:
-        self._events.close()
+        self._records.close()
+
+
+_EVENT_FILES = itertools.count()
 
 
 class TensorBoardWriter:

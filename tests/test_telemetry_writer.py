@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -35,6 +36,8 @@ def test_histograms_are_binned_as_torchs_summary_writer_bins_them():
         "one value": np.array([0.5]),
         "zeros and negatives": np.array([0.0, 0.0, -3.0, 2.0]),
         "huge": np.array([1e30, 2e30]),  # outside every bin: no histogram
+        "partly outside": np.array([1e30, 2.0, -1e30]),
+        "on the edges": np.concatenate([TENSORFLOW_BINS[[0, 1, 700, -2, -1]], [-1e-12, 1e-12]]),
     }
     ours = {v.tag: v.histo for v in histograms_summary(cases).value}
     assert set(ours) == set(cases) - {"huge"}
@@ -164,6 +167,55 @@ def test_the_loop_holds_its_snapshots_back_at_most_the_hold_time(tmp_path, monke
     scalars, _ = _events(tmp_path / "held")
     assert [s for s, _ in scalars["eff_lr/rare"]] == [1, 2, 3]
     assert [s for s, _ in scalars["eff_lr/word/rare"]] == [10, 10]
+
+
+def _written_steps(logdir, tag: str = "eff_lr/rare") -> list[int] | None:
+    """Steps of `tag` on disk now; None before the event file exists."""
+    if not list(logdir.glob("events.out.tfevents.*")):
+        return None
+    return [step for step, _ in _events(logdir)[0].get(tag, [])]
+
+
+def _wait_for(check, seconds: float = 10.0):
+    deadline = time.monotonic() + seconds
+    while (result := check()) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return result
+
+
+def test_the_process_gets_snapshots_together_and_they_are_on_disk_within_the_hold_time(
+    tmp_path, monkeypatch
+):
+    """ProcessSink's feeder holds snapshots back and sends them as one message, once the
+    oldest has waited HOLD_SECONDS or when results() asks; the process flushes its event
+    file after each burst, so TensorBoard shows them without waiting for the run's end.
+    The loop's sink (InlineSink) flushes after each burst too."""
+    from nlp_adagrad import writer
+
+    spec, readings = _snapshots()
+    monkeypatch.setattr(writer, "HOLD_SECONDS", 3600)
+    held = ProcessSink(tmp_path / "held", spec)
+    for reading, step, histograms in readings[:2]:
+        held.submit(reading, step, histograms, None)
+    time.sleep(0.3)
+    assert _wait_for(lambda: _written_steps(tmp_path / "held")) == []  # not sent yet
+    assert len(held.results()) == 2
+    assert _written_steps(tmp_path / "held") == [1, 2]  # flushed before its reply
+    held.close()
+
+    monkeypatch.setattr(writer, "HOLD_SECONDS", 0.2)
+    soon = ProcessSink(tmp_path / "soon", spec)
+    for reading, step, histograms in readings[:2]:
+        soon.submit(reading, step, histograms, None)
+    # no results() call: the hold time alone sends them, and the process flushes them
+    assert _wait_for(lambda: _written_steps(tmp_path / "soon") or None) == [1, 2]
+    soon.close()
+
+    monkeypatch.setattr(writer, "HOLD_SECONDS", 0)
+    inline = InlineSink(tmp_path / "inline", spec)
+    inline.submit(*readings[0], None)
+    assert _written_steps(tmp_path / "inline") == [1]  # written and flushed by the loop
+    inline.close()
 
 
 def test_a_telemetry_process_that_dies_stops_the_run_with_one_line(tmp_path):
