@@ -26,10 +26,11 @@ import sys
 import threading
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
 
 from nlp_adagrad.errors import UserError
 from nlp_adagrad.telemetry import Reading, TelemetrySpec, write_snapshot
@@ -156,7 +157,7 @@ class ProcessSink:
 
     def submit(self, reading: Reading, step: int, histograms: bool, table: str | None) -> None:
         exact = reading.view is self.spec.full
-        self._outbox.put(("snapshot", replace(reading, view=None), exact, step, histograms, table))
+        self._outbox.put(("snapshot", reading, exact, step, histograms, table))
         self._submitted += 1
 
     def results(self) -> list[dict[str, float]]:
@@ -196,7 +197,7 @@ class ProcessSink:
                 message, snapshot = (), True
             try:
                 if held:
-                    self._child.outbox.send(("snapshots", held.take()))
+                    send_snapshots(self._child.outbox, held.take())
                 if message is None:
                     return
                 if not snapshot:
@@ -273,6 +274,40 @@ def replace_fields(spec: TelemetrySpec, **fields) -> TelemetrySpec:
     return out
 
 
+def send_snapshots(outbox: Connection, snapshots: list[tuple]) -> None:
+    """(reading, exact, step, histograms, table) tuples as one message that describes them,
+    then each array's bytes as they lie in memory (`receive_snapshots` takes them). Pickled
+    in one message, a burst's arrays were copied twice into new memory under the interpreter
+    lock the loop waits for: a 15,000-step loop took +15% against `telemetry.every=0`, +6 to
+    +8% sent this way (README, "Telemetry against a fast loop")."""
+    described, arrays = [], []
+    for reading, *rest in snapshots:
+        parts = (reading.eff_lr, reading.updates, reading.coordinates)
+        layouts = [None if a is None else (a.dtype.str, a.shape) for a in parts]
+        described.append((*rest, reading.tokens_updated, layouts))
+        arrays += [np.ascontiguousarray(a) for a in parts if a is not None]
+    outbox.send(("snapshots", described))
+    for array in arrays:
+        outbox.send_bytes(array.reshape(-1).view(np.uint8))
+
+
+def receive_snapshots(inbox: Connection, spec: TelemetrySpec, described: list) -> list[tuple]:
+    """What `send_snapshots` sent, as (reading, step, histograms, table) tuples."""
+    snapshots = []
+    for exact, step, histograms, table, tokens_updated, layouts in described:
+        arrays = []
+        for layout in layouts:
+            array = None if layout is None else np.empty(layout[1], np.dtype(layout[0]))
+            if array is not None:
+                inbox.recv_bytes_into(array.reshape(-1).view(np.uint8))
+            arrays.append(array)
+        eff_lr, updates, coordinates = arrays
+        view = spec.full if exact else spec.sample
+        reading = Reading(view, eff_lr, updates, tokens_updated, coordinates)
+        snapshots.append((reading, step, histograms, table))
+    return snapshots
+
+
 def serve(inbox: Connection, outbox: Connection) -> None:
     """The child's loop: a run's folder and spec, then snapshots in, events written, and
     summaries out when asked."""
@@ -290,10 +325,10 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             closing = kind == "close"
             if kind == "open":
                 writer, spec = EventsWriter(Path(message[1]), EVENTS_SUFFIX), message[2]
-            elif kind == "snapshots" and failure is None:
+            elif kind == "snapshots":
+                snapshots = receive_snapshots(inbox, spec, message[1])  # even after a failure
                 try:
-                    for reading, exact, step, histograms, table in message[1]:
-                        reading.view = spec.full if exact else spec.sample
+                    for reading, step, histograms, table in snapshots if failure is None else []:
                         summary = write_snapshot(writer, spec, reading, step, histograms, table)
                         summaries.append(summary)
                     writer.flush()

@@ -218,6 +218,26 @@ def test_the_process_gets_snapshots_together_and_they_are_on_disk_within_the_hol
     inline.close()
 
 
+def test_a_snapshot_the_process_cannot_write_is_reported_and_the_rest_still_read(tmp_path):
+    """A failure in the process (a bug: here a reading of the wrong length) comes back from
+    results() as its traceback, and the arrays sent after it are still read off the pipe:
+    the process answers and closes instead of reading array bytes as messages."""
+    from dataclasses import replace
+
+    spec, readings = _snapshots()
+    sink = ProcessSink(tmp_path, spec)
+    broken = replace(readings[0][0], eff_lr=readings[0][0].eff_lr[:3])
+    sink.submit(broken, 1, False, None)
+    with pytest.raises(RuntimeError, match="telemetry writer process failed"):
+        sink.results()
+    for reading, step, histograms in readings[1:]:  # a later burst, its arrays after it
+        sink.submit(reading, step, histograms, None)
+    with pytest.raises(RuntimeError, match="telemetry writer process failed"):
+        sink.results()
+    sink.close()
+    assert sink._child.process.returncode == 0
+
+
 def test_a_telemetry_process_that_dies_stops_the_run_with_one_line(tmp_path):
     spec, readings = _snapshots()
     sink = ProcessSink(tmp_path, spec)
