@@ -279,7 +279,7 @@ def send_snapshots(outbox: Connection, snapshots: list[tuple]) -> None:
     then each array's bytes as they lie in memory (`receive_snapshots` takes them). Pickled
     in one message, a burst's arrays were copied twice into new memory under the interpreter
     lock the loop waits for: a 15,000-step loop took +15% against `telemetry.every=0`, +6 to
-    +8% sent this way (README, "Telemetry against a fast loop")."""
+    +9% sent this way (README, "Telemetry against a fast loop")."""
     described, arrays = [], []
     for reading, *rest in snapshots:
         parts = (reading.eff_lr, reading.updates, reading.coordinates)

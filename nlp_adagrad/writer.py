@@ -131,8 +131,8 @@ def histograms_summary(values: dict[str, np.ndarray]):
     parts = []
     for tag, v in values.items():
         v = np.asarray(v, dtype=float).reshape(-1)
-        # np.histogram's bins (the last one closed), by bisection: its general path for
-        # uneven edges sorts the values and costs ~5x more
+        # np.histogram's bins (the last one closed), by bisection into the edges: ~15% less
+        # than its path for uneven edges, which sorts the values first
         which = np.searchsorted(TENSORFLOW_BINS, v, side="right") - 1
         which[v == TENSORFLOW_BINS[-1]] = len(TENSORFLOW_BINS) - 2
         which = which[(which >= 0) & (which < len(TENSORFLOW_BINS) - 1)]
