@@ -3,7 +3,7 @@ tree, nlp_adagrad against fastText and Vowpal Wabbit, step time against table si
 Adagrad step against torch.optim.Adagrad, telemetry overhead, the row-traffic limit, and peak
 memory.
 
-    python scripts/bench.py                      # everything (~15 min on 2 cores)
+    python scripts/bench.py                      # everything (~20 min on 2 cores)
     python scripts/bench.py --sections scaling,optimizer --quick
 
 Writes bench.json and bench.md to --out and prints the table, the exact command and a machine
@@ -546,39 +546,48 @@ def bench_optimizer(quick: bool) -> list[dict]:
 
 
 # ------------------------------------------------------------------------- telemetry overhead
+TELEMETRY_ROUNDS = 8  # on/off pairs per config: this VM moves +-10% between repeats
+
+
 def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
-    """What the default telemetry costs the training loop, median of 3 runs, on BBC News
-    (27k words) and a synthetic corpus with a 10^6-word vocabulary: the time the loop spends
-    in snapshots (`train/telemetry_seconds`: reading the rates at the step, and any wait for
-    the telemetry process that summarizes and writes them), against the rest of the loop;
-    and, since a snapshot also costs the loop outside that time (its reads leave the loop's
-    rows out of cache), the whole loop with telemetry on against `telemetry.every=0` (runs
-    alternating; this VM moves +-10% between repeats)."""
+    """What the default telemetry costs the training loop at 1 thread, on BBC News (27k
+    words), a synthetic corpus with a 10^6-word vocabulary (2 epochs, a 0.2 s loop) and the
+    same for 12 epochs (15,000 steps, 300 snapshots): the time the loop spends in snapshots
+    (`train/telemetry_seconds`: reading the rates at the step, and any wait for the telemetry
+    process that summarizes and writes them) against the rest of the loop, median of the
+    rounds; and, since a snapshot also costs the loop outside that time (the hand-over to the
+    process, the process beside the loop), the whole loop with telemetry on against
+    `telemetry.every=0`: TELEMETRY_ROUNDS pairs of runs, each pair's ratio (the order
+    alternating between rounds), their median and range."""
     from nlp_adagrad.config import TelemetryConfig
     from nlp_adagrad.telemetry import snapshot_due
 
     synthetic_words = 20_000 if quick else 1_000_000
+    synthetic = [
+        "data=synthetic",
+        f"data.vocab_size={synthetic_words}",
+        f"data.num_docs={4_000 if quick else 50_000}",
+    ]
     corpora = {
         "bbc_news": ["+experiment=debug"] if quick else [],
-        "synthetic": [
-            "data=synthetic",
-            f"data.vocab_size={synthetic_words}",
-            f"data.num_docs={4_000 if quick else 50_000}",
-            "trainer.epochs=2",
-        ],
+        "synthetic": [*synthetic, "trainer.epochs=2"],
     }
+    if not quick:
+        corpora["synthetic, 12 epochs"] = [*synthetic, "trainer.epochs=12"]
     out = []
     for corpus, data in corpora.items():
-        on, off = [], []
-        for _ in range(1 if quick else 3):
-            common = ["telemetry.figure=false", "trainer.num_threads=1", *data]
-            metrics = _ours(common, workdir)
-            telemetry = metrics["train/telemetry_seconds"]
-            on.append((metrics["train/seconds"] - telemetry, telemetry, metrics["train/steps"]))
-            off.append(_ours([*common, "telemetry.every=0"], workdir)["train/seconds"])
+        common = ["telemetry.figure=false", "trainer.num_threads=1", *data]
+        on, ratios = [], []
+        for round_ in range(1 if quick else TELEMETRY_ROUNDS):
+            runs = {}
+            for every in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
+                extra = [] if every == "on" else ["telemetry.every=0"]
+                runs[every] = _ours([*common, *extra], workdir)
+            telemetry = runs["on"]["train/telemetry_seconds"]
+            loop = runs["on"]["train/seconds"]
+            on.append((loop - telemetry, telemetry, runs["on"]["train/steps"]))
+            ratios.append(loop / runs["off"]["train/seconds"])
         rest, telemetry, steps = sorted(on, key=lambda r: r[1] / r[0])[len(on) // 2]
-        loop_on = sorted(r[0] + r[1] for r in on)[len(on) // 2]
-        loop_off = sorted(off)[len(off) // 2]
         every = TelemetryConfig().every  # the default schedule: no run above sets it
         out.append(
             dict(
@@ -588,9 +597,9 @@ def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
                 loop_seconds=rest,
                 telemetry_seconds=telemetry,
                 overhead=telemetry / rest,
-                loop_on=loop_on,
-                loop_off=loop_off,
-                whole_loop=loop_on / loop_off - 1,
+                rounds=len(ratios),
+                whole_loop=float(np.median(ratios)) - 1,
+                whole_loop_range=[min(ratios) - 1, max(ratios) - 1],
             )
         )
     return out
@@ -828,9 +837,10 @@ def markdown(results: dict, command: str, machine: str) -> str:
         )
     if "telemetry" in results:
         lines += _table(
-            "**Telemetry overhead** (default telemetry, median of 3 runs: time the loop spends "
-            "in snapshots, reading rates and waiting for the telemetry process, against the "
-            "rest of the loop; and the whole loop against a run with `telemetry.every=0`):",
+            "**Telemetry overhead** (default telemetry, 1 thread: time the loop spends in "
+            "snapshots, reading rates and waiting for the telemetry process, against the rest "
+            "of the loop, median of the rounds; and the whole loop against a run with "
+            "`telemetry.every=0`, the median and range of the rounds' paired ratios):",
             [
                 "corpus",
                 "steps",
@@ -838,8 +848,8 @@ def markdown(results: dict, command: str, machine: str) -> str:
                 "rest of loop s",
                 "in snapshots s",
                 "overhead",
-                "loop s, telemetry on / off",
-                "whole loop",
+                "rounds",
+                "whole loop (range)",
             ],
             [
                 [
@@ -849,8 +859,9 @@ def markdown(results: dict, command: str, machine: str) -> str:
                     f"{r['loop_seconds']:.3f}",
                     f"{r['telemetry_seconds']:.3f}",
                     f"{100 * r['overhead']:+.1f}%",
-                    f"{r['loop_on']:.3f} / {r['loop_off']:.3f}",
-                    f"{100 * r['whole_loop']:+.1f}%",
+                    str(r["rounds"]),
+                    f"{100 * r['whole_loop']:+.1f}% ({100 * r['whole_loop_range'][0]:+.1f}% "
+                    f"to {100 * r['whole_loop_range'][1]:+.1f}%)",
                 ]
                 for r in results["telemetry"]
             ],

@@ -65,3 +65,6 @@ def test_start_up_end_to_end_and_telemetry_sections(tmp_path):
         assert all("x_fasttext_loop" in r for r in ours if "accuracy" in r)
     assert [r["corpus"] for r in results["telemetry"]] == ["bbc_news", "synthetic"]
     assert all("overhead" in r for r in results["telemetry"])
+    for r in results["telemetry"]:  # a whole-loop figure comes with the spread of its rounds
+        low, high = r["whole_loop_range"]
+        assert low <= r["whole_loop"] <= high and r["rounds"] >= 1
