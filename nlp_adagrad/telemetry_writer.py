@@ -1,7 +1,8 @@
 """Where telemetry snapshots are summarized and written, off the training loop.
 
 A snapshot's rates are read at its step (`telemetry.read_snapshot`, one C++ pass for Adagrad);
-turning them into medians, slopes and histograms and writing those costs ~1.5 ms of Python.
+turning them into medians, slopes and histograms and writing those costs ~0.8 ms of Python
+(histograms on every fifth; microbenchmark).
 On a thread that Python shares the interpreter with the loop, which waited for the GIL each
 time it came back from a C++ chunk of steps (BBC News: +30% on a 0.05 s loop). So beside a
 TensorBoard run a child process does it, `python -m nlp_adagrad.telemetry_writer`, without
@@ -295,17 +296,20 @@ def receive_snapshots(inbox: Connection, spec: TelemetrySpec, described: list) -
     """What `send_snapshots` sent, as (reading, step, histograms, table) tuples."""
     snapshots = []
     for exact, step, histograms, table, tokens_updated, layouts in described:
-        arrays = []
-        for layout in layouts:
-            array = None if layout is None else np.empty(layout[1], np.dtype(layout[0]))
-            if array is not None:
-                inbox.recv_bytes_into(array.reshape(-1).view(np.uint8))
-            arrays.append(array)
-        eff_lr, updates, coordinates = arrays
+        eff_lr, updates, coordinates = (_received(inbox, layout) for layout in layouts)
         view = spec.full if exact else spec.sample
         reading = Reading(view, eff_lr, updates, tokens_updated, coordinates)
         snapshots.append((reading, step, histograms, table))
     return snapshots
+
+
+def _received(inbox: Connection, layout: tuple | None) -> np.ndarray | None:
+    """The next array off the pipe, of `layout` (dtype, shape); None where none was sent."""
+    if layout is None:
+        return None
+    array = np.empty(layout[1], np.dtype(layout[0]))
+    inbox.recv_bytes_into(array.reshape(-1).view(np.uint8))
+    return array
 
 
 def serve(inbox: Connection, outbox: Connection) -> None:
