@@ -13,7 +13,8 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 
 stamp=.venv/.nlp_adagrad-installed
-want=$(cat requirements.lock pyproject.toml nlp_adagrad/csrc/*.cpp | sha256sum | cut -d' ' -f1)
+# the kernels' sources and their flags (kernels.py) too: a change to either is a new build
+want=$(cat requirements.lock pyproject.toml nlp_adagrad/csrc/* nlp_adagrad/kernels.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch==2.13.0 in the lock resolves to the CPU wheel; an unpinned torch pulls a CUDA build.
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock

@@ -234,20 +234,21 @@ def test_the_fused_step_gives_the_same_bits_on_any_number_of_threads():
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
+@pytest.mark.parametrize("dim", [5, 19])  # rows narrower and wider than a vector register
 @pytest.mark.parametrize("kwargs", [dict(lr=0.5), dict(lr=0.3, lr_decay=0.1, eps=1e-3)])
-def test_the_native_rate_read_is_the_torch_ops_read(kwargs):
+def test_the_native_rate_read_is_the_torch_ops_read(kwargs, dim):
     """Telemetry's one-pass C++ read of Adagrad's rates against the torch ops it replaces:
     rows by id (repeats, any order) and by slice, per row and per coordinate, with rows never
     updated, rows whose gradients were all zero, and coordinates that never got one."""
     from nlp_adagrad.optim.base import RowOptimizer
 
     native_kernels("true", "optim.fused")
-    w = nn.Parameter(torch.randn(300, 5, generator=torch.Generator().manual_seed(0)))
+    w = nn.Parameter(torch.randn(300, dim, generator=torch.Generator().manual_seed(0)))
     opt = Adagrad([w], **kwargs)
     gen = torch.Generator().manual_seed(1)
     for _ in range(7):
         rows = torch.unique(torch.randint(0, 250, (90,), generator=gen))  # 250..299: never
-        values = torch.randn(rows.numel(), 5, generator=gen)
+        values = torch.randn(rows.numel(), dim, generator=gen)
         values[rows < 10] = 0  # rows 0..9: touched, zero second moment
         values[(rows >= 10) & (rows < 20), 2] = 0  # one coordinate that never moves
         w.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, w.shape, check_invariants=True)
