@@ -75,33 +75,6 @@ def _tensorflow_bins() -> np.ndarray:
 
 
 TENSORFLOW_BINS = _tensorflow_bins()
-_ZERO_BIN = len(TENSORFLOW_BINS) // 2  # the edge at 0; edge ZERO_BIN + 1 + k is 1e-12 * 1.1^k
-
-
-def bin_indices(v: np.ndarray) -> np.ndarray:
-    """np.searchsorted(TENSORFLOW_BINS, v, side="right") - 1 (NaN as the last edge's), from
-    the edges' growth: a guess through log(|v|) / log(1.1), then corrected against its
-    neighbouring edges (the edges are products, the guess a closed form: at most one bin
-    apart). Bisection into the 1,549 edges was most of a histogram snapshot's cost (tested
-    equal, edges and their neighbouring floats included)."""
-    edges, last = TENSORFLOW_BINS, len(TENSORFLOW_BINS) - 1
-    with np.errstate(divide="ignore", invalid="ignore"):
-        k = np.floor((np.log(np.abs(v)) - math.log(1e-12)) / math.log(1.1))
-    nan = np.isnan(v)
-    k[nan] = 0.0
-    np.minimum(np.maximum(k, -1.0, out=k), last, out=k)  # below 1e-12: the bins beside 0
-    guess = np.where(v >= 0, _ZERO_BIN + 1 + k, _ZERO_BIN - 2 - k).astype(np.intp)
-    which = np.minimum(np.maximum(guess, 0, out=guess), last - 1, out=guess)
-    for _ in range(2):
-        which -= v < edges[which]
-        np.maximum(which, 0, out=which)
-        which += v >= edges[which + 1]
-        np.minimum(which, last - 1, out=which)
-    which[v < edges[0]] = -1
-    which[(v >= edges[-1]) | nan] = last
-    return which
-
-
 HOLD_SECONDS = 1.0  # longest a scalar event or a loop-written snapshot is held back
 
 
@@ -155,16 +128,12 @@ def histograms_summary(values: dict[str, np.ndarray]):
     them (torch.utils.tensorboard.summary.make_histogram, which needs torch), or None."""
     from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 
-    arrays = [np.asarray(v, dtype=float).reshape(-1) for v in values.values()]
-    if not arrays:
-        return None
-    # every tag's values binned in one call: a snapshot's dozen small histograms each paid
-    # the calls' overhead
-    binned = bin_indices(np.concatenate(arrays))
-    ends = np.cumsum([len(v) for v in arrays])
     parts = []
-    for tag, v, which in zip(values, arrays, np.split(binned, ends[:-1])):
-        # np.histogram's bins (the last one closed)
+    for tag, v in values.items():
+        v = np.asarray(v, dtype=float).reshape(-1)
+        # np.histogram's bins (the last one closed), by bisection into the edges: ~15% less
+        # than its path for uneven edges, which sorts the values first
+        which = np.searchsorted(TENSORFLOW_BINS, v, side="right") - 1
         which[v == TENSORFLOW_BINS[-1]] = len(TENSORFLOW_BINS) - 2
         which = which[(which >= 0) & (which < len(TENSORFLOW_BINS) - 1)]
         if not len(which):  # no values, or all outside the bins (all 1e30, say): no chart

@@ -22,12 +22,7 @@ from nlp_adagrad.telemetry_writer import (
     ThreadSink,
     open_sink,
 )
-from nlp_adagrad.writer import (
-    TENSORFLOW_BINS,
-    TensorBoardWriter,
-    bin_indices,
-    histograms_summary,
-)
+from nlp_adagrad.writer import TENSORFLOW_BINS, TensorBoardWriter, histograms_summary
 from tests.helpers import at_thread_counts
 
 
@@ -49,26 +44,6 @@ def test_histograms_are_binned_as_torchs_summary_writer_bins_them():
     for tag, values in cases.items():
         if tag != "huge":
             assert ours[tag] == histogram(tag, values, TENSORFLOW_BINS).value[0].histo, tag
-
-
-def test_bin_indices_are_bisections_into_the_bins():
-    """The arithmetic bin lookup against np.searchsorted: every magnitude the bins span and
-    beyond, both signs, each edge and the floats on either side of it, zeros, NaN, infinities,
-    the smallest subnormal."""
-    rng = np.random.default_rng(1)
-    magnitudes = 10 ** rng.uniform(-16, 22, 200_000)
-    values = np.concatenate(
-        [
-            magnitudes * rng.choice([-1.0, 1.0], len(magnitudes)),
-            TENSORFLOW_BINS,
-            np.nextafter(TENSORFLOW_BINS, np.inf),
-            np.nextafter(TENSORFLOW_BINS, -np.inf),
-            [0.0, -0.0, np.nan, np.inf, -np.inf, 5e-324, -5e-324, 1e300, -1e300],
-            np.log10(rng.uniform(1e-9, 10, 100_000)),  # what telemetry bins: log10 rates
-        ]
-    )
-    want = np.searchsorted(TENSORFLOW_BINS, values, side="right") - 1
-    np.testing.assert_array_equal(bin_indices(values), want)
 
 
 def test_event_records_are_checksummed_as_tensorboard_checksums_them(tmp_path):
