@@ -3,7 +3,7 @@ tree, nlp_adagrad against fastText and Vowpal Wabbit, step time against table si
 Adagrad step against torch.optim.Adagrad, telemetry overhead, the row-traffic limit, and peak
 memory.
 
-    python scripts/bench.py                      # everything (~20 min on 2 cores)
+    python scripts/bench.py                      # everything (7-20 min on 2 cores)
     python scripts/bench.py --sections scaling,optimizer --quick
 
 Writes bench.json and bench.md to --out and prints the table, the exact command and a machine
