@@ -37,6 +37,8 @@ UNSEEN = "unseen"  # tokens with no occurrence in the training split (the unknow
 # Tokens whose coordinate rates a histogram reads per bucket: enough for its shape, while a
 # 5,000-token sample at dim 64 would be 320,000 values for TensorBoard to bin
 MAX_COORD_HISTOGRAM_TOKENS = 1_000
+# Histogram bins of log10(eff_lr): 20 a decade, each a rate ratio of 1.12, at any rate
+LOG10_BIN_WIDTH = 0.05
 COORD_CHUNK_ROWS = 65_536  # rows per read of per-coordinate rates (float64 rows x dim)
 TOKEN_STATS_COLUMNS = [
     "id",
@@ -428,7 +430,7 @@ def write_snapshot(
                 out[table_tag(f"eff_lr_log10_hist/{name}", table_name)] = logs
         for name, logs in _coordinate_histograms(view, reading.coordinates).items():
             out[table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)] = logs
-        writer.histograms(out, step)
+        writer.histograms(out, step, LOG10_BIN_WIDTH)
     return summary
 
 

@@ -182,7 +182,7 @@ class Recorder(NullWriter):
     def scalars(self, values, step):
         self.tags.update(values)
 
-    def histograms(self, values, step):
+    def histograms(self, values, step, width):
         self.tags.update({tag: np.asarray(v) for tag, v in values.items()})
 
 

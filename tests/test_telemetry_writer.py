@@ -22,28 +22,48 @@ from nlp_adagrad.telemetry_writer import (
     ThreadSink,
     open_sink,
 )
-from nlp_adagrad.writer import TENSORFLOW_BINS, TensorBoardWriter, histograms_summary
+from nlp_adagrad.writer import TensorBoardWriter, histograms_summary
 from tests.helpers import at_thread_counts
 
 
-def test_histograms_are_binned_as_torchs_summary_writer_bins_them():
-    from torch.utils.tensorboard.summary import histogram
-
+def test_histograms_count_each_finite_value_in_its_uniform_bin():
+    """Bins `width` wide on the multiples of `width`, each (previous limit, limit] as
+    TensorBoard reads it, an empty one first; counted against an explicit reference."""
     rng = np.random.default_rng(0)
+    width = 0.05
     cases = {
+        "log rates": np.log10(rng.uniform(1e-6, 1.0, size=5000)),
         "normal": rng.normal(size=1000),
-        "log rates": np.log10(rng.uniform(1e-4, 1.0, size=5000)),
         "one value": np.array([0.5]),
-        "zeros and negatives": np.array([0.0, 0.0, -3.0, 2.0]),
-        "huge": np.array([1e30, 2e30]),  # outside every bin: no histogram
-        "partly outside": np.array([1e30, 2.0, -1e30]),
-        "on the edges": np.concatenate([TENSORFLOW_BINS[[0, 1, 700, -2, -1]], [-1e-12, 1e-12]]),
+        "on the edges": np.array([0.0, -0.05, 0.05, 0.1, 0.1, -1.0]),
+        "with non-finite": np.array([np.nan, np.inf, -np.inf, -2.0, 3.0]),
+        "none finite": np.array([np.nan, np.inf]),  # no histogram
+        "empty": np.zeros(0),
     }
-    ours = {v.tag: v.histo for v in histograms_summary(cases).value}
-    assert set(ours) == set(cases) - {"huge"}
-    for tag, values in cases.items():
-        if tag != "huge":
-            assert ours[tag] == histogram(tag, values, TENSORFLOW_BINS).value[0].histo, tag
+    ours = {v.tag: v.histo for v in histograms_summary(cases, width).value}
+    assert set(ours) == set(cases) - {"none finite", "empty"}
+    for tag, histo in ours.items():
+        v = cases[tag][np.isfinite(cases[tag])]
+        limits = np.array(histo.bucket_limit)
+        steps = limits / width
+        assert np.allclose(steps, np.round(steps)) and np.allclose(np.diff(limits), width), tag
+        # every value in (previous limit, limit]; by the bins' integer indices, not floats
+        index = np.round(steps).astype(int)
+        expected = [np.sum(np.ceil(v / width) == k) for k in index]
+        assert list(histo.bucket) == expected and histo.bucket[0] == 0, tag
+        assert limits[0] < v.min() <= limits[1] and limits[-2] < v.max() <= limits[-1], tag
+        assert (histo.num, histo.min, histo.max) == (len(v), v.min(), v.max()), tag
+        assert histo.sum == v.sum() and histo.sum_squares == v.dot(v), tag
+    edges = ours["on the edges"]
+    assert dict(zip(np.round(np.array(edges.bucket_limit) / width).astype(int), edges.bucket)) == {
+        -21: 0,
+        -20: 1,
+        **{k: 0 for k in range(-19, -1)},
+        -1: 1,
+        0: 1,
+        1: 1,
+        2: 2,
+    }
 
 
 def test_event_records_are_checksummed_as_tensorboard_checksums_them(tmp_path):
@@ -61,14 +81,6 @@ def test_event_records_are_checksummed_as_tensorboard_checksums_them(tmp_path):
     for size in (0, 1, 7, 64, 40_000):
         data = os.urandom(size)
         assert ours(data) == masked_crc32c(data), size
-
-
-def test_the_bins_are_summary_writers_default_bins(tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(log_dir=str(tmp_path))
-    assert TENSORFLOW_BINS.tolist() == writer.default_bins
-    writer.close()
 
 
 def _snapshots(num_tokens: int = 20_000, dim: int = 4):
@@ -300,7 +312,7 @@ def test_held_scalars_keep_their_time_and_order_and_reach_the_file_by_close(tmp_
     logged = time.time()
     time.sleep(0.2)
     writer.scalars({"train/loss": 0.5, "train/tokens_per_sec": 10.0, "nan": float("nan")}, 2)
-    writer.histograms({"h": np.arange(5.0)}, 2)
+    writer.histograms({"h": np.arange(5.0)}, 2, 0.5)
     writer.scalar("train/loss", 0.25, 3)
     writer.close()
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
