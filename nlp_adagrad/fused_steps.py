@@ -30,6 +30,9 @@ from nlp_adagrad.optim.adagrad import Adagrad, fusable
 from nlp_adagrad.optim.base import hooks_or_profiler
 from nlp_adagrad.vocab import EncodedSplit
 
+FIRST_CALL_STEPS = 64  # before a call has shown the pace
+MAX_CALL_STEPS = 4096  # bounds a call's batches, losses and readings in memory
+
 
 class Reads(NamedTuple):
     """The telemetry snapshots the chunks read after their steps (`Snapshots.read_in_chunks`)."""
@@ -70,6 +73,7 @@ class FusedSteps:
         self.params = [p for p in (self.table, self.head, self.bias) if p is not None]
         self.split = tuple(torch.from_numpy(a) for a in (split.ids, split.offsets, split.labels))
         self.reads = NO_READS  # the snapshots to read inside the chunks
+        self.step_seconds: float | None = None  # the last call's time a step, set-up included
 
     @classmethod
     def for_run(
@@ -144,7 +148,17 @@ class FusedSteps:
         for state in states:
             state["step"] += len(losses)
         model.set_gradients(rows, row_grads, None if self.head is None else head_grad, bias_grad)
-        return Chunk(losses, called + seconds.numpy(), ReadRates(*read))
+        ends = seconds.numpy()
+        if len(ends):
+            self.step_seconds = float(ends[-1]) / len(ends)
+        return Chunk(losses, called + ends, ReadRates(*read))
+
+    def steps_lasting(self, seconds: float) -> int:
+        """How many steps the next call may take to last about `seconds`, at the last call's
+        pace (FIRST_CALL_STEPS before any call), between 1 and MAX_CALL_STEPS."""
+        if self.step_seconds is None:
+            return FIRST_CALL_STEPS
+        return max(1, min(MAX_CALL_STEPS, int(seconds / max(self.step_seconds, 1e-9))))
 
 
 _NO_ROWS = torch.zeros(0, dtype=torch.int64)

@@ -353,6 +353,8 @@ class Snapshots:
     def submit_chunk_reads(self, state: RunState, chunk: Chunk) -> None:
         """Hand the snapshots a chunk read (`read_in_chunks`) to the sink. NumPy views only:
         a torch call here, after the C++ steps, cost ~0.1 ms (measured)."""
+        if not len(chunk.read.steps):
+            return
         started = time.perf_counter()
         steps, rates, updates, tokens_updated, coordinates, seconds = (
             t.numpy() for t in chunk.read
@@ -474,12 +476,12 @@ class Intervals:
         step's loss and gradients finite."""
         every, first = self.trainer.log_every, self.state.step + 1
         losses, booked = chunk.losses.tolist(), 0
-        for k in range(len(losses) - 1):
-            if every and (first + k) % every == 0:
-                self.state.add_losses(losses[booked : k + 1])
-                self._book(k + 1 - booked, int(tokens[booked : k + 1].sum()))
-                self.state.close_window(self.writer, self.bar, ended=float(chunk.ends[k]))
-                booked = k + 1
+        # the steps first + k that end a window, the chunk's last step apart
+        for k in range((-first) % every, len(losses) - 1, every) if every else ():
+            self.state.add_losses(losses[booked : k + 1])
+            self._book(k + 1 - booked, int(tokens[booked : k + 1].sum()))
+            self.state.close_window(self.writer, self.bar, ended=float(chunk.ends[k]))
+            booked = k + 1
         self.state.add_losses(losses[booked:])
         rest = len(losses) - booked
         return self.after_steps(chunk.losses[-1], rest, int(tokens[booked:].sum()), checked)
@@ -530,22 +532,16 @@ class Intervals:
         evaluation, a checkpoint, the end), at most `limit`: how many steps may run without
         Python seeing them (nlp_adagrad.fused_steps; its calls cross log points, which
         `after_chunk` closes from the steps' own record, and snapshots where they read them:
-        `Snapshots.read_in_chunks`)."""
+        `Snapshots.read_in_chunks`). Arithmetic, not a test of each step: a call may take
+        thousands."""
         trainer, step = self.trainer, self.state.step
-        every = (trainer.eval_every, trainer.checkpoint_every)
-        intervals = [e for e in every if e]
-        for n in range(1, limit):
-            after = step + n
-            if (
-                after >= self.total_steps
-                or any(after % every == 0 for every in intervals)
-                or (
-                    not self.snapshots.in_chunks
-                    and telemetry.snapshot_due(after, self.snapshots.cfg.every)
-                )
-            ):
-                return n
-        return limit
+        gaps = [limit, self.total_steps - step]
+        intervals = (trainer.eval_every, trainer.checkpoint_every)
+        gaps += [every - step % every for every in intervals if every]
+        if not self.snapshots.in_chunks:
+            due = telemetry.next_snapshot(step, self.snapshots.cfg.every)
+            gaps += [] if due is None else [due - step]
+        return max(1, min(gaps))
 
     def evaluation_due(self) -> bool:
         """trainer.eval_every says so, and it is not the last step (the final one follows)."""

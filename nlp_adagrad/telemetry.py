@@ -90,6 +90,14 @@ def snapshot_steps(first: int, end: int, every: int) -> list[int]:
     return early + list(range(-(-max(first, every) // every) * every, end, every))
 
 
+def next_snapshot(step: int, every: int) -> int | None:
+    """The first step after `step` where `snapshot_due`; None when snapshots are off."""
+    if every <= 0:
+        return None
+    early = (s for s in _EARLY_CANDIDATES if step < s < every and snapshot_due(s, every))
+    return next(early, (step // every + 1) * every)
+
+
 def histograms_due(step: int, every: int, histogram_every: int) -> bool:
     """Whether a snapshot at `step` carries histograms: at steps 1, 10, 100, ... below
     `every` (a histogram costs ~10 scalar snapshots), then on every histogram_every-th."""

@@ -1,7 +1,7 @@
 """Benchmarks, side by side in one process tree: the default run's start-up against an earlier
 tree, nlp_adagrad against fastText and Vowpal Wabbit, step time against table size, our sparse
-Adagrad step against torch.optim.Adagrad, telemetry overhead, the row-traffic limit, and peak
-memory.
+Adagrad step against torch.optim.Adagrad, telemetry overhead in the loop and per snapshot, the
+row-traffic limit, and peak memory.
 
     python scripts/bench.py                      # everything (7-20 min on 2 cores)
     python scripts/bench.py --sections scaling,optimizer --quick
@@ -30,7 +30,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-SECTIONS = ["startup", "e2e", "scaling", "optimizer", "telemetry", "limit", "memory"]
+SECTIONS = ["startup", "e2e", "scaling", "optimizer", "telemetry", "snapshot", "limit", "memory"]
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -605,6 +605,58 @@ def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
     return out
 
 
+def bench_snapshot(quick: bool) -> list[dict]:
+    """What a telemetry snapshot costs past its read, part by part, in microbenchmarks: its
+    summaries and events, plain and with histograms (`write_snapshot`: the telemetry
+    process's work, or the loop's when training takes every core), fastest of the repeats;
+    and handing a reading to the process (`ProcessSink.submit`, the loop's part), the median
+    of calls made between 3 ms stretches of GIL-free torch work, as the loop makes them
+    between its C++ chunks. A vocabulary of 10^6 Zipf-counted words, sampled as a run
+    samples it (telemetry.sample_size), 16 coordinates a row."""
+    import dataclasses
+
+    from nlp_adagrad import telemetry
+    from nlp_adagrad.config import TelemetryConfig
+    from nlp_adagrad.telemetry_writer import ProcessSink
+    from nlp_adagrad.writer import EventsWriter
+
+    words, dim = (20_000 if quick else 1_000_000), 16
+    counts = (1e6 / np.arange(1, words + 1) ** 1.1).astype(np.int64)
+    tokens = [f"w{i}" for i in range(words)]
+    spec, _ = telemetry.make_spec(tokens, counts, TelemetryConfig(), seed=0)
+    view, rng = spec.sample, np.random.default_rng(0)
+    size = words if view.ids is None else len(view.ids)
+    rates, updates = rng.lognormal(-3, 1, size), rng.integers(0, 100, size).astype(np.int32)
+    plain = telemetry.Reading(view, rates, updates, size // 2, None)
+    coordinates = rng.lognormal(-3, 1, (len(view.shown_positions), dim))
+    readings = {
+        "plain": (plain, False),
+        "with histograms": (dataclasses.replace(plain, coordinates=coordinates), True),
+    }
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = EventsWriter(Path(tmp), ".bench")
+        for name, (reading, histograms) in readings.items():
+            ms = best_ms(
+                lambda r=reading, h=histograms: telemetry.write_snapshot(writer, spec, r, 1, h),
+                repeats=50 if quick else 300,
+            )
+            out.append(dict(part=f"summaries and events, {name}", tokens=size, us=1e3 * ms))
+        writer.close()
+        sink, work, times = ProcessSink(Path(tmp) / "process", spec), torch.rand(300_000), []
+        for step in range(1, 101 if quick else 601):
+            started = time.perf_counter()
+            while time.perf_counter() - started < 0.003:
+                torch.sqrt(work)
+            started = time.perf_counter()
+            sink.submit(plain, step, False, None)
+            times.append(time.perf_counter() - started)
+        sink.results()
+        sink.close()
+    us = float(np.median(times) * 1e6)
+    return [*out, dict(part="handing a reading to the process (median)", tokens=size, us=us)]
+
+
 # --------------------------------------------------------------------------------- the limit
 def bench_limit(quick: bool) -> list[dict]:
     """Our step next to the row traffic no sparse Adagrad can avoid: gather the touched rows of
@@ -866,6 +918,14 @@ def markdown(results: dict, command: str, machine: str) -> str:
                 for r in results["telemetry"]
             ],
         )
+    if "snapshot" in results:
+        lines += _table(
+            "**A snapshot past its read** (microbenchmarks: the summaries and events of a "
+            "snapshot, fastest of the repeats; handing a reading to the telemetry process "
+            "between 3 ms stretches of GIL-free work, the median):",
+            ["part", "sampled tokens", "us"],
+            [[r["part"], f"{r['tokens']:,}", f"{r['us']:.1f}"] for r in results["snapshot"]],
+        )
     if "limit" in results:
         lines += _table(
             "**The limit**: our step against the unavoidable row traffic (gather and "
@@ -936,6 +996,7 @@ def main() -> int:
             "scaling": lambda: bench_scaling(args.quick),
             "optimizer": lambda: bench_optimizer(args.quick),
             "telemetry": lambda: bench_telemetry(args.quick, workdir),
+            "snapshot": lambda: bench_snapshot(args.quick),
             "limit": lambda: bench_limit(args.quick),
             "memory": lambda: bench_memory(args.quick),
         }

@@ -33,13 +33,15 @@ def run_bench(tmp_path, sections: str):
 
 
 def test_micro_benchmarks(tmp_path):
-    results = run_bench(tmp_path, "scaling,optimizer,limit,memory")
+    results = run_bench(tmp_path, "scaling,optimizer,snapshot,limit,memory")
     assert all(r["max_weight_diff"] < 1e-5 for r in results["optimizer"])
     same = [r["step_ms"] for r in results["scaling"] if r["ids"] == "same batch"]
     assert max(same) / min(same) < 2.0  # generous: a shared CI core is noisy
     assert {r["optimizer"] for r in results["memory"]} == {"Adagrad", "RowwiseAdagrad"}
     rowwise = next(r for r in results["memory"] if r["optimizer"] == "RowwiseAdagrad")
     assert rowwise["state_mb"] < rowwise["weights_mb"] / 32  # one accumulator per row
+    plain, histograms, handing = (r["us"] for r in results["snapshot"])
+    assert 0 < handing < plain < histograms  # handing a reading on is no summary's work
     assert (tmp_path / "bench.md").read_text().startswith("Command: `python ")
 
 

@@ -4,12 +4,14 @@ run stepping batch by batch writes, every event at its step."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
 from nlp_adagrad.batching import make_batch
-from nlp_adagrad.fused_steps import FusedSteps
+from nlp_adagrad.fused_steps import FIRST_CALL_STEPS, FusedSteps
 from nlp_adagrad.guard import DivergenceGuard
 from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.models import FastText, LogReg
@@ -162,27 +164,57 @@ def test_a_run_with_fused_steps_writes_what_batch_by_batch_steps_write(tmp_path,
     monkeypatch.setattr(FusedSteps, "for_run", classmethod(lambda *args: None))
     stepped = train(make_config(*overrides), tmp_path / "stepped")
     assert fused["train/steps"] == stepped["train/steps"] > 60
-    assert metrics_without_timing(tmp_path / "fused") == metrics_without_timing(
-        tmp_path / "stepped"
+    assert_same_run(tmp_path / "fused", tmp_path / "stepped")
+    saved = sorted(p.name for p in (tmp_path / "stepped/checkpoints").glob("step_*"))
+    assert saved and saved == sorted(
+        p.name for p in (tmp_path / "fused/checkpoints").glob("step_*")
     )
-    a, b = read_tb(tmp_path / "fused"), read_tb(tmp_path / "stepped")
-    tags = [t for t in a.Tags()["scalars"] if "per_sec" not in t]
-    assert tags == [t for t in b.Tags()["scalars"] if "per_sec" not in t]
+
+
+def test_how_long_a_call_runs_changes_no_number(tmp_path, monkeypatch):
+    """A call takes the steps that fill FUSED_CALL_SECONDS at the last call's pace: one step
+    a call or calls to each epoch's end, the run is the same, bit for bit."""
+    from nlp_adagrad.recipes import classify
+
+    overrides = ["data.max_examples=300", "trainer.epochs=2", "trainer.batch_size=2"]
+    call, calls = FusedSteps.__call__, []
+
+    def counted(self, docs, batch_size):
+        calls.append(len(docs) // batch_size)
+        return call(self, docs, batch_size)
+
+    monkeypatch.setattr(FusedSteps, "__call__", counted)
+    steps = {}
+    for name, seconds in (("one step", 1e-12), ("long", 60.0)):
+        calls.clear()
+        monkeypatch.setattr(classify, "FUSED_CALL_SECONDS", seconds)
+        metrics = train(make_config(*overrides, "telemetry.every=50"), tmp_path / name)
+        steps[name] = list(calls)
+    epoch = metrics["train/steps"] // 2
+    assert steps["one step"][0] == FIRST_CALL_STEPS and set(steps["one step"][1:]) == {1}
+    assert steps["long"] == [FIRST_CALL_STEPS, epoch - FIRST_CALL_STEPS, epoch]
+    assert_same_run(tmp_path / "one step", tmp_path / "long")
+
+
+def assert_same_run(a, b) -> None:
+    """Two run folders hold the same metrics, TensorBoard events (throughput apart) and
+    final model and optimizer state, bit for bit."""
+    assert metrics_without_timing(a) == metrics_without_timing(b)
+    events_a, events_b = read_tb(a), read_tb(b)
+    tags = [t for t in events_a.Tags()["scalars"] if "per_sec" not in t]
+    assert tags == [t for t in events_b.Tags()["scalars"] if "per_sec" not in t]
     for tag in tags:
-        assert [(e.step, e.value) for e in a.Scalars(tag)] == [
-            (e.step, e.value) for e in b.Scalars(tag)
+        assert [(e.step, e.value) for e in events_a.Scalars(tag)] == [
+            (e.step, e.value) for e in events_b.Scalars(tag)
         ], tag
-    hists = a.Tags()["histograms"]
-    assert hists == b.Tags()["histograms"] and any("coord" in tag for tag in hists)
+    hists = events_a.Tags()["histograms"]
+    assert hists == events_b.Tags()["histograms"] and hists
     for tag in hists:
-        assert [(e.step, e.histogram_value) for e in a.Histograms(tag)] == [
-            (e.step, e.histogram_value) for e in b.Histograms(tag)
+        assert [(e.step, e.histogram_value) for e in events_a.Histograms(tag)] == [
+            (e.step, e.histogram_value) for e in events_b.Histograms(tag)
         ], tag
-    for run in ("fused", "stepped"):
-        saved = sorted(p.name for p in (tmp_path / run / "checkpoints").glob("step_*.pt"))
-        assert saved == sorted(p.name for p in (tmp_path / "stepped/checkpoints").glob("step_*"))
-    x = torch.load(tmp_path / "fused/checkpoints/last.pt", weights_only=True)
-    y = torch.load(tmp_path / "stepped/checkpoints/last.pt", weights_only=True)
+    x = torch.load(a / "checkpoints/last.pt", weights_only=True)
+    y = torch.load(b / "checkpoints/last.pt", weights_only=True)
     torch.testing.assert_close(x["model"], y["model"], rtol=0, atol=0)
     torch.testing.assert_close(x["optimizer"]["state"], y["optimizer"]["state"], rtol=0, atol=0)
 
@@ -315,3 +347,31 @@ def test_log_windows_inside_a_call_close_at_their_last_steps_loss_and_time():
         assert values["train/tokens_per_sec"] == pytest.approx(100.0)
     assert state.step == 10 and state.window_steps == 1 and float(state.loss_sum) == 10.0
     assert state.window_start == pytest.approx(100.9) and state.loop_seconds == pytest.approx(0.9)
+
+
+def test_a_call_of_fused_steps_ends_at_the_next_event_or_its_limit():
+    """`steps_to_next_event`, arithmetic, against asking every step: evaluations,
+    checkpoints, snapshots (where the calls do not read them) and the run's end."""
+    from types import SimpleNamespace
+
+    from nlp_adagrad import telemetry
+    from nlp_adagrad.run import Intervals
+
+    for eval_every, checkpoint_every, every, in_chunks in itertools.product(
+        (0, 7), (0, 13, 40), (0, 1, 20, 50), (False, True)
+    ):
+        trainer = SimpleNamespace(eval_every=eval_every, checkpoint_every=checkpoint_every)
+        snapshots = SimpleNamespace(in_chunks=in_chunks, cfg=SimpleNamespace(every=every))
+        intervals = Intervals.__new__(Intervals)
+        intervals.trainer, intervals.snapshots, intervals.total_steps = trainer, snapshots, 600
+        for step, limit in itertools.product(range(0, 600, 3), (1, 5, 64, 4096)):
+            intervals.state = SimpleNamespace(step=step)
+            due = [
+                n
+                for n in range(1, limit)
+                if step + n >= 600
+                or any(e and (step + n) % e == 0 for e in (eval_every, checkpoint_every))
+                or (not in_chunks and telemetry.snapshot_due(step + n, every))
+            ]
+            expected = due[0] if due else limit
+            assert intervals.steps_to_next_event(limit) == expected, (step, limit, trainer)

@@ -22,6 +22,7 @@ from nlp_adagrad.telemetry import (
     custom_layout,
     histograms_due,
     make_spec,
+    next_snapshot,
     read_snapshot,
     snapshot_due,
     snapshot_steps,
@@ -173,6 +174,12 @@ def test_snapshots_are_log_spaced_at_the_start_then_every_n_steps():
     ):
         expected = [s for s in range(first, first + steps) if snapshot_due(s, every)]
         assert snapshot_steps(first, first + steps, every) == expected, (every, first, steps)
+    # and the next one after any step, for the calls of fused steps that end on it
+    for every in (1, 3, 7, 50, 1000):
+        for step in range(0, 2500):
+            expected = next(s for s in itertools.count(step + 1) if snapshot_due(s, every))
+            assert next_snapshot(step, every) == expected, (every, step)
+    assert next_snapshot(10, every=0) is None
 
 
 class Recorder(NullWriter):
