@@ -353,8 +353,6 @@ class Snapshots:
     def submit_chunk_reads(self, state: RunState, chunk: Chunk) -> None:
         """Hand the snapshots a chunk read (`read_in_chunks`) to the sink. NumPy views only:
         a torch call here, after the C++ steps, cost ~0.1 ms (measured)."""
-        if not len(chunk.read.steps):
-            return
         started = time.perf_counter()
         steps, rates, updates, tokens_updated, coordinates, seconds = (
             t.numpy() for t in chunk.read
@@ -540,7 +538,8 @@ class Intervals:
         gaps += [every - step % every for every in intervals if every]
         if not self.snapshots.in_chunks:
             due = telemetry.next_snapshot(step, self.snapshots.cfg.every)
-            gaps += [] if due is None else [due - step]
+            if due is not None:
+                gaps.append(due - step)
         return max(1, min(gaps))
 
     def evaluation_due(self) -> bool:

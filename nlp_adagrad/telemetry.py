@@ -94,8 +94,7 @@ def next_snapshot(step: int, every: int) -> int | None:
     """The first step after `step` where `snapshot_due`; None when snapshots are off."""
     if every <= 0:
         return None
-    early = (s for s in _EARLY_CANDIDATES if step < s < every and snapshot_due(s, every))
-    return next(early, (step // every + 1) * every)
+    return snapshot_steps(step + 1, step + every + 1, every)[0]  # a multiple of every is in it
 
 
 def histograms_due(step: int, every: int, histogram_every: int) -> bool:

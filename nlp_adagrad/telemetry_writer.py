@@ -186,12 +186,12 @@ class ProcessSink:
         while True:
             try:
                 for kind, run in itertools.groupby(self._outbox.take(), key=lambda m: m[0]):
+                    if kind == "stop":
+                        return
                     if kind == "snapshot":
                         send_snapshots(self._child.outbox, [snapshot for _, snapshot in run])
                         continue
                     for message in run:
-                        if kind == "stop":
-                            return
                         self._child.outbox.send(message)
             except OSError as e:  # the process is gone: `_receive` says so
                 self._send_error = e
