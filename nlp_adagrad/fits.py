@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nlp_adagrad import rate_stats
+
 NUM_FIT_BINS = 20
 THEORY_SLOPE_VS_UPDATES = -0.5
 
@@ -32,10 +34,11 @@ def on_log_scale(x: np.ndarray, eff_lr: np.ndarray) -> np.ndarray:
     return (x >= 1) & np.isfinite(eff_lr) & (eff_lr > 0)
 
 
-def _bin_of(lx: np.ndarray, num_bins: int) -> np.ndarray:
-    """Log-spaced bin of each point: equal widths in log(x) between its min and max."""
-    span = lx.max() - lx.min()
-    return np.minimum(((lx - lx.min()) / span * num_bins).astype(np.int64), num_bins - 1)
+def log_of(values: np.ndarray) -> np.ndarray:
+    """Natural log as float64: -inf for 0 and NaN for negative values, without warnings (the
+    fits leave both out)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.asarray(values, dtype=np.float64))
 
 
 def binned_fit(
@@ -44,30 +47,25 @@ def binned_fit(
     num_bins: int = NUM_FIT_BINS,
     weights: np.ndarray | None = None,
 ) -> Fit | None:
-    """Least-squares line through log-binned means of log(eff_lr) against log(x).
+    """Least-squares line through log-binned means of log(eff_lr) against log(x), over the
+    tokens `on_log_scale`.
 
     `weights` make a sample's bin means those of what it stands for (tokens of weight 0 are
     shown, not counted). None when fewer than two bins hold tokens.
     """
-    keep = on_log_scale(x, eff_lr)
-    if weights is not None:
-        keep &= weights > 0
-        weights = weights[keep]
-    lx, ly = np.log(x[keep].astype(np.float64)), np.log(eff_lr[keep])
-    if len(lx) == 0 or lx.min() == lx.max():
-        return None
-    which = _bin_of(lx, num_bins)
-    n = np.bincount(which, weights=weights, minlength=num_bins)
-    full = n > 0
-    if full.sum() < 2:
-        return None
-    wx = lx if weights is None else lx * weights
-    wy = ly if weights is None else ly * weights
-    bin_x = np.bincount(which, weights=wx, minlength=num_bins)[full] / n[full]
-    bin_y = np.bincount(which, weights=wy, minlength=num_bins)[full] / n[full]
-    dx = bin_x - bin_x.mean()
-    slope = float(dx @ (bin_y - bin_y.mean()) / (dx @ dx))  # least squares, closed form
-    return Fit(slope, float(bin_y.mean() - slope * bin_x.mean()), bin_x, bin_y)
+    return fit_logs(log_of(x), log_of(eff_lr), num_bins, weights)
+
+
+def fit_logs(
+    log_x: np.ndarray,
+    log_eff_lr: np.ndarray,
+    num_bins: int = NUM_FIT_BINS,
+    weights: np.ndarray | None = None,
+) -> Fit | None:
+    """`binned_fit` from the logs (`log_of`): a snapshot takes the log of its rates once for
+    both its fits, and that of the counts once a run."""
+    fitted = rate_stats.binned_fit(log_x, log_eff_lr, num_bins, weights)
+    return None if fitted is None else Fit(*fitted)
 
 
 def theory_vs_count(log_count: np.ndarray, steps_per_epoch: int) -> np.ndarray:

@@ -19,12 +19,14 @@ import csv
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nlp_adagrad.fits import binned_fit
+from nlp_adagrad import rate_stats
+from nlp_adagrad.fits import fit_logs, log_of
 from nlp_adagrad.writer import MetricWriter
 
 if TYPE_CHECKING:
@@ -146,6 +148,7 @@ class TelemetrySpec:
         self.full = TokenView(
             ids=None,
             weights=None,
+            counts=self.counts,
             members=self.members,
             rare=np.flatnonzero(self.rare),
             common=np.flatnonzero(self.common),
@@ -169,7 +172,8 @@ class TokenView:
 
     ids: np.ndarray | None
     weights: np.ndarray | None
-    members: dict[str, np.ndarray]
+    counts: np.ndarray  # training occurrences of the view's tokens
+    members: dict[str, np.ndarray]  # in increasing count order
     rare: np.ndarray
     common: np.ndarray
     followed: dict[str, int]
@@ -185,6 +189,23 @@ class TokenView:
             if len(positions)
         }
         self.shown_positions = np.concatenate([np.zeros(0, np.int64), *self.shown.values()])
+
+    @cached_property
+    def median_groups(self) -> rate_stats.Groups:
+        """rare (weighted), common (not: the top k are all read), then each bucket."""
+        groups = [self.rare, self.common, *self.members.values()]
+        return rate_stats.Groups.of(groups, [True, False] + [True] * len(self.members))
+
+    @cached_property
+    def followed_tags(self) -> tuple[list[str], np.ndarray]:
+        """(eff_lr/token/<token> tags, their positions) of the followed tokens."""
+        tags = [f"eff_lr/token/{token}" for token in self.followed]
+        return tags, np.array(list(self.followed.values()), dtype=np.int64)
+
+    @cached_property
+    def log_counts(self) -> np.ndarray:
+        """log of `counts`, once a run: a snapshot's fit against count takes it."""
+        return log_of(self.counts)
 
 
 def stratified_sample(spec: TelemetrySpec, max_tokens: int, seed: int) -> TokenView:
@@ -215,6 +236,7 @@ def stratified_sample(spec: TelemetrySpec, max_tokens: int, seed: int) -> TokenV
     return TokenView(
         ids=ids,
         weights=weight,
+        counts=spec.counts[ids],
         members={
             name: np.flatnonzero(in_draw & (spec.buckets[ids] == name))
             for name in spec.bucket_names
@@ -303,26 +325,6 @@ def read_rates(
     return eff_lr.double().cpu().numpy(), updates.cpu().numpy()
 
 
-def _median(values: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Median of the finite values; with weights (a sample), the weighted lower median of
-    those that count (weight > 0: tokens of weight 0 are only shown)."""
-    keep = np.isfinite(values)
-    if weights is not None:
-        keep &= weights > 0
-    values = values[keep]
-    if not len(values):
-        return float("nan")
-    if weights is None:
-        return float(np.median(values))
-    weights = weights[keep]
-    if weights.min() == weights.max():  # a bucket's draw: one weight, the lower middle
-        k = (len(values) - 1) // 2
-        return float(np.partition(values, k)[k])
-    order = np.argsort(values)
-    cumulative = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
-
-
 def final_analysis(
     spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray
 ) -> dict[str, float]:
@@ -343,19 +345,14 @@ def summarize(
     `eff_lr` and `updates` hold the view's tokens (all of them by default).
     """
     view = view or spec.full
-    w = view.weights
-    counts = spec.counts if view.ids is None else spec.counts[view.ids]
-
-    def median(positions: np.ndarray) -> float:
-        return _median(eff_lr[positions], None if w is None else w[positions])
-
-    out = {"eff_lr/rare": median(view.rare), "eff_lr/common": _median(eff_lr[view.common])}
-    common = out["eff_lr/common"]
-    out["eff_lr/rare_to_common"] = out["eff_lr/rare"] / common if common > 0 else float("nan")
-    for name in spec.bucket_names:
-        out[f"eff_lr/bucket/{name}"] = median(view.members[name])
-    for key, x in (("updates", updates), ("count", counts)):
-        fit = binned_fit(x, eff_lr, weights=w)
+    rare, common, *buckets = rate_stats.medians(eff_lr, view.median_groups, view.weights)
+    out = {"eff_lr/rare": rare, "eff_lr/common": common}
+    out["eff_lr/rare_to_common"] = rare / common if common > 0 else float("nan")
+    for name, median in zip(view.members, buckets):
+        out[f"eff_lr/bucket/{name}"] = median
+    log_eff_lr = log_of(eff_lr)
+    for key, log_x in (("updates", log_of(updates)), ("count", view.log_counts)):
+        fit = fit_logs(log_x, log_eff_lr, weights=view.weights)
         out[f"eff_lr/slope_vs_{key}"] = fit.slope if fit else float("nan")
     return out
 
@@ -427,9 +424,11 @@ def write_snapshot(
     view, eff_lr = reading.view, reading.eff_lr
     summary = summarize(spec, eff_lr, reading.updates, view)
     summary["eff_lr/tokens_updated"] = float(reading.tokens_updated)
-    followed = {f"eff_lr/token/{token}": float(eff_lr[k]) for token, k in view.followed.items()}
-    tags = {**summary, **log10_tags(summary), **followed}
-    writer.scalars({table_tag(tag, table_name): value for tag, value in tags.items()}, step)
+    tags, positions = view.followed_tags
+    tags = {**summary, **log10_tags(summary), **dict(zip(tags, eff_lr[positions].tolist()))}
+    if table_name is not None:
+        tags = {table_tag(tag, table_name): value for tag, value in tags.items()}
+    writer.scalars(tags, step)
     if histograms:
         out = {}
         for name in spec.bucket_names:
@@ -557,8 +556,8 @@ def bucket_rows(spec: TelemetrySpec, eff_lr: np.ndarray, updates: np.ndarray) ->
                 "count_min": low,
                 "count_max": high,
                 "tokens": len(mask),
-                "median_eff_lr": _median(eff_lr[mask]),
-                "median_updates": _median(updates[mask].astype(np.float64)),
+                "median_eff_lr": rate_stats.median(eff_lr, mask),
+                "median_updates": rate_stats.median(updates, mask),
             }
         )
     return rows

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from nlp_adagrad import rate_stats
+
 
 class MetricWriter(Protocol):
     def scalar(self, tag: str, value: float, step: int) -> None: ...
@@ -65,6 +67,10 @@ class NullWriter:
 
 
 HOLD_SECONDS = 1.0  # longest a scalar event or a loop-written snapshot is held back
+# sets of scalar tags whose Summary an EventsWriter keeps to write again: a snapshot's tags
+# change only while buckets and tokens get their first rates (a model with several tables
+# writes a set per table)
+MAX_REUSED_SUMMARIES = 16
 
 
 class HeldBack:
@@ -124,24 +130,21 @@ def histograms_summary(values: dict[str, np.ndarray], width: float):
     parts = []
     for tag, v in values.items():
         v = np.asarray(v, dtype=float).reshape(-1)
-        v = v[np.isfinite(v)]
-        if not len(v):
+        binned = rate_stats.histogram(v, width)
+        if binned is None:
             continue
-        low, high = v.min(), v.max()
-        # division by a positive width and ceil keep order, so the extreme bins are those of
-        # the extreme values
-        first, last = math.ceil(low / width), math.ceil(high / width)
-        counts = np.bincount((np.ceil(v / width) - first).astype(np.int64))
+        finite = v if binned.num == len(v) else v[np.isfinite(v)]
+        limits = np.arange(binned.first - 1, binned.first + len(binned.counts)) * width
         histogram = HistogramProto(
-            min=low,
-            max=high,
-            num=len(v),
-            sum=v.sum(),
-            sum_squares=v.dot(v),
+            min=binned.low,
+            max=binned.high,
+            num=binned.num,
+            sum=finite.sum(),
+            sum_squares=finite.dot(finite),
             # an empty bin on the left: TensorBoard reads right bin limits only
-            bucket_limit=(np.arange(first - 1, last + 1) * width).tolist(),
+            bucket_limit=limits.tolist(),
             # floats: the proto's doubles converted from Python ints cost 5x more (~65 us)
-            bucket=np.concatenate([[0.0], counts]).tolist(),
+            bucket=[0.0, *binned.counts.tolist()],
         )
         parts.append(Summary.Value(tag=tag, histo=histogram))
     return Summary(value=parts) if parts else None
@@ -179,6 +182,7 @@ class EventsWriter:
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         file = logdir / f"{name}.{next(_EVENT_FILES)}{suffix}"
         self._records = RecordWriter(open(file, "wb"))  # noqa: SIM115 (closed by close())
+        self._scalar_summaries: dict[tuple[str, ...], Any] = {}  # tags -> their last Summary
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
         self.flush()
 
@@ -192,7 +196,20 @@ class EventsWriter:
             self._write(Event(summary=summary, step=step, wall_time=time.time()))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        self._add(scalars_summary(values), step)
+        """The finite ones as one event. The Summary of the same tags as an earlier call is
+        that one's, its values set in place (it was written out as it was made): a
+        snapshot's 59 Summary.Value messages took ~30 us to build, ~7 us to set."""
+        finite = {tag: value for tag, value in values.items() if math.isfinite(value)}
+        tags = tuple(finite)
+        summary = self._scalar_summaries.get(tags)
+        if summary is None:
+            if len(self._scalar_summaries) == MAX_REUSED_SUMMARIES:
+                self._scalar_summaries.clear()
+            summary = self._scalar_summaries[tags] = scalars_summary(finite)
+        else:
+            for value, number in zip(summary.value, finite.values()):
+                value.simple_value = number
+        self._add(summary, step)
 
     def histograms(self, values: dict[str, np.ndarray], step: int, width: float) -> None:
         self._add(histograms_summary(values, width), step)

@@ -14,7 +14,7 @@ fi
 
 stamp=.venv/.nlp_adagrad-installed
 # the kernels' sources and their flags (kernels.py) too: a change to either is a new build
-want=$(cat requirements.lock pyproject.toml nlp_adagrad/csrc/* nlp_adagrad/kernels.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.lock pyproject.toml nlp_adagrad/csrc/* nlp_adagrad/kernels.py nlp_adagrad/rate_stats.py | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch==2.13.0 in the lock resolves to the CPU wheel; an unpinned torch pulls a CUDA build.
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
@@ -22,5 +22,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # the C++ kernels (skip-gram, fused Adagrad), compiled for this machine (~30 s); without
   # gcc the trainer uses torch ops instead, so a failed build is a warning, not a failure
   .venv/bin/python -m nlp_adagrad.kernels || echo "setup: training will use torch ops" >&2
+  # the telemetry's medians, fits and histogram counts (g++, no torch; ~2 s): without it
+  # NumPy computes them, slower
+  .venv/bin/python -m nlp_adagrad.rate_stats || echo "setup: telemetry will summarize with NumPy" >&2
   echo "$want" > "$stamp"
 fi

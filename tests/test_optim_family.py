@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from nlp_adagrad.fits import binned_fit
 from nlp_adagrad.optim import OPTIMIZERS, SGD, Adagrad, RMSprop, RowwiseAdagrad, SparseAdam
 from nlp_adagrad.sparse_bag import ZERO_PADDED, SparseBag
-from nlp_adagrad.telemetry import binned_fit
 
 FAMILY = {
     "adagrad": lambda ps: Adagrad(ps, lr=0.1),

@@ -1,0 +1,208 @@
+// The medians, binned log-log fits and histogram counts of a snapshot's rates
+// (nlp_adagrad/rate_stats.py): a pass or two over each group's values where NumPy made ~30
+// calls. Plain C ABI for ctypes, no
+// torch and no Python: the telemetry process, which never imports torch, loads it too.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kLanes = 8;  // a loop's independent lanes, for the compiler to vectorize
+constexpr int64_t kBlock = 1024;  // values whose bins a vector loop finds before they count
+
+struct Range {
+  double low = INFINITY, high = -INFINITY;
+  int64_t count = 0;
+};
+
+// The least and greatest value(i) over the i < n where counts(i), and how many: in kLanes
+// interleaved lanes without branches, which the compiler turns into vector instructions
+// (in one lane each min and max waited for the last: ~1.5 ns a value).
+template <typename Counts, typename Value>
+Range range_of(int64_t n, Counts counts, Value value) {
+  double low[kLanes], high[kLanes];
+  int64_t number[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) low[l] = INFINITY, high[l] = -INFINITY, number[l] = 0;
+  auto take = [&](int64_t l, int64_t i) {
+    const bool counted = counts(i);
+    const double v = value(i);
+    low[l] = counted & (v < low[l]) ? v : low[l];
+    high[l] = counted & (v > high[l]) ? v : high[l];
+    number[l] += counted;
+  };
+  const int64_t whole = n - n % kLanes;
+  for (int64_t i = 0; i < whole; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) take(l, i + l);
+  }
+  for (int64_t i = whole; i < n; ++i) take(i - whole, i);
+  Range out;
+  out.low = *std::min_element(low, low + kLanes);
+  out.high = *std::max_element(high, high + kLanes);
+  out.count = std::accumulate(number, number + kLanes, int64_t{0});
+  return out;
+}
+
+// np.median of v unweighted (the mean of the two middle values when there is an even number);
+// weighted, the lower middle when every weight is the same, else the first value in sorted
+// order whose cumulative weight reaches half the total (ties in position order). v, w: the
+// finite values that count and their weights, not empty; reordered.
+double median_of(std::vector<double>& v, const std::vector<double>& w, bool weighted) {
+  const size_t n = v.size();
+  if (!weighted) {
+    const size_t k = n / 2;
+    std::nth_element(v.begin(), v.begin() + k, v.end());
+    const double high = v[k];
+    if (n % 2 == 1) return high;
+    return (*std::max_element(v.begin(), v.begin() + k) + high) / 2.0;
+  }
+  const auto [lightest, heaviest] = std::minmax_element(w.begin(), w.end());
+  if (*lightest == *heaviest) {
+    const size_t k = (n - 1) / 2;
+    std::nth_element(v.begin(), v.begin() + k, v.end());
+    return v[k];
+  }
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
+  double total = 0.0;
+  for (const size_t i : order) total += w[i];
+  double cumulative = 0.0;
+  for (const size_t i : order) {
+    cumulative += w[i];
+    if (cumulative >= total / 2.0) return v[i];
+  }
+  return v[order.back()];
+}
+
+}  // namespace
+
+extern "C" {
+
+// out[g] = the median (median_of) of values[positions[offsets[g]] .. positions[offsets[g+1]-1]]
+// that are finite and, where weights is not null and weighted[g], of weight > 0; NaN when
+// none is. One call for every group of a snapshot.
+void rate_stats_medians(const double* values, const double* weights, const int64_t* positions,
+                        const int64_t* offsets, const uint8_t* weighted, int64_t groups,
+                        double* out) {
+  std::vector<double> v, w;
+  for (int64_t g = 0; g < groups; ++g) {
+    const bool by_weight = weights != nullptr && weighted[g] != 0;
+    v.clear();
+    w.clear();
+    for (int64_t j = offsets[g]; j < offsets[g + 1]; ++j) {
+      const int64_t p = positions[j];
+      if (!std::isfinite(values[p])) continue;
+      if (by_weight) {
+        if (!(weights[p] > 0.0)) continue;
+        w.push_back(weights[p]);
+      }
+      v.push_back(values[p]);
+    }
+    out[g] = v.empty() ? NAN : median_of(v, w, by_weight);
+  }
+}
+
+// The least-squares line through the means of log_y in num_bins equal bins of log_x, over the
+// points with log_x >= 0 (x >= 1), a finite log_y (a finite, positive rate) and, where weights
+// is not null, weight > 0 (sums weighted). Writes the bins that hold points, in order, to
+// bin_x and bin_y (num_bins each) and slope, intercept to line; returns how many bins, or 0
+// when the line is undefined (no points, one value of log_x, fewer than two bins). Bin sums
+// add up in point order, as np.bincount does.
+int64_t rate_stats_binned_fit(const double* log_x, const double* log_y, const double* weights,
+                              int64_t n, int64_t num_bins, double* bin_x, double* bin_y,
+                              double* line) {
+  // & where && would branch: a branch keeps a loop from vector instructions
+  auto kept = [&](int64_t i) {
+    return (log_x[i] >= 0.0) & std::isfinite(log_y[i]) &
+           (weights == nullptr || weights[i] > 0.0);
+  };
+  const Range range = range_of(n, kept, [&](int64_t i) { return log_x[i]; });
+  if (!(range.low < range.high)) return 0;
+  const double low = range.low, span = range.high - range.low;
+  const double bins = static_cast<double>(num_bins);
+  std::vector<double> count(num_bins, 0.0), sum_x(num_bins, 0.0), sum_y(num_bins, 0.0);
+  int64_t bin[kBlock];
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t size = std::min(kBlock, n - start);
+    for (int64_t i = 0; i < size; ++i) {  // the block's bins in vector divisions
+      const double b = std::min((log_x[start + i] - low) / span * bins, bins - 1.0);
+      bin[i] = kept(start + i) ? static_cast<int64_t>(b) : -1;
+    }
+    for (int64_t i = 0; i < size; ++i) {  // then added up in point order
+      if (bin[i] < 0) continue;
+      const int64_t p = start + i;
+      const double weight = weights == nullptr ? 1.0 : weights[p];
+      count[bin[i]] += weight;
+      sum_x[bin[i]] += weights == nullptr ? log_x[p] : log_x[p] * weight;
+      sum_y[bin[i]] += weights == nullptr ? log_y[p] : log_y[p] * weight;
+    }
+  }
+  int64_t full = 0;
+  for (int64_t b = 0; b < num_bins; ++b) {
+    if (count[b] > 0.0) {
+      bin_x[full] = sum_x[b] / count[b];
+      bin_y[full] = sum_y[b] / count[b];
+      ++full;
+    }
+  }
+  if (full < 2) return 0;
+  double mean_x = 0.0, mean_y = 0.0;
+  for (int64_t b = 0; b < full; ++b) {
+    mean_x += bin_x[b];
+    mean_y += bin_y[b];
+  }
+  mean_x /= static_cast<double>(full);
+  mean_y /= static_cast<double>(full);
+  double xy = 0.0, xx = 0.0;
+  for (int64_t b = 0; b < full; ++b) {
+    const double dx = bin_x[b] - mean_x;
+    xy += dx * (bin_y[b] - mean_y);
+    xx += dx * dx;
+  }
+  line[0] = xy / xx;
+  line[1] = mean_y - line[0] * mean_x;
+  return full;
+}
+
+// stats = (min, max, how many) of the finite values: a histogram's range (writer.py).
+void rate_stats_finite_range(const double* values, int64_t n, double* stats) {
+  const Range range = range_of(
+      n, [&](int64_t i) { return std::isfinite(values[i]); }, [&](int64_t i) { return values[i]; });
+  stats[0] = range.low;
+  stats[1] = range.high;
+  stats[2] = static_cast<double>(range.count);
+}
+
+// counts[k] += 1 for each finite value v with ceil(v / width) - first == k, 0 <= k < bins:
+// a histogram's bins `width` wide on the multiples of width, each (limit - width, limit].
+// A block's bins first, in a loop of vector divisions (a division a value, one at a time,
+// was most of the cost), then counted in kLanes interleaved tallies (neighbouring values
+// mostly share a bin, and with one tally each count waited for the last).
+void rate_stats_bin_counts(const double* values, int64_t n, double width, double first,
+                           double* counts, int64_t bins) {
+  int64_t bin[kBlock];
+  std::vector<int64_t> tally(bins * kLanes, 0);
+  const double last = static_cast<double>(bins);
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t size = std::min(kBlock, n - start);
+    const double* block = values + start;
+    for (int64_t i = 0; i < size; ++i) {
+      // & where && would branch: a branch in the loop keeps it from vector instructions
+      const double k = std::ceil(block[i] / width) - first;
+      const bool counted = std::isfinite(block[i]) & (k >= 0.0) & (k < last);
+      bin[i] = counted ? static_cast<int64_t>(k) * kLanes + i % kLanes : -1;
+    }
+    for (int64_t i = 0; i < size; ++i) {
+      if (bin[i] >= 0) ++tally[bin[i]];
+    }
+  }
+  for (int64_t k = 0; k < bins; ++k) {
+    counts[k] += static_cast<double>(
+        std::accumulate(tally.begin() + k * kLanes, tally.begin() + (k + 1) * kLanes, int64_t{0}));
+  }
+}
+
+}  // extern "C"
