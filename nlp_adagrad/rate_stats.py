@@ -39,6 +39,9 @@ FLAGS = [
     *("-std=c++17", "-shared", "-fPIC"),
 ]
 BUILD_SECONDS = 120
+# bins a histogram's counts have room for at first: a log10 rate's histogram at 0.05 a bin
+# takes 20 a decade
+HISTOGRAM_BINS = 4096
 
 
 @dataclass(frozen=True)
@@ -146,17 +149,19 @@ def histogram(values: np.ndarray, width: float) -> Histogram | None:
     lib = library()
     if lib is None:
         return _histogram(values, width)
-    stats = np.empty(3)
-    lib.rate_stats_finite_range(values.ctypes.data, len(values), stats.ctypes.data)
-    low, high, num = stats.tolist()
-    if num == 0:
+    capacity = HISTOGRAM_BINS
+    while True:  # once more, with room, for a range wider than HISTOGRAM_BINS bins
+        out = np.empty(4 + capacity)
+        bins = lib.rate_stats_histogram(
+            values.ctypes.data, len(values), width, capacity, out.ctypes.data
+        )
+        if bins <= capacity:
+            break
+        capacity = bins
+    if bins == 0:
         return None
-    first = math.ceil(low / width)
-    counts = np.zeros(math.ceil(high / width) - first + 1)
-    lib.rate_stats_bin_counts(
-        values.ctypes.data, len(values), width, first, counts.ctypes.data, len(counts)
-    )
-    return Histogram(low, high, int(num), first, counts)
+    low, high, num, first = out[:4].tolist()
+    return Histogram(low, high, int(num), int(first), out[4 : 4 + bins])
 
 
 # ------------------------------------------------------------------ NumPy: the reference
@@ -257,11 +262,8 @@ def _load() -> ctypes.CDLL | str:
     lib.rate_stats_medians.restype = None
     lib.rate_stats_binned_fit.argtypes = [address, address, address, size, size] + [address] * 3
     lib.rate_stats_binned_fit.restype = size
-    lib.rate_stats_finite_range.argtypes = [address, size, address]
-    lib.rate_stats_finite_range.restype = None
-    lib.rate_stats_bin_counts.argtypes = [address, size, ctypes.c_double, ctypes.c_double]
-    lib.rate_stats_bin_counts.argtypes += [address, size]
-    lib.rate_stats_bin_counts.restype = None
+    lib.rate_stats_histogram.argtypes = [address, size, ctypes.c_double, size, address]
+    lib.rate_stats_histogram.restype = size
     return lib
 
 

@@ -431,9 +431,9 @@ def write_snapshot(
     writer.scalars(tags, step)
     if histograms:
         out = {}
+        logs = _log10_of_rates(eff_lr)
         for name in spec.bucket_names:
-            if (logs := _log10_of_rates(eff_lr[view.members[name]])) is not None:
-                out[table_tag(f"eff_lr_log10_hist/{name}", table_name)] = logs
+            out[table_tag(f"eff_lr_log10_hist/{name}", table_name)] = logs[view.members[name]]
         for name, logs in _coordinate_histograms(view, reading.coordinates).items():
             out[table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)] = logs
         writer.histograms(out, step, LOG10_BIN_WIDTH)
@@ -441,24 +441,23 @@ def write_snapshot(
 
 
 def _coordinate_histograms(view: TokenView, coordinates: np.ndarray | None) -> dict:
-    """bucket -> log10 of the positive finite coordinate rates of its shown tokens."""
+    """bucket -> log10 of the coordinate rates of its shown tokens (`_log10_of_rates`)."""
     out = {}
     if coordinates is None:
         return out
-    start = 0
+    logs, start = _log10_of_rates(coordinates), 0
     for name, chosen in view.shown.items():
-        logs = _log10_of_rates(coordinates[start : start + len(chosen)].ravel())
+        out[name] = logs[start : start + len(chosen)].ravel()
         start += len(chosen)
-        if logs is not None:
-            out[name] = logs
     return out
 
 
-def _log10_of_rates(rates: np.ndarray) -> np.ndarray | None:
-    """log10 of the rates a histogram shows, or None when there are none: missing (NaN) ones
-    and 0, the rate under an overflowed accumulator, left out."""
-    rates = rates[np.isfinite(rates) & (rates > 0)]
-    return np.log10(rates) if len(rates) else None
+def _log10_of_rates(rates: np.ndarray) -> np.ndarray:
+    """log10 of the rates, in one pass for all a histogram snapshot shows: missing (NaN) rates
+    and 0, the rate under an overflowed accumulator, give NaN and -inf, which histograms
+    leave out (`writer.histograms_summary`, which writes no histogram for a tag with none)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log10(rates)
 
 
 def bucket_range(name: str) -> tuple[int, int]:

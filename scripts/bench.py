@@ -295,6 +295,19 @@ def _setups(quick: bool) -> list[tuple]:
     ]
 
 
+def _fasttext_args(data: list[str], s: dict) -> list[str]:
+    """Our overrides for fastText's model at a setup's sizes (`_setups`)."""
+    return [
+        *data,
+        "model=fasttext",
+        f"model.dim={s['dim']}",
+        f"trainer.epochs={s['epochs']}",
+        f"tokenizer.ngrams={s['ngrams']}",
+        *([f"tokenizer.buckets={s['buckets']}"] if s["ngrams"] > 1 else []),
+        *s["ours"],
+    ]
+
+
 def _peer_files(corpus, name: str, workdir: Path) -> tuple[dict, dict]:
     """fastText's and VW's train and test files (our words), and each split's words."""
     labels = corpus["train"].features["label"].names
@@ -334,16 +347,7 @@ def bench_e2e(quick: bool, workdir: Path) -> list[dict]:
         files, words = _peer_files(corpus, name, workdir)
         common = dict(corpus=name, words=words["train"], epochs=s["epochs"], dim=s["dim"])
         all_words = words["train"] + words["test"]  # what tokenizing reads
-        ours_args = [
-            *data,
-            "model=fasttext",
-            f"model.dim={s['dim']}",
-            f"trainer.epochs={s['epochs']}",
-            f"tokenizer.ngrams={s['ngrams']}",
-            "tokenizer.cache=false",
-            *([f"tokenizer.buckets={s['buckets']}"] if s["ngrams"] > 1 else []),
-            *s["ours"],
-        ]
+        ours_args = [*_fasttext_args(data, s), "tokenizer.cache=false"]
         try:
             tried = {}
             for lr in FASTTEXT_LRS:  # at 1 thread; "Encountered NaN" is a result too
@@ -552,7 +556,9 @@ TELEMETRY_ROUNDS = 8  # on/off pairs per config: this VM moves +-10% between rep
 def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
     """What the default telemetry costs the training loop at 1 thread, on BBC News (27k
     words), a synthetic corpus with a 10^6-word vocabulary (2 epochs, a 0.2 s loop) and the
-    same for 12 epochs (15,000 steps, 300 snapshots): the time the loop spends in snapshots
+    same for 12 epochs (15,000 steps, 300 snapshots); and at 2 threads, where the loop
+    writes the snapshots itself, on the end-to-end table's synthetic fastText run (25,000
+    steps, 500 snapshots): the time the loop spends in snapshots
     (`train/telemetry_seconds`: reading the rates at the step, and any wait for the telemetry
     process that summarizes and writes them) against the rest of the loop, median of the
     rounds; and, since a snapshot also costs the loop outside that time (the hand-over to the
@@ -568,15 +574,17 @@ def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
         f"data.vocab_size={synthetic_words}",
         f"data.num_docs={4_000 if quick else 50_000}",
     ]
-    corpora = {
-        "bbc_news": ["+experiment=debug"] if quick else [],
-        "synthetic": [*synthetic, "trainer.epochs=2"],
+    corpora = {  # name -> (overrides, threads)
+        "bbc_news": (["+experiment=debug"] if quick else [], 1),
+        "synthetic": ([*synthetic, "trainer.epochs=2"], 1),
     }
     if not quick:
-        corpora["synthetic, 12 epochs"] = [*synthetic, "trainer.epochs=12"]
+        corpora["synthetic, 12 epochs"] = ([*synthetic, "trainer.epochs=12"], 1)
+        _, _, data, settings = _setups(quick)[1]
+        corpora["synthetic fastText"] = (_fasttext_args(data, settings), 2)
     out = []
-    for corpus, data in corpora.items():
-        common = ["telemetry.figure=false", "trainer.num_threads=1", *data]
+    for corpus, (data, threads) in corpora.items():
+        common = ["telemetry.figure=false", f"trainer.num_threads={threads}", *data]
         on, ratios = [], []
         for round_ in range(1 if quick else TELEMETRY_ROUNDS):
             runs = {}
@@ -592,6 +600,7 @@ def bench_telemetry(quick: bool, workdir: Path) -> list[dict]:
         out.append(
             dict(
                 corpus=corpus,
+                threads=threads,
                 steps=steps,
                 snapshots=sum(snapshot_due(s, every) for s in range(1, steps)),
                 loop_seconds=rest,
@@ -889,12 +898,14 @@ def markdown(results: dict, command: str, machine: str) -> str:
         )
     if "telemetry" in results:
         lines += _table(
-            "**Telemetry overhead** (default telemetry, 1 thread: time the loop spends in "
-            "snapshots, reading rates and waiting for the telemetry process, against the rest "
-            "of the loop, median of the rounds; and the whole loop against a run with "
-            "`telemetry.every=0`, the median and range of the rounds' paired ratios):",
+            "**Telemetry overhead** (default telemetry: time the loop spends in snapshots, "
+            "reading rates and waiting for the telemetry process, or at 2 threads writing them "
+            "itself, against the rest of the loop, median of the rounds; and the whole loop "
+            "against a run with `telemetry.every=0`, the median and range of the rounds' "
+            "paired ratios):",
             [
                 "corpus",
+                "threads",
                 "steps",
                 "snapshots",
                 "rest of loop s",
@@ -906,6 +917,7 @@ def markdown(results: dict, command: str, machine: str) -> str:
             [
                 [
                     r["corpus"],
+                    str(r["threads"]),
                     str(r["steps"]),
                     str(r["snapshots"]),
                     f"{r['loop_seconds']:.3f}",

@@ -16,6 +16,7 @@ from nlp_adagrad.config import TelemetryConfig
 from nlp_adagrad.fits import binned_fit
 from nlp_adagrad.optim import Adagrad
 from nlp_adagrad.telemetry import (
+    LOG10_BIN_WIDTH,
     bucket_label,
     coordinate_spread,
     count_buckets,
@@ -29,7 +30,7 @@ from nlp_adagrad.telemetry import (
     summarize,
     write_snapshot,
 )
-from nlp_adagrad.writer import NullWriter
+from nlp_adagrad.writer import NullWriter, histograms_summary
 
 
 def test_binned_fit_recovers_a_power_law_whatever_the_token_mix():
@@ -211,8 +212,10 @@ def test_snapshot_writes_log10_medians_and_coordinate_histograms_per_bucket():
     assert writer.tags["eff_lr_log10/common"] == pytest.approx(np.log10(1 / 3**0.5))
     coords = writer.tags["eff_lr_log10_coord_hist/count_1e3"]
     assert sorted(set(np.round(coords, 6))) == pytest.approx([np.log10(0.5), 0.0])
-    # a coordinate that never got a gradient has no rate: not in the histogram
-    assert np.allclose(writer.tags["eff_lr_log10_coord_hist/count_1e0"], 1.0)
+    # a coordinate that never got a gradient has no rate: NaN, which no histogram counts
+    rare = writer.tags["eff_lr_log10_coord_hist/count_1e0"]
+    assert np.allclose(rare[np.isfinite(rare)], 1.0) and np.isnan(rare).sum() == 2 * 20
+    assert histograms_summary({"rare": rare}, LOG10_BIN_WIDTH).value[0].histo.num == 20
     low, high = coordinate_spread(opt, table, spec.num_tokens)
     assert low[1] == pytest.approx(0.5) and high[1] == pytest.approx(1.0)
     assert low[21] == high[21] == pytest.approx(10.0)

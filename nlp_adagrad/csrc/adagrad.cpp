@@ -97,6 +97,8 @@ int64_t count_rows_(torch::Tensor updates, torch::Tensor last_step, torch::Tenso
 
 namespace adagrad {
 
+constexpr int64_t kReadGrain = 1024;  // rows a thread reads at least
+
 // Telemetry's read of rows `ids` (nlp_adagrad/optim/base.py: rate_per_row, rate_per_coordinate),
 // one pass instead of ~14 torch calls. scale = lr / (1 + (last - 1) * lr_decay) at the row's
 // last update (lr when lr_decay is 0), then scale / (sqrt(mean_j G) + eps) per row, or scale /
@@ -108,26 +110,32 @@ void read_rates(const float* G, const int32_t* u, const int32_t* last, int64_t n
                 int64_t dim, const int64_t* r, int64_t n, double lr, double lr_decay, double eps,
                 bool per_coordinate, double* rate, int32_t* count) {
   const double nan = std::nan("");
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(r[i] >= 0 && r[i] < num_rows, "adagrad_rates: row id ", r[i], " out of range");
-    if (i + rows::kAhead < n && r[i + rows::kAhead] >= 0 && r[i + rows::kAhead] < num_rows) {
-      const int64_t later = r[i + rows::kAhead];  // a snapshot finds the state out of cache
-      __builtin_prefetch(G + later * dim), __builtin_prefetch(u + later);
-      if (lr_decay) __builtin_prefetch(last + later);  // no decay: the rate needs no step
+  // split over torch's threads as the step's rows are (each row's rate is its own): a
+  // snapshot read inside a chunk of steps had one thread wait on ~5,000 scattered rows while
+  // the other idled
+  at::parallel_for(0, n, kReadGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      TORCH_CHECK(r[i] >= 0 && r[i] < num_rows, "adagrad_rates: row id ", r[i], " out of range");
+      if (i + rows::kAhead < end && r[i + rows::kAhead] >= 0 && r[i + rows::kAhead] < num_rows) {
+        const int64_t later = r[i + rows::kAhead];  // a snapshot finds the state out of cache
+        __builtin_prefetch(G + later * dim), __builtin_prefetch(u + later);
+        if (lr_decay) __builtin_prefetch(last + later);  // no decay: the rate needs no step
+      }
+      if (count != nullptr) count[i] = u[r[i]];
+      const double scale = lr_decay ? lr / (1 + ((double)last[r[i]] - 1) * lr_decay) : lr;
+      const float* Gr = G + r[i] * dim;
+      if (per_coordinate) {
+        for (int64_t j = 0; j < dim; ++j)
+          rate[i * dim + j] =
+              u[r[i]] == 0 || Gr[j] == 0 ? nan : scale / (std::sqrt((double)Gr[j]) + eps);
+        continue;
+      }
+      double total = 0;
+      for (int64_t j = 0; j < dim; ++j) total += Gr[j];
+      const double mean = total / dim;
+      rate[i] = u[r[i]] == 0 || mean == 0 ? nan : scale / (std::sqrt(mean) + eps);
     }
-    if (count != nullptr) count[i] = u[r[i]];
-    const double scale = lr_decay ? lr / (1 + ((double)last[r[i]] - 1) * lr_decay) : lr;
-    const float* Gr = G + r[i] * dim;
-    if (per_coordinate) {
-      for (int64_t j = 0; j < dim; ++j)
-        rate[i * dim + j] = u[r[i]] == 0 || Gr[j] == 0 ? nan : scale / (std::sqrt((double)Gr[j]) + eps);
-      continue;
-    }
-    double total = 0;
-    for (int64_t j = 0; j < dim; ++j) total += Gr[j];
-    const double mean = total / dim;
-    rate[i] = u[r[i]] == 0 || mean == 0 ? nan : scale / (std::sqrt(mean) + eps);
-  }
+  });
 }
 
 }  // namespace adagrad

@@ -167,25 +167,28 @@ int64_t rate_stats_binned_fit(const double* log_x, const double* log_y, const do
   return full;
 }
 
-// stats = (min, max, how many) of the finite values: a histogram's range (writer.py).
-void rate_stats_finite_range(const double* values, int64_t n, double* stats) {
+// A histogram of the finite values in bins `width` wide on the multiples of width, each
+// (limit - width, limit] (writer.histograms_summary): out[0..3] = min, max, how many finite
+// values, first (= ceil(min / width)); out[4 + k] = how many values v have ceil(v / width) ==
+// first + k. Returns the number of bins, 0 when no value is finite; when that is more than
+// `capacity`, nothing is counted (the caller asks again with room for them).
+int64_t rate_stats_histogram(const double* values, int64_t n, double width, int64_t capacity,
+                             double* out) {
   const Range range = range_of(
       n, [&](int64_t i) { return std::isfinite(values[i]); }, [&](int64_t i) { return values[i]; });
-  stats[0] = range.low;
-  stats[1] = range.high;
-  stats[2] = static_cast<double>(range.count);
-}
-
-// counts[k] += 1 for each finite value v with ceil(v / width) - first == k, 0 <= k < bins:
-// a histogram's bins `width` wide on the multiples of width, each (limit - width, limit].
-// A block's bins first, in a loop of vector divisions (a division a value, one at a time,
-// was most of the cost), then counted in kLanes interleaved tallies (neighbouring values
-// mostly share a bin, and with one tally each count waited for the last).
-void rate_stats_bin_counts(const double* values, int64_t n, double width, double first,
-                           double* counts, int64_t bins) {
+  if (range.count == 0) return 0;
+  const double first = std::ceil(range.low / width);
+  const double last = std::ceil(range.high / width) - first + 1.0;
+  out[0] = range.low, out[1] = range.high, out[2] = static_cast<double>(range.count);
+  out[3] = first;
+  const int64_t bins = last < 0x1p62 ? static_cast<int64_t>(last) : INT64_MAX;
+  if (bins > capacity) return bins;
+  // a block's bins first, in a loop of vector divisions (a division a value, one at a time,
+  // was most of the cost), then counted in kLanes interleaved tallies (neighbouring values
+  // mostly share a bin, and with one tally each count waited for the last)
+  double* counts = out + 4;
   int64_t bin[kBlock];
   std::vector<int64_t> tally(bins * kLanes, 0);
-  const double last = static_cast<double>(bins);
   for (int64_t start = 0; start < n; start += kBlock) {
     const int64_t size = std::min(kBlock, n - start);
     const double* block = values + start;
@@ -200,9 +203,10 @@ void rate_stats_bin_counts(const double* values, int64_t n, double width, double
     }
   }
   for (int64_t k = 0; k < bins; ++k) {
-    counts[k] += static_cast<double>(
+    counts[k] = static_cast<double>(
         std::accumulate(tally.begin() + k * kLanes, tally.begin() + (k + 1) * kLanes, int64_t{0}));
   }
+  return bins;
 }
 
 }  // extern "C"
