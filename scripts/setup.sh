@@ -22,7 +22,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # the C++ kernels (skip-gram, fused Adagrad), compiled for this machine (~30 s); without
   # gcc the trainer uses torch ops instead, so a failed build is a warning, not a failure
   .venv/bin/python -m nlp_adagrad.kernels || echo "setup: training will use torch ops" >&2
-  # the telemetry's medians, fits and histogram counts (g++, no torch; ~2 s): without it
+  # the telemetry's medians, fits and histogram counts (g++, no torch; ~1 s): without it
   # NumPy computes them, slower
   .venv/bin/python -m nlp_adagrad.rate_stats || echo "setup: telemetry will summarize with NumPy" >&2
   echo "$want" > "$stamp"
