@@ -156,8 +156,14 @@ def native_kernels(choice: str, setting: str) -> ModuleType | None:
             f"{setting}={insist} but the C++ kernels do not build ({built}); install gcc "
             f"and ninja, or use {setting}={avoid}"
         )
-    log.warning("the C++ kernels do not build (%s); %s falls back to %s", built, setting, avoid)
+    _warn_fallback(built, setting, avoid)
     return None
+
+
+@cache
+def _warn_fallback(reason: str, setting: str, fallback: str) -> None:
+    """Once per setting: each run asks for the kernels several times (5 identical lines)."""
+    log.warning("the C++ kernels do not build (%s); %s falls back to %s", reason, setting, fallback)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -375,6 +376,8 @@ def serve(inbox: Connection, outbox: Connection) -> None:
 
 
 if __name__ == "__main__":
+    # the trainer says it too, formatted, where NumPy computes the summaries (rate_stats)
+    logging.getLogger("nlp_adagrad.rate_stats").disabled = True
     serve(
         Connection(int(sys.argv[1]), writable=False),
         Connection(int(sys.argv[2]), readable=False),

@@ -274,6 +274,18 @@ def test_fused_true_without_a_compiler_is_one_line(monkeypatch):
     assert Adagrad([nn.Parameter(torch.zeros(3, 2))])._kernels is None  # auto: torch ops
 
 
+def test_without_a_compiler_each_setting_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(kernels, "_build", lambda: "gcc: not found")
+    kernels._warn_fallback.cache_clear()
+    with caplog.at_level("WARNING", logger="nlp_adagrad.kernels"):
+        for _ in range(3):
+            for setting in ("optim.fused", "task.kernel"):
+                assert kernels.native_kernels("auto", setting) is None
+    kernels._warn_fallback.cache_clear()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("gcc: not found" in line for line in lines), lines
+
+
 def test_our_optimizers_never_import_torch_dynamo():
     # torch.optim.Optimizer's add_param_group, zero_grad and (load_)state_dict import it on
     # first call (1 s of start-up); ours call the functions underneath
