@@ -53,18 +53,7 @@ def binned_fit(
     `weights` make a sample's bin means those of what it stands for (tokens of weight 0 are
     shown, not counted). None when fewer than two bins hold tokens.
     """
-    return fit_logs(log_of(x), log_of(eff_lr), num_bins, weights)
-
-
-def fit_logs(
-    log_x: np.ndarray,
-    log_eff_lr: np.ndarray,
-    num_bins: int = NUM_FIT_BINS,
-    weights: np.ndarray | None = None,
-) -> Fit | None:
-    """`binned_fit` from the logs (`log_of`): a snapshot takes the log of its rates once for
-    both its fits, and that of the counts once a run."""
-    fitted = rate_stats.binned_fit(log_x, log_eff_lr, num_bins, weights)
+    fitted = rate_stats.binned_fit(log_of(x), log_of(eff_lr), num_bins, weights)
     return None if fitted is None else Fit(*fitted)
 
 

@@ -131,6 +131,48 @@ def binned_fit(
     return float(line[0]), float(line[1]), bins[0, :full].copy(), bins[1, :full].copy()
 
 
+def summary(
+    rates: np.ndarray,
+    logs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    groups: Groups,
+    weights: np.ndarray | None,
+    num_bins: int,
+) -> tuple[list[float], float, float]:
+    """A snapshot's numbers in one call: the groups' `medians` of the rates, then the slopes
+    of `binned_fit`s of log rate against log updates and against log count (`logs`: those
+    three, in that order; NaN where a line is undefined)."""
+    rates = np.ascontiguousarray(rates, dtype=np.float64)
+    log_rates, log_updates, log_counts = (np.ascontiguousarray(a, np.float64) for a in logs)
+    weights = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    lib = library()
+    if lib is None:
+        slopes = [
+            float("nan") if fit is None else fit[0]
+            for fit in (
+                _binned_fit(log_x, log_rates, num_bins, weights)
+                for log_x in (log_updates, log_counts)
+            )
+        ]
+        return medians(rates, groups, weights), *slopes
+    out = np.empty(len(groups) + 2)
+    lib.rate_stats_summary(
+        rates.ctypes.data,
+        log_rates.ctypes.data,
+        log_updates.ctypes.data,
+        log_counts.ctypes.data,
+        None if weights is None else weights.ctypes.data,
+        len(rates),
+        groups.positions.ctypes.data,
+        groups.offsets.ctypes.data,
+        groups.weighted.ctypes.data,
+        len(groups),
+        num_bins,
+        out.ctypes.data,
+    )
+    *numbers, vs_updates, vs_counts = out.tolist()
+    return numbers, vs_updates, vs_counts
+
+
 @dataclass
 class Histogram:
     """A histogram of the finite values in bins `width` wide on the multiples of width: bin k
@@ -262,6 +304,8 @@ def _load() -> ctypes.CDLL | str:
     lib.rate_stats_medians.restype = None
     lib.rate_stats_binned_fit.argtypes = [address, address, address, size, size] + [address] * 3
     lib.rate_stats_binned_fit.restype = size
+    lib.rate_stats_summary.argtypes = [address] * 5 + [size] + [address] * 3 + [size, size, address]
+    lib.rate_stats_summary.restype = None
     lib.rate_stats_histogram.argtypes = [address, size, ctypes.c_double, size, address]
     lib.rate_stats_histogram.restype = size
     return lib

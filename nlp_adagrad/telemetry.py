@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nlp_adagrad import rate_stats
-from nlp_adagrad.fits import fit_logs, log_of
+from nlp_adagrad.fits import NUM_FIT_BINS, log_of
 from nlp_adagrad.writer import MetricWriter
 
 if TYPE_CHECKING:
@@ -345,15 +345,16 @@ def summarize(
     `eff_lr` and `updates` hold the view's tokens (all of them by default).
     """
     view = view or spec.full
-    rare, common, *buckets = rate_stats.medians(eff_lr, view.median_groups, view.weights)
+    logs = (log_of(eff_lr), log_of(updates), view.log_counts)
+    medians, vs_updates, vs_count = rate_stats.summary(
+        eff_lr, logs, view.median_groups, view.weights, NUM_FIT_BINS
+    )
+    rare, common, *buckets = medians
     out = {"eff_lr/rare": rare, "eff_lr/common": common}
     out["eff_lr/rare_to_common"] = rare / common if common > 0 else float("nan")
     for name, median in zip(view.members, buckets):
         out[f"eff_lr/bucket/{name}"] = median
-    log_eff_lr = log_of(eff_lr)
-    for key, log_x in (("updates", log_of(updates)), ("count", view.log_counts)):
-        fit = fit_logs(log_x, log_eff_lr, weights=view.weights)
-        out[f"eff_lr/slope_vs_{key}"] = fit.slope if fit else float("nan")
+    out["eff_lr/slope_vs_updates"], out["eff_lr/slope_vs_count"] = vs_updates, vs_count
     return out
 
 

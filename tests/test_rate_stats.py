@@ -149,3 +149,24 @@ def test_histogram_counts_are_the_numpy_reference_exactly():
                 reference.num,
                 reference.first,
             )
+
+
+def test_a_snapshots_numbers_in_one_call_are_the_reference(monkeypatch):
+    """`summary`: the medians and both slopes of a snapshot, as the separate calls give them."""
+    rng = np.random.default_rng(3)
+    for trial in range(50):
+        n = int(rng.integers(1, 3000))
+        rates = _rates(rng, n)
+        logs = (log_of(rates), log_of(rng.integers(0, 200, n)), log_of(rng.pareto(1.0, n) + 1))
+        weights = rng.choice([0.0, 2.0, 9.0], n) if trial % 2 else None
+        groups = rate_stats.Groups.of(
+            [rng.choice(n, int(rng.integers(0, n + 1)), replace=False) for _ in range(3)],
+            [True, False, True],
+        )
+        medians, *slopes = rate_stats.summary(rates, logs, groups, weights, NUM_FIT_BINS)
+        np.testing.assert_equal(medians, rate_stats.medians(rates, groups, weights))
+        with monkeypatch.context() as numpy_only:
+            numpy_only.setattr(rate_stats, "library", lambda: None)
+            reference, *expected = rate_stats.summary(rates, logs, groups, weights, NUM_FIT_BINS)
+        np.testing.assert_equal(medians, reference)
+        np.testing.assert_allclose(slopes, expected, rtol=1e-12, atol=1e-12)
