@@ -2,7 +2,7 @@
 
 A snapshot's rates are read at its step (`telemetry.read_snapshot`, one C++ pass for Adagrad);
 turning them into medians, slopes and histograms (C++ through nlp_adagrad.rate_stats) and
-writing those costs ~0.11 ms, ~0.4 ms with histograms (on every fifth; microbenchmarks).
+writing those costs ~0.09 ms, ~0.4 ms with histograms (on every fifth; microbenchmarks).
 On a thread that Python shares the interpreter with the loop, which waited for the GIL each
 time it came back from a C++ chunk of steps (BBC News: +30% on a 0.05 s loop). So beside a
 TensorBoard run a child process does it, `python -m nlp_adagrad.telemetry_writer`, without
