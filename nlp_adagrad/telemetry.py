@@ -425,8 +425,8 @@ def write_snapshot(
     view, eff_lr = reading.view, reading.eff_lr
     summary = summarize(spec, eff_lr, reading.updates, view)
     summary["eff_lr/tokens_updated"] = float(reading.tokens_updated)
-    tags, positions = view.followed_tags
-    tags = {**summary, **log10_tags(summary), **dict(zip(tags, eff_lr[positions].tolist()))}
+    followed, positions = view.followed_tags
+    tags = {**summary, **log10_tags(summary), **dict(zip(followed, eff_lr[positions].tolist()))}
     if table_name is not None:
         tags = {table_tag(tag, table_name): value for tag, value in tags.items()}
     writer.scalars(tags, step)
