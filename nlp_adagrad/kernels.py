@@ -77,11 +77,16 @@ def build_name() -> str:
     return f"nlp_adagrad_kernels_{digest.hexdigest()[:16]}"
 
 
+def cache_home() -> Path:
+    """$XDG_CACHE_HOME, else ~/.cache: where this machine's builds are kept (these kernels
+    in torch's extensions root, nlp_adagrad.rate_stats beside it)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 def build_dir(name: str) -> Path:
     """Where the module is built: $TORCH_EXTENSIONS_DIR, else torch's default root
     (~/.cache/torch_extensions, under $XDG_CACHE_HOME when set), then the name."""
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cache_home / "torch_extensions"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cache_home() / "torch_extensions"
     return Path(root) / name
 
 
@@ -166,9 +171,16 @@ def _warn_fallback(reason: str, setting: str, fallback: str) -> None:
     log.warning("the C++ kernels do not build (%s); %s falls back to %s", reason, setting, fallback)
 
 
+def report_build(what: str, built: object, where: str) -> int:
+    """`python -m` of a build's module: where it is, or why `what` does not build; the exit
+    code."""
+    if isinstance(built, str):
+        print(f"the {what} do not build: {built}", file=sys.stderr)
+        return 1
+    print(f"built {where}")
+    return 0
+
+
 if __name__ == "__main__":
     built = _build()
-    if isinstance(built, str):
-        print(f"the C++ kernels do not build: {built}", file=sys.stderr)
-        sys.exit(1)
-    print(f"built {built.__file__}")
+    sys.exit(report_build("C++ kernels", built, getattr(built, "__file__", "")))

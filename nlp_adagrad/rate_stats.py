@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nlp_adagrad.kernels import cache_home, report_build
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "rate_stats.cpp"
@@ -75,8 +77,7 @@ def medians(values: np.ndarray, groups: Groups, weights: np.ndarray | None = Non
     group not `weighted`); with them the weighted lower median of the values of weight > 0
     (a sample's: tokens of weight 0 are only shown), the lower middle when the weights are
     all the same. NaN for a group with none."""
-    values = np.ascontiguousarray(values, dtype=np.float64)
-    weights = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    values, weights = _doubles(values), _doubles(weights)
     lib = library()
     if lib is None:
         return [
@@ -86,7 +87,7 @@ def medians(values: np.ndarray, groups: Groups, weights: np.ndarray | None = Non
     out = np.empty(len(groups))
     lib.rate_stats_medians(
         values.ctypes.data,
-        None if weights is None else weights.ctypes.data,
+        _address(weights),
         groups.positions.ctypes.data,
         groups.offsets.ctypes.data,
         groups.weighted.ctypes.data,
@@ -109,9 +110,7 @@ def binned_fit(
     the bins that hold points, num_bins equal bins of log_x; over the points with log_x >= 0,
     a finite log_y and, with weights, weight > 0 (means weighted). None when there are no
     points, one value of log_x or points in one bin only (fits.binned_fit says why)."""
-    log_x = np.ascontiguousarray(log_x, dtype=np.float64)
-    log_y = np.ascontiguousarray(log_y, dtype=np.float64)
-    weights = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    log_x, log_y, weights = _doubles(log_x), _doubles(log_y), _doubles(weights)
     lib = library()
     if lib is None:
         return _binned_fit(log_x, log_y, num_bins, weights)
@@ -119,7 +118,7 @@ def binned_fit(
     full = lib.rate_stats_binned_fit(
         log_x.ctypes.data,
         log_y.ctypes.data,
-        None if weights is None else weights.ctypes.data,
+        _address(weights),
         len(log_x),
         num_bins,
         bins[0].ctypes.data,
@@ -141,9 +140,8 @@ def summary(
     """A snapshot's numbers in one call: the groups' `medians` of the rates, then the slopes
     of `binned_fit`s of log rate against log updates and against log count (`logs`: those
     three, in that order; NaN where a line is undefined)."""
-    rates = np.ascontiguousarray(rates, dtype=np.float64)
-    log_rates, log_updates, log_counts = (np.ascontiguousarray(a, np.float64) for a in logs)
-    weights = None if weights is None else np.ascontiguousarray(weights, dtype=np.float64)
+    rates, weights = _doubles(rates), _doubles(weights)
+    log_rates, log_updates, log_counts = (_doubles(a) for a in logs)
     lib = library()
     if lib is None:
         slopes = [
@@ -160,7 +158,7 @@ def summary(
         log_rates.ctypes.data,
         log_updates.ctypes.data,
         log_counts.ctypes.data,
-        None if weights is None else weights.ctypes.data,
+        _address(weights),
         len(rates),
         groups.positions.ctypes.data,
         groups.offsets.ctypes.data,
@@ -187,7 +185,7 @@ class Histogram:
 
 def histogram(values: np.ndarray, width: float) -> Histogram | None:
     """The histogram of `values`' finite values, or None when none is finite."""
-    values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    values = _doubles(values).reshape(-1)
     lib = library()
     if lib is None:
         return _histogram(values, width)
@@ -204,6 +202,16 @@ def histogram(values: np.ndarray, width: float) -> Histogram | None:
         return None
     low, high, num, first = out[:4].tolist()
     return Histogram(low, high, int(num), int(first), out[4 : 4 + bins])
+
+
+def _doubles(array: np.ndarray | None) -> np.ndarray | None:
+    """The array as the C++ reads it: contiguous float64 (no copy where it is); None stays."""
+    return None if array is None else np.ascontiguousarray(array, dtype=np.float64)
+
+
+def _address(array: np.ndarray | None) -> int | None:
+    """Its data's address for a ctypes call; None (a null pointer) for None."""
+    return None if array is None else array.ctypes.data
 
 
 # ------------------------------------------------------------------ NumPy: the reference
@@ -271,8 +279,7 @@ def library_path() -> Path:
     """Where the library is: named by the digest of its source and flags, so a changed source
     is a new build, and checkouts with the same one share it."""
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache_home / "nlp_adagrad" / f"rate_stats_{digest}.so"
+    return cache_home() / "nlp_adagrad" / f"rate_stats_{digest}.so"
 
 
 @cache
@@ -327,8 +334,4 @@ def _warn_once(reason: str) -> None:
 
 
 if __name__ == "__main__":
-    built = _load()
-    if isinstance(built, str):
-        print(f"the C++ rate statistics do not build: {built}", file=sys.stderr)
-        sys.exit(1)
-    print(f"built {library_path()}")
+    sys.exit(report_build("C++ rate statistics", _load(), str(library_path())))
