@@ -146,13 +146,23 @@ int64_t rate_stats_binned_fit(const double* log_x, const double* log_y, const do
       const double b = std::min((log_x[start + i] - low) / span * bins, bins - 1.0);
       bin[i] = kept(start + i) ? static_cast<int64_t>(b) : -1;
     }
-    for (int64_t i = 0; i < size; ++i) {  // then added up in point order
-      if (bin[i] < 0) continue;
-      const int64_t p = start + i;
-      const double weight = weights == nullptr ? 1.0 : weights[p];
-      count[bin[i]] += weight;
-      sum_x[bin[i]] += weights == nullptr ? log_x[p] : log_x[p] * weight;
-      sum_y[bin[i]] += weights == nullptr ? log_y[p] : log_y[p] * weight;
+    // then added up in point order, a run of points in one bin in registers: through memory
+    // each add waited for the last one's store (points come sorted by count, so runs are long)
+    int64_t i = 0;
+    while (i < size && bin[i] < 0) ++i;
+    while (i < size) {
+      const int64_t b = bin[i];
+      double c = count[b], x = sum_x[b], y = sum_y[b];
+      for (; i < size && (bin[i] == b || bin[i] < 0); ++i) {
+        if (bin[i] < 0) continue;
+        const int64_t p = start + i;
+        const double weight = weights == nullptr ? 1.0 : weights[p];
+        c += weight;
+        x += weights == nullptr ? log_x[p] : log_x[p] * weight;
+        y += weights == nullptr ? log_y[p] : log_y[p] * weight;
+      }
+      count[b] = c, sum_x[b] = x, sum_y[b] = y;
+      while (i < size && bin[i] < 0) ++i;
     }
   }
   int64_t full = 0;
