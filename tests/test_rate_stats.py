@@ -64,6 +64,29 @@ def test_medians_by_hand():
     assert np.isnan(rate_stats.medians(values, halves, np.zeros(6))[0])  # weight 0: only shown
 
 
+@pytest.mark.parametrize("n", [64, 65, 1000, 1001])
+def test_many_values_select_their_medians_by_bins_as_numpy_does(n):
+    """Past 64 values the C++ counts a group into bins of its range before it selects (the
+    k-th's bin, again and again): the medians stay np.median's on values all equal, all but
+    one equal, spanning 600 decades or more than a double holds, a few subnormals apart, and
+    in runs of ties."""
+    rng = np.random.default_rng(n)
+    cases = {
+        "equal": np.full(n, 0.25),
+        "all but one": np.r_[np.full(n - 1, 3.0), 1e-9],
+        "all but one above": np.r_[np.full(n - 1, 3.0), 7.0],
+        "600 decades": np.r_[10.0 ** rng.uniform(-300, 300, n - 2), 1e-300, 1e300],
+        "wider than a double": np.r_[rng.uniform(-1, 1, n - 2), -1.5e308, 1.5e308],
+        "subnormals": 5e-324 * rng.integers(1, 5, n),
+        "ties": rng.integers(0, 5, n) / 4.0,
+        "one outlier": np.r_[rng.uniform(1, 2, n - 1), 1e12],
+    }
+    for name, values in cases.items():
+        everything = rate_stats.Groups.of([np.arange(n)] * 2, [True, False])
+        uniform = rate_stats.medians(values, everything, np.full(n, 2.0))
+        assert uniform == [np.sort(values)[(n - 1) // 2], np.median(values)], name
+
+
 def test_binned_fits_are_the_numpy_reference():
     """The same bins, and the line within 1e-12: the bins' sums add up in point order in both
     (np.bincount's), the means over at most 20 bins in another order. In a third of the
