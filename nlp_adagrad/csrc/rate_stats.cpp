@@ -59,11 +59,11 @@ double kth_smallest(std::vector<double>& v, size_t k, double* below, std::vector
   while (v.size() > kSelectDirectly) {
     const int64_t n = static_cast<int64_t>(v.size());
     const Range range = range_of(n, [](int64_t) { return true; }, [&](int64_t i) { return v[i]; });
-    const double scale = static_cast<double>(kSelectBins) / (range.high - range.low);
     if (!(range.low < range.high)) {  // all the same
       if (below != nullptr) *below = range.low;
       return range.low;
     }
+    const double scale = static_cast<double>(kSelectBins) / (range.high - range.low);
     // a range too narrow to divide or too wide to subtract in: select among them all
     if (!(scale > 0.0 && std::isfinite(scale))) break;
     bin.resize(n);
