@@ -39,11 +39,18 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "rate_stats.cpp"
 FLAGS = [
     *("-O3", "-march=native", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off"),
     *("-std=c++17", "-shared", "-fPIC"),
+    # rate_stats_summaries' threads: one libgomp.so.1 serves a process, whichever loaded it
+    # first; in the trainer, which imports torch first, torch's, so the loop's summaries go to
+    # the training threads' own team (the telemetry process never starts one)
+    "-fopenmp",
 ]
 BUILD_SECONDS = 120
 # bins a histogram's counts have room for at first: a log10 rate's histogram at 0.05 a bin
 # takes 20 a decade
 HISTOGRAM_BINS = 4096
+# a histogram's numbers before its counts (rate_stats_histograms): low, high, num, first, bins,
+# sum, sum of squares
+HISTOGRAM_HEADER = 7
 
 
 @dataclass(frozen=True)
@@ -130,45 +137,52 @@ def binned_fit(
     return float(line[0]), float(line[1]), bins[0, :full].copy(), bins[1, :full].copy()
 
 
-def summary(
-    rates: np.ndarray,
-    logs: tuple[np.ndarray, np.ndarray, np.ndarray],
+def summaries(
+    rates: list[np.ndarray],
+    log_rates: list[np.ndarray],
+    log_updates: list[np.ndarray],
+    log_counts: np.ndarray,
     groups: Groups,
     weights: np.ndarray | None,
     num_bins: int,
-) -> tuple[list[float], float, float]:
-    """A snapshot's numbers in one call: the groups' `medians` of the rates, then the slopes
-    of `binned_fit`s of log rate against log updates and against log count (`logs`: those
-    three, in that order; NaN where a line is undefined)."""
-    rates, weights = _doubles(rates), _doubles(weights)
-    log_rates, log_updates, log_counts = (_doubles(a) for a in logs)
+    threads: int = 1,
+) -> np.ndarray:
+    """The numbers of snapshots of one view in one call, a row each: the groups' `medians`
+    of its rates, then the slopes of `binned_fit`s of its log rates against its log updates
+    and against `log_counts` (NaN where a line is undefined). The C++ shares the snapshots
+    out over `threads` threads (OpenMP: in the trainer, torch's team), with the same bits."""
+    weights, log_counts = _doubles(weights), _doubles(log_counts)
+    arrays = [[_doubles(a) for a in arrays] for arrays in (rates, log_rates, log_updates)]
+    out = np.empty((len(rates), len(groups) + 2))
     lib = library()
     if lib is None:
-        slopes = [
-            float("nan") if fit is None else fit[0]
-            for fit in (
-                _binned_fit(log_x, log_rates, num_bins, weights)
-                for log_x in (log_updates, log_counts)
-            )
-        ]
-        return medians(rates, groups, weights), *slopes
-    out = np.empty(len(groups) + 2)
-    lib.rate_stats_summary(
-        rates.ctypes.data,
-        log_rates.ctypes.data,
-        log_updates.ctypes.data,
+        for row, rate, log_rate, log_update in zip(out, *arrays):
+            row[: len(groups)] = medians(rate, groups, weights)
+            for slot, log_x in ((-2, log_update), (-1, log_counts)):
+                fit = _binned_fit(log_x, log_rate, num_bins, weights)
+                row[slot] = float("nan") if fit is None else fit[0]
+        return out
+    # the arrays' addresses, a list per argument (`arrays` keeps them alive)
+    rate_at, log_rate_at, log_update_at = (
+        np.array([a.ctypes.data for a in arrays], dtype=np.uintp) for arrays in arrays
+    )
+    lib.rate_stats_summaries(
+        len(rates),
+        rate_at.ctypes.data,
+        log_rate_at.ctypes.data,
+        log_update_at.ctypes.data,
         log_counts.ctypes.data,
         _address(weights),
-        len(rates),
+        len(log_counts),
         groups.positions.ctypes.data,
         groups.offsets.ctypes.data,
         groups.weighted.ctypes.data,
         len(groups),
         num_bins,
+        threads,
         out.ctypes.data,
     )
-    *numbers, vs_updates, vs_counts = out.tolist()
-    return numbers, vs_updates, vs_counts
+    return out
 
 
 @dataclass
@@ -181,27 +195,39 @@ class Histogram:
     num: int
     first: int
     counts: np.ndarray  # float64
+    sum: float  # of the finite values
+    sum_squares: float
 
 
 def histogram(values: np.ndarray, width: float) -> Histogram | None:
     """The histogram of `values`' finite values, or None when none is finite."""
-    values = _doubles(values).reshape(-1)
+    return histograms([values], width)[0]
+
+
+def histograms(arrays: list[np.ndarray], width: float) -> list[Histogram | None]:
+    """`histogram` of each array, in one call."""
+    arrays = [_doubles(a).reshape(-1) for a in arrays]
     lib = library()
     if lib is None:
-        return _histogram(values, width)
+        return [_histogram(values, width) for values in arrays]
+    addresses = np.array([a.ctypes.data for a in arrays], dtype=np.uintp)
+    sizes = np.array([len(a) for a in arrays], dtype=np.int64)
     capacity = HISTOGRAM_BINS
     while True:  # once more, with room, for a range wider than HISTOGRAM_BINS bins
-        out = np.empty(4 + capacity)
-        bins = lib.rate_stats_histogram(
-            values.ctypes.data, len(values), width, capacity, out.ctypes.data
+        out = np.empty((len(arrays), HISTOGRAM_HEADER + capacity))
+        most = lib.rate_stats_histograms(
+            len(arrays), addresses.ctypes.data, sizes.ctypes.data, width, capacity, out.ctypes.data
         )
-        if bins <= capacity:
+        if most <= capacity:
             break
-        capacity = bins
-    if bins == 0:
-        return None
-    low, high, num, first = out[:4].tolist()
-    return Histogram(low, high, int(num), int(first), out[4 : 4 + bins])
+        capacity = most
+    found = []
+    for row in out:
+        low, high, num, first, bins, total, squares = row[:HISTOGRAM_HEADER].tolist()
+        counts = row[HISTOGRAM_HEADER : HISTOGRAM_HEADER + int(bins)]
+        binned = Histogram(low, high, int(num), int(first), counts, total, squares)
+        found.append(binned if bins else None)
+    return found
 
 
 def _doubles(array: np.ndarray | None) -> np.ndarray | None:
@@ -226,7 +252,9 @@ def _histogram(values: np.ndarray, width: float) -> Histogram | None:
     # the extreme values
     first = math.ceil(low / width)
     counts = np.bincount((np.ceil(values / width) - first).astype(np.int64)).astype(np.float64)
-    return Histogram(low, high, len(values), first, counts)
+    return Histogram(
+        low, high, len(values), first, counts, float(values.sum()), float(values @ values)
+    )
 
 
 def _median(values: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -311,10 +339,12 @@ def _load() -> ctypes.CDLL | str:
     lib.rate_stats_medians.restype = None
     lib.rate_stats_binned_fit.argtypes = [address, address, address, size, size] + [address] * 3
     lib.rate_stats_binned_fit.restype = size
-    lib.rate_stats_summary.argtypes = [address] * 5 + [size] + [address] * 3 + [size, size, address]
-    lib.rate_stats_summary.restype = None
-    lib.rate_stats_histogram.argtypes = [address, size, ctypes.c_double, size, address]
-    lib.rate_stats_histogram.restype = size
+    lib.rate_stats_summaries.argtypes = (
+        [size] + [address] * 5 + [size] + [address] * 3 + [size, size, size, address]
+    )
+    lib.rate_stats_summaries.restype = None
+    lib.rate_stats_histograms.argtypes = [size, address, address, ctypes.c_double, size, address]
+    lib.rate_stats_histograms.restype = size
     return lib
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,6 +42,11 @@ UNSEEN = "unseen"  # tokens with no occurrence in the training split (the unknow
 MAX_COORD_HISTOGRAM_TOKENS = 1_000
 # Histogram bins of log10(eff_lr): 20 a decade, each a rate ratio of 1.12, at any rate
 LOG10_BIN_WIDTH = 0.05
+# Snapshots summarized per C++ call (summarize_all), then written (write_snapshots): their
+# logs, made for the call, stay in cache; the logs of a whole burst of ~170 were megabytes of
+# fresh pages, and summarizing them took as long on two threads as 16 at a time on one
+# (a 2-thread run's readings, measured)
+SUMMARIES_AT_ONCE = 16
 COORD_CHUNK_ROWS = 65_536  # rows per read of per-coordinate rates (float64 rows x dim)
 TOKEN_STATS_COLUMNS = [
     "id",
@@ -344,12 +350,45 @@ def summarize(
 
     `eff_lr` and `updates` hold the view's tokens (all of them by default).
     """
-    view = view or spec.full
-    logs = (log_of(eff_lr), log_of(updates), view.log_counts)
-    medians, vs_updates, vs_count = rate_stats.summary(
-        eff_lr, logs, view.median_groups, view.weights, NUM_FIT_BINS
-    )
-    rare, common, *buckets = medians
+    return summarize_all(spec, [(eff_lr, updates, view or spec.full)])[0]
+
+
+def summarize_all(
+    spec: TelemetrySpec, snapshots: list[tuple[np.ndarray, np.ndarray, TokenView]], threads: int = 1
+) -> list[dict[str, float]]:
+    """`summarize` of many (eff_lr, updates, view) snapshots: a C++ call for each of `_batches`
+    of them, shared out over `threads` threads (rate_stats.summaries)."""
+    out = []
+    for batch in _batches(snapshots, view_of=lambda snapshot: snapshot[2]):
+        view = batch[0][2]
+        numbers = rate_stats.summaries(
+            [rates for rates, _, _ in batch],
+            [log_of(rates) for rates, _, _ in batch],
+            [log_of(updates) for _, updates, _ in batch],
+            view.log_counts,
+            view.median_groups,
+            view.weights,
+            NUM_FIT_BINS,
+            threads,
+        )
+        out += [_named(view, row) for row in numbers.tolist()]
+    return out
+
+
+def _batches(items: list, view_of: Callable) -> Iterator[list]:
+    """Runs of consecutive items of one view (`view_of`), up to SUMMARIES_AT_ONCE each."""
+    start = 0
+    while start < len(items):
+        end, view = start + 1, view_of(items[start])
+        while end < min(len(items), start + SUMMARIES_AT_ONCE) and view_of(items[end]) is view:
+            end += 1
+        yield items[start:end]
+        start = end
+
+
+def _named(view: TokenView, numbers: list[float]) -> dict[str, float]:
+    """A snapshot's numbers (rate_stats.summaries' row) under their tags' names."""
+    rare, common, *buckets, vs_updates, vs_count = numbers
     out = {"eff_lr/rare": rare, "eff_lr/common": common}
     out["eff_lr/rare_to_common"] = rare / common if common > 0 else float("nan")
     for name, median in zip(view.members, buckets):
@@ -422,8 +461,39 @@ def write_snapshot(
 ) -> dict[str, float]:
     """Write one telemetry point (scalars, followed tokens, histograms) from a reading; return
     its summary. With `table_name` the tags say the table (`table_tag`); the summary does not."""
+    return write_snapshots(writer, spec, [(reading, step, histograms, table_name)])[0]
+
+
+def write_snapshots(
+    writer: MetricWriter,
+    spec: TelemetrySpec,
+    snapshots: list[tuple[Reading, int, bool, str | None]],
+    threads: int = 1,
+) -> list[dict[str, float]]:
+    """`write_snapshot` of (reading, step, histograms, table_name) snapshots in order, their
+    summaries computed together over `threads` threads (`summarize_all`); their summaries."""
+    summaries = []
+    # written a batch at a time, right after its summaries, while its rates are in cache
+    for batch in _batches(snapshots, view_of=lambda snapshot: snapshot[0].view):
+        readings = [reading for reading, *_ in batch]
+        done = summarize_all(spec, [(r.eff_lr, r.updates, r.view) for r in readings], threads)
+        for (reading, step, histograms, table_name), summary in zip(batch, done):
+            _write(writer, spec, reading, summary, step, histograms, table_name)
+        summaries += done
+    return summaries
+
+
+def _write(
+    writer: MetricWriter,
+    spec: TelemetrySpec,
+    reading: Reading,
+    summary: dict[str, float],
+    step: int,
+    histograms: bool,
+    table_name: str | None,
+) -> None:
+    """One snapshot's events, its summary given (completed with its tokens_updated)."""
     view, eff_lr = reading.view, reading.eff_lr
-    summary = summarize(spec, eff_lr, reading.updates, view)
     summary["eff_lr/tokens_updated"] = float(reading.tokens_updated)
     followed, positions = view.followed_tags
     tags = {**summary, **log10_tags(summary), **dict(zip(followed, eff_lr[positions].tolist()))}
@@ -438,7 +508,6 @@ def write_snapshot(
         for name, logs in _coordinate_histograms(view, reading.coordinates).items():
             out[table_tag(f"eff_lr_log10_coord_hist/{name}", table_name)] = logs
         writer.histograms(out, step, LOG10_BIN_WIDTH)
-    return summary
 
 
 def _coordinate_histograms(view: TokenView, coordinates: np.ndarray | None) -> dict:

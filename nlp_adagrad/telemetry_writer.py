@@ -35,7 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from nlp_adagrad.errors import UserError
-from nlp_adagrad.telemetry import Reading, TelemetrySpec, write_snapshot
+from nlp_adagrad.telemetry import Reading, TelemetrySpec, write_snapshot, write_snapshots
 from nlp_adagrad.writer import EventsWriter, HeldBack, MetricWriter, TensorBoardWriter
 
 EVENTS_SUFFIX = ".telemetry"
@@ -55,7 +55,9 @@ def open_sink(writer: MetricWriter, spec: TelemetrySpec) -> SnapshotSink:
     if isinstance(writer, TensorBoardWriter):
         if spare_core():
             return ProcessSink(writer.logdir, spec)
-        return InlineSink(writer.logdir, spec)
+        import torch
+
+        return InlineSink(writer.logdir, spec, threads=torch.get_num_threads())
     return ThreadSink(writer, spec)
 
 
@@ -77,22 +79,27 @@ class InlineSink:
     Readings wait up to HOLD_SECONDS and are written together: right after a chunk of steps
     the summarizing code and data are out of cache, and a snapshot took 1.2 ms there against
     0.4 ms written after another. The event file is flushed every 30 s anyway.
+
+    A burst's summaries are shared out over `threads`, the training threads: right after a
+    chunk of steps their OpenMP team waits spinning for the next, so a second thread's share
+    costs the loop nothing it was not already spending (one thread: ~61 us a snapshot, two:
+    ~31 us, measured on a 2-thread run's readings).
     """
 
-    def __init__(self, logdir: Path, spec: TelemetrySpec) -> None:
+    def __init__(self, logdir: Path, spec: TelemetrySpec, threads: int = 1) -> None:
         self.spec = spec
         self._writer = EventsWriter(logdir, EVENTS_SUFFIX)
         self._held = HeldBack()
         self._done: list[dict[str, float]] = []
+        self._threads = threads
 
     def submit(self, reading: Reading, step: int, histograms: bool, table: str | None) -> None:
         if self._held.add((reading, step, histograms, table)):
             self._write_held()
 
     def _write_held(self) -> None:
-        for reading, step, histograms, table in self._held.take():
-            summary = write_snapshot(self._writer, self.spec, reading, step, histograms, table)
-            self._done.append(summary)
+        held = self._held.take()
+        self._done += write_snapshots(self._writer, self.spec, held, self._threads)
         self._writer.flush()
 
     def results(self) -> list[dict[str, float]]:
@@ -360,10 +367,9 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             elif kind == "snapshots":
                 snapshots = receive_snapshots(inbox, spec, message[1])  # even after a failure
                 try:
-                    for reading, step, histograms, table in snapshots if failure is None else []:
-                        summary = write_snapshot(writer, spec, reading, step, histograms, table)
-                        summaries.append(summary)
-                    writer.flush()
+                    if failure is None:
+                        summaries += write_snapshots(writer, spec, snapshots)
+                        writer.flush()
                 except Exception:
                     failure = traceback.format_exc()
             elif kind == "results":

@@ -125,29 +125,23 @@ def histograms_summary(values: dict[str, np.ndarray], width: float):
     when no tag has one. Not SummaryWriter.add_histogram's bins: those grow 1.1x from 1e-12,
     made for raw values; a log10 rate near -6 got a bin 0.6 decades wide and one near -0.1 a
     bin of 0.01, and bisecting 1,549 edges was 60% of a histogram snapshot's cost."""
-    from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+    from tensorboard.compat.proto.summary_pb2 import Summary
 
-    parts = []
-    for tag, v in values.items():
-        v = np.asarray(v, dtype=float).reshape(-1)
-        binned = rate_stats.histogram(v, width)
+    summary = Summary()
+    for tag, binned in zip(values, rate_stats.histograms(list(values.values()), width)):
         if binned is None:
             continue
-        finite = v if binned.num == len(v) else v[np.isfinite(v)]
+        # set in place in the Summary: a HistogramProto built first was copied into it
+        histogram = summary.value.add(tag=tag).histo
+        histogram.min, histogram.max, histogram.num = binned.low, binned.high, binned.num
+        histogram.sum, histogram.sum_squares = binned.sum, binned.sum_squares
+        # an empty bin on the left: TensorBoard reads right bin limits only
         limits = np.arange(binned.first - 1, binned.first + len(binned.counts)) * width
-        histogram = HistogramProto(
-            min=binned.low,
-            max=binned.high,
-            num=binned.num,
-            sum=finite.sum(),
-            sum_squares=finite.dot(finite),
-            # an empty bin on the left: TensorBoard reads right bin limits only
-            bucket_limit=limits.tolist(),
-            # floats: the proto's doubles converted from Python ints cost 5x more (~65 us)
-            bucket=[0.0, *binned.counts.tolist()],
-        )
-        parts.append(Summary.Value(tag=tag, histo=histogram))
-    return Summary(value=parts) if parts else None
+        histogram.bucket_limit.extend(limits.tolist())
+        # floats: the proto's doubles converted from Python ints cost 5x more (~65 us)
+        histogram.bucket.append(0.0)
+        histogram.bucket.extend(binned.counts.tolist())
+    return summary if summary.value else None
 
 
 def fast_record_checksums() -> None:

@@ -159,41 +159,60 @@ def test_a_fresh_cache_builds_the_library_and_loads_it_without_torch(tmp_path):
 
 
 def test_histogram_counts_are_the_numpy_reference_exactly():
+    """`histograms` of arrays in one call, each the NumPy reference's: counts and range exactly,
+    sums within 1e-12 (added in lanes); arrays with no finite value give None."""
     rng = np.random.default_rng(2)
     width = 0.05
-    for trial in range(100):
-        n = int(rng.integers(0, 5000))
-        values = log_of(_rates(rng, n)) if trial % 2 else rng.normal(0, 3, n)
-        values[: n // 10] = np.round(values[: n // 10] / width) * width  # on the edges
-        native = rate_stats.histogram(values, width)
-        reference = rate_stats._histogram(values, width)
-        assert (native is None) == (reference is None)
-        if native is not None:
-            np.testing.assert_array_equal(native.counts, reference.counts)
-            assert (native.low, native.high, native.num, native.first) == (
-                reference.low,
-                reference.high,
-                reference.num,
-                reference.first,
-            )
+    for trial in range(25):
+        arrays = []
+        for _ in range(int(rng.integers(1, 8))):
+            n = int(rng.integers(0, 5000))
+            values = log_of(_rates(rng, n)) if rng.random() < 0.5 else rng.normal(0, 3, n)
+            values[: n // 10] = np.round(values[: n // 10] / width) * width  # on the edges
+            arrays.append(values)
+        if trial % 5 == 0:  # wider than the first try's room, beside narrow ones
+            arrays.append(np.array([-1e3, 1e3, np.nan]))
+        if trial % 3 == 0:
+            arrays.append(np.array([np.nan, -np.inf]))
+        for values, native in zip(arrays, rate_stats.histograms(arrays, width), strict=True):
+            reference = rate_stats._histogram(values, width)
+            assert (native is None) == (reference is None)
+            if native is not None:
+                np.testing.assert_array_equal(native.counts, reference.counts)
+                exact = (native.low, native.high, native.num, native.first)
+                assert exact == (reference.low, reference.high, reference.num, reference.first)
+                scale = np.abs(values[np.isfinite(values)]).sum()  # what cancels in the sum
+                np.testing.assert_allclose(native.sum, reference.sum, rtol=0, atol=1e-12 * scale)
+                np.testing.assert_allclose(native.sum_squares, reference.sum_squares, rtol=1e-12)
 
 
-def test_a_snapshots_numbers_in_one_call_are_the_reference(monkeypatch):
-    """`summary`: the medians and both slopes of a snapshot, as the separate calls give them."""
+def test_snapshots_numbers_in_one_call_are_the_reference(monkeypatch):
+    """`summaries`: per snapshot the medians and both slopes, as the separate calls give them,
+    the same bits on one thread or shared out over several, and NumPy's within 1e-12."""
     rng = np.random.default_rng(3)
-    for trial in range(50):
+    for trial in range(12):
         n = int(rng.integers(1, 3000))
-        rates = _rates(rng, n)
-        logs = (log_of(rates), log_of(rng.integers(0, 200, n)), log_of(rng.pareto(1.0, n) + 1))
+        snapshots = int(rng.integers(1, 9))
+        rates = [_rates(rng, n) for _ in range(snapshots)]
+        log_rates = [log_of(r) for r in rates]
+        log_updates = [log_of(rng.integers(0, 200, n)) for _ in range(snapshots)]
+        log_counts = log_of(rng.pareto(1.0, n) + 1)
         weights = rng.choice([0.0, 2.0, 9.0], n) if trial % 2 else None
         groups = rate_stats.Groups.of(
             [rng.choice(n, int(rng.integers(0, n + 1)), replace=False) for _ in range(3)],
             [True, False, True],
         )
-        medians, *slopes = rate_stats.summary(rates, logs, groups, weights, NUM_FIT_BINS)
-        np.testing.assert_equal(medians, rate_stats.medians(rates, groups, weights))
+        args = (rates, log_rates, log_updates, log_counts, groups, weights, NUM_FIT_BINS)
+        one = rate_stats.summaries(*args)
+        np.testing.assert_equal(rate_stats.summaries(*args, threads=2), one)
+        np.testing.assert_equal(rate_stats.summaries(*args, threads=3), one)
+        for k in range(snapshots):
+            np.testing.assert_equal(one[k, :3], rate_stats.medians(rates[k], groups, weights))
+            for slot, log_x in ((3, log_updates[k]), (4, log_counts)):
+                fit = rate_stats.binned_fit(log_x, log_rates[k], NUM_FIT_BINS, weights)
+                np.testing.assert_equal(one[k, slot], np.nan if fit is None else fit[0])
         with monkeypatch.context() as numpy_only:
             numpy_only.setattr(rate_stats, "library", lambda: None)
-            reference, *expected = rate_stats.summary(rates, logs, groups, weights, NUM_FIT_BINS)
-        np.testing.assert_equal(medians, reference)
-        np.testing.assert_allclose(slopes, expected, rtol=1e-12, atol=1e-12)
+            reference = rate_stats.summaries(*args)
+        np.testing.assert_equal(one[:, :3], reference[:, :3])
+        np.testing.assert_allclose(one[:, 3:], reference[:, 3:], rtol=1e-12, atol=1e-12)

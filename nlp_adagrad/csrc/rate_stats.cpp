@@ -14,6 +14,7 @@ constexpr int64_t kLanes = 8;  // a loop's independent lanes, for the compiler t
 constexpr int64_t kBlock = 1024;  // values whose bins a vector loop finds before they count
 constexpr int64_t kSelectBins = 256;  // bins a selection counts many values into (kth_smallest)
 constexpr size_t kSelectDirectly = 64;  // values few enough for nth_element alone
+constexpr int64_t kHistogramHeader = 7;  // the numbers before a histogram's counts
 
 struct Range {
   double low = INFINITY, high = -INFINITY;
@@ -44,6 +45,30 @@ Range range_of(int64_t n, Counts counts, Value value) {
   out.low = *std::min_element(low, low + kLanes);
   out.high = *std::max_element(high, high + kLanes);
   out.count = std::accumulate(number, number + kLanes, int64_t{0});
+  return out;
+}
+
+struct Sums {
+  double sum = 0.0, squares = 0.0;
+};
+
+// The sum of value(i) and of its squares over the i < n where counts(i), in kLanes interleaved
+// lanes added up in lane order at the end (vector instructions; one chain waited for each add).
+template <typename Counts, typename Value>
+Sums sums_of(int64_t n, Counts counts, Value value) {
+  double sum[kLanes] = {}, squares[kLanes] = {};
+  auto take = [&](int64_t l, int64_t i) {
+    const double v = counts(i) ? value(i) : 0.0;
+    sum[l] += v;
+    squares[l] += v * v;
+  };
+  const int64_t whole = n - n % kLanes;
+  for (int64_t i = 0; i < whole; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) take(l, i + l);
+  }
+  for (int64_t i = whole; i < n; ++i) take(i - whole, i);
+  Sums out;
+  for (int64_t l = 0; l < kLanes; ++l) out.sum += sum[l], out.squares += squares[l];
   return out;
 }
 
@@ -239,64 +264,100 @@ int64_t rate_stats_binned_fit(const double* log_x, const double* log_y, const do
   return full;
 }
 
-// A snapshot's summary numbers in one call (telemetry.summarize; each call from Python cost
-// more than the C++ of a fit): out[g] the medians of the groups (rate_stats_medians), then
-// the slopes of log rate against log updates and against log count (rate_stats_binned_fit
-// in num_bins, weighted where weights is not null; NaN where a line is undefined).
-void rate_stats_summary(const double* rates, const double* log_rates, const double* log_updates,
-                        const double* log_counts, const double* weights, int64_t n,
-                        const int64_t* positions, const int64_t* offsets, const uint8_t* weighted,
-                        int64_t groups, int64_t num_bins, double* out) {
-  rate_stats_medians(rates, weights, positions, offsets, weighted, groups, out);
-  std::vector<double> bins(2 * num_bins);
-  double line[2];
-  for (const double* log_x : {log_updates, log_counts}) {
-    const int64_t full = rate_stats_binned_fit(log_x, log_rates, weights, n, num_bins,
-                                               bins.data(), bins.data() + num_bins, line);
-    out[groups++] = full > 0 ? line[0] : NAN;
+// The summary numbers of `count` snapshots of one view in one call (telemetry.summarize_all;
+// each call from Python cost more than the C++ of a fit): for snapshot k, out[k * (groups +
+// 2) + g] the medians of the groups (rate_stats_medians) of rates[k], then the slopes of
+// log_rates[k] against log_updates[k] and against log_counts (rate_stats_binned_fit in
+// num_bins, weighted where weights is not null; NaN where a line is undefined). Snapshots are
+// shared out over `threads` OpenMP threads: the loop's sink passes the training threads, whose
+// team waits spinning right after a chunk of steps (each snapshot's numbers are its own, so
+// any split gives the same bits).
+void rate_stats_summaries(int64_t count, const double* const* rates,
+                          const double* const* log_rates, const double* const* log_updates,
+                          const double* log_counts, const double* weights, int64_t n,
+                          const int64_t* positions, const int64_t* offsets, const uint8_t* weighted,
+                          int64_t groups, int64_t num_bins, int64_t threads, double* out) {
+  auto summarize = [&](int64_t k) {
+    double* numbers = out + k * (groups + 2);
+    rate_stats_medians(rates[k], weights, positions, offsets, weighted, groups, numbers);
+    std::vector<double> bins(2 * num_bins);
+    double line[2];
+    int64_t slot = groups;
+    for (const double* log_x : {log_updates[k], log_counts}) {
+      const int64_t full = rate_stats_binned_fit(log_x, log_rates[k], weights, n, num_bins,
+                                                 bins.data(), bins.data() + num_bins, line);
+      numbers[slot++] = full > 0 ? line[0] : NAN;
+    }
+  };
+  if (threads <= 1 || count <= 1) {  // no team at all: the telemetry process never starts one
+    for (int64_t k = 0; k < count; ++k) summarize(k);
+    return;
   }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t k = 0; k < count; ++k) summarize(k);
 }
 
-// A histogram of the finite values in bins `width` wide on the multiples of width, each
-// (limit - width, limit] (writer.histograms_summary): out[0..3] = min, max, how many finite
-// values, first (= ceil(min / width)); out[4 + k] = how many values v have ceil(v / width) ==
-// first + k. Returns the number of bins, 0 when no value is finite; when that is more than
-// `capacity`, nothing is counted (the caller asks again with room for them).
-int64_t rate_stats_histogram(const double* values, int64_t n, double width, int64_t capacity,
-                             double* out) {
-  const Range range = range_of(
-      n, [&](int64_t i) { return std::isfinite(values[i]); }, [&](int64_t i) { return values[i]; });
-  if (range.count == 0) return 0;
-  const double first = std::ceil(range.low / width);
-  const double last = std::ceil(range.high / width) - first + 1.0;
-  out[0] = range.low, out[1] = range.high, out[2] = static_cast<double>(range.count);
-  out[3] = first;
-  const int64_t bins = last < 0x1p62 ? static_cast<int64_t>(last) : INT64_MAX;
-  if (bins > capacity) return bins;
+// Histograms of `count` arrays (values[t]: sizes[t] values), each of its finite values in bins
+// `width` wide on the multiples of width, each (limit - width, limit] (writer.histograms_summary),
+// in one call (one a tag cost more in Python than in C++). Row t of out, kHistogramHeader +
+// capacity doubles: min, max, how many finite values, first (= ceil(min / width)), bins, their
+// sum, the sum of their squares; then at kHistogramHeader + k how many values v have
+// ceil(v / width) == first + k. bins is 0 where no value is finite. Returns the most bins of
+// any row; where that is more than `capacity`, no counts are written (the caller asks again
+// with room for them).
+int64_t rate_stats_histograms(int64_t count, const double* const* values, const int64_t* sizes,
+                              double width, int64_t capacity, double* out) {
+  const int64_t row = kHistogramHeader + capacity;
+  int64_t most = 0;
+  for (int64_t t = 0; t < count; ++t) {
+    const double* v = values[t];
+    const int64_t n = sizes[t];
+    auto finite = [&](int64_t i) { return std::isfinite(v[i]); };
+    const Range range = range_of(n, finite, [&](int64_t i) { return v[i]; });
+    double* header = out + t * row;
+    std::fill(header, header + kHistogramHeader, 0.0);
+    if (range.count == 0) continue;
+    const double first = std::ceil(range.low / width);
+    const double last = std::ceil(range.high / width) - first + 1.0;
+    const int64_t bins = last < 0x1p62 ? static_cast<int64_t>(last) : INT64_MAX;
+    const Sums sums = sums_of(n, finite, [&](int64_t i) { return v[i]; });
+    header[0] = range.low, header[1] = range.high, header[2] = static_cast<double>(range.count);
+    header[3] = first, header[4] = static_cast<double>(bins);
+    header[5] = sums.sum, header[6] = sums.squares;
+    most = std::max(most, bins);
+  }
+  if (most > capacity) return most;
   // a block's bins first, in a loop of vector divisions (a division a value, one at a time,
   // was most of the cost), then counted in kLanes interleaved tallies (neighbouring values
   // mostly share a bin, and with one tally each count waited for the last)
-  double* counts = out + 4;
   int64_t bin[kBlock];
-  std::vector<int64_t> tally(bins * kLanes, 0);
-  for (int64_t start = 0; start < n; start += kBlock) {
-    const int64_t size = std::min(kBlock, n - start);
-    const double* block = values + start;
-    for (int64_t i = 0; i < size; ++i) {
-      // & where && would branch: a branch in the loop keeps it from vector instructions
-      const double k = std::ceil(block[i] / width) - first;
-      const bool counted = std::isfinite(block[i]) & (k >= 0.0) & (k < last);
-      bin[i] = counted ? static_cast<int64_t>(k) * kLanes + i % kLanes : -1;
+  std::vector<int64_t> tally;
+  for (int64_t t = 0; t < count; ++t) {
+    double* header = out + t * row;
+    const int64_t bins = static_cast<int64_t>(header[4]);
+    if (bins == 0) continue;
+    const double first = header[3], last = static_cast<double>(bins);
+    tally.assign(bins * kLanes, 0);
+    for (int64_t start = 0; start < sizes[t]; start += kBlock) {
+      const int64_t size = std::min(kBlock, sizes[t] - start);
+      const double* block = values[t] + start;
+      for (int64_t i = 0; i < size; ++i) {
+        // & where && would branch: a branch in the loop keeps it from vector instructions
+        const double k = std::ceil(block[i] / width) - first;
+        const bool counted = std::isfinite(block[i]) & (k >= 0.0) & (k < last);
+        bin[i] = counted ? static_cast<int64_t>(k) * kLanes + i % kLanes : -1;
+      }
+      for (int64_t i = 0; i < size; ++i) {
+        if (bin[i] >= 0) ++tally[bin[i]];
+      }
     }
-    for (int64_t i = 0; i < size; ++i) {
-      if (bin[i] >= 0) ++tally[bin[i]];
+    double* counts = header + kHistogramHeader;
+    for (int64_t k = 0; k < bins; ++k) {
+      counts[k] = static_cast<double>(std::accumulate(tally.begin() + k * kLanes,
+                                                      tally.begin() + (k + 1) * kLanes, int64_t{0}));
     }
   }
-  for (int64_t k = 0; k < bins; ++k) {
-    counts[k] = static_cast<double>(
-        std::accumulate(tally.begin() + k * kLanes, tally.begin() + (k + 1) * kLanes, int64_t{0}));
-  }
-  return bins;
+  return most;
 }
 
 }  // extern "C"
