@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nlp_adagrad.batching import make_batch
-from nlp_adagrad.fused_steps import FIRST_CALL_STEPS, FusedSteps
+from nlp_adagrad.fused_steps import FIRST_CALL_STEPS, FusedSteps, Reads
 from nlp_adagrad.guard import DivergenceGuard
 from nlp_adagrad.kernels import native_kernels
 from nlp_adagrad.models import FastText, LogReg
@@ -93,6 +93,43 @@ def test_fused_chunks_equal_batch_by_batch_steps_bit_for_bit(kind, mode):
     assert len(got) == len(want)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+def test_a_chunks_reads_are_the_rates_at_their_steps_moved_rows_or_not():
+    """Reads inside a call equal the optimizer's own read after the same step, bit for bit:
+    rows no step touched since the call's last read keep that read's rate (adagrad.cpp's
+    read_rates), the others are read again, with lr decay and never-updated (NaN) rows."""
+    kernel = native_kernels("cpp", "task.kernel")
+    gen = torch.Generator().manual_seed(5)
+    split = _split(gen)
+    order = torch.randperm(split.num_docs, generator=gen).numpy()
+    rows = torch.arange(ROWS - 1, -1, -1)  # every row, in an order of their own
+    model, optimizer = _trainer("fasttext", "mean")
+    expected, counts = [], []
+    for begin in range(0, 8 * BATCH, BATCH):
+        optimizer.zero_grad(set_to_none=True)
+        batch = make_batch(split, order[begin : begin + BATCH])
+        model.loss_and_gradients(batch.ids, batch.offsets, batch.labels, kernel)
+        optimizer.step()
+        rates, updates = optimizer.rates_and_updates(model.embedding.weight, rows)
+        expected.append(rates.numpy().copy())
+        counts.append(updates.numpy().copy())
+    moved = [np.mean(a != b) for a, b in itertools.pairwise(counts)]
+    assert min(moved) > 0 and max(moved) < 0.5  # most rows kept their counts between reads
+    assert np.isnan(expected[0]).any()
+
+    model, optimizer = _trainer("fasttext", "mean")
+    fused = FusedSteps.for_run(model, optimizer, kernel, split)
+    fused.reads = Reads(torch.arange(1, 9), rows, torch.zeros(8, dtype=torch.bool), rows[:0])
+    read, begin = [], 0
+    for steps in (5, 3):  # a call's first read reads every row, the later ones what moved
+        chunk = fused(order[begin * BATCH : (begin + steps) * BATCH], BATCH)
+        assert chunk.read.steps.tolist() == list(range(begin + 1, begin + steps + 1))
+        read += list(zip(chunk.read.rates.numpy(), chunk.read.updates.numpy()))
+        begin += steps
+    for (rates, updates), want, count in zip(read, expected, counts, strict=True):
+        np.testing.assert_array_equal(updates, count)
+        np.testing.assert_array_equal(rates, want)  # NaN where the other has NaN
 
 
 def test_fused_steps_stop_after_the_first_non_finite_step_for_the_guard_to_name():

@@ -24,9 +24,11 @@ int64_t count_rows(int32_t* updates, int32_t* last_step, const int64_t* rows, in
 
 // Telemetry's effective rates of the n `rows` (adagrad.cpp: adagrad_rates, the formula): into
 // rate[i], or rate[i * dim + j] with `per_coordinate`, and each row's update count into count[i]
-// (`count` may be null).
+// (`count` may be null). With an earlier read of the same rows (`before_rate`, `before_count`,
+// not per coordinate), a row whose count has not moved since keeps that read's rate.
 void read_rates(const float* sum, const int32_t* updates, const int32_t* last_step,
                 int64_t num_rows, int64_t dim, const int64_t* rows, int64_t n, double lr,
-                double lr_decay, double eps, bool per_coordinate, double* rate, int32_t* count);
+                double lr_decay, double eps, bool per_coordinate, double* rate, int32_t* count,
+                const double* before_rate = nullptr, const int32_t* before_count = nullptr);
 
 }  // namespace adagrad

@@ -155,10 +155,14 @@ std::vector<torch::Tensor> classify_steps(
       break;  // the guard's step: no snapshot of it, as in the Python loop
     if (begin + done < end && read_step[begin + done] == first_step + s) {
       const int64_t rows_total = table.size(0);
+      // the rows read are the same each time: a row the chunk's last read saw at its count
+      // keeps that rate (adagrad::read_rates)
+      double* rate = rates.data_ptr<double>() + done * n_read;
+      int32_t* count = counts.data_ptr<int32_t>() + done * n_read;
       adagrad::read_rates(G, updates.data_ptr<int32_t>(), last_step.data_ptr<int32_t>(), rows_total,
                           dim, read_rows.data_ptr<int64_t>(), n_read, lr, lr_decay, eps, false,
-                          rates.data_ptr<double>() + done * n_read,
-                          counts.data_ptr<int32_t>() + done * n_read);
+                          rate, count, done > 0 ? rate - n_read : nullptr,
+                          done > 0 ? count - n_read : nullptr);
       if (read_coordinates[begin + done])  // the rates only: the counts are the read's above
         adagrad::read_rates(G, updates.data_ptr<int32_t>(), last_step.data_ptr<int32_t>(),
                             rows_total, dim, coordinate_rows.data_ptr<int64_t>(), n_coord, lr,
