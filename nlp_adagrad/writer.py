@@ -67,10 +67,10 @@ class NullWriter:
 
 
 HOLD_SECONDS = 1.0  # longest a scalar event or a loop-written snapshot is held back
-# sets of scalar tags whose Summary an EventsWriter keeps to write again: a snapshot's tags
+# sets of scalar tags whose Event an EventsWriter keeps to write again: a snapshot's tags
 # change only while buckets and tokens get their first rates (a model with several tables
 # writes a set per table)
-MAX_REUSED_SUMMARIES = 16
+MAX_REUSED_EVENTS = 16
 
 
 class HeldBack:
@@ -176,7 +176,7 @@ class EventsWriter:
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         file = logdir / f"{name}.{next(_EVENT_FILES)}{suffix}"
         self._records = RecordWriter(open(file, "wb"))  # noqa: SIM115 (closed by close())
-        self._scalar_summaries: dict[tuple[str, ...], Any] = {}  # tags -> their last Summary
+        self._scalar_events: dict[tuple[str, ...], Any] = {}  # tags -> their last Event
         self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
         self.flush()
 
@@ -190,20 +190,26 @@ class EventsWriter:
             self._write(Event(summary=summary, step=step, wall_time=time.time()))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        """The finite ones as one event. The Summary of the same tags as an earlier call is
-        that one's, its values set in place (it was written out as it was made): a
-        snapshot's 59 Summary.Value messages took ~30 us to build, ~7 us to set."""
+        """The finite ones as one event. The Event of the same tags as an earlier call is
+        that one's, its step, time and values set in place (it was written out as it was
+        made): a snapshot's 59 Summary.Value messages took ~30 us to build, ~7 us to set, and
+        an Event around a kept Summary ~3 us to copy it in."""
         finite = {tag: value for tag, value in values.items() if math.isfinite(value)}
+        if not finite:
+            return
         tags = tuple(finite)
-        summary = self._scalar_summaries.get(tags)
-        if summary is None:
-            if len(self._scalar_summaries) == MAX_REUSED_SUMMARIES:
-                self._scalar_summaries.clear()
-            summary = self._scalar_summaries[tags] = scalars_summary(finite)
+        event = self._scalar_events.get(tags)
+        if event is None:
+            from tensorboard.compat.proto.event_pb2 import Event
+
+            if len(self._scalar_events) == MAX_REUSED_EVENTS:
+                self._scalar_events.clear()
+            event = self._scalar_events[tags] = Event(summary=scalars_summary(finite))
         else:
-            for value, number in zip(summary.value, finite.values()):
+            for value, number in zip(event.summary.value, finite.values()):
                 value.simple_value = number
-        self._add(summary, step)
+        event.step, event.wall_time = step, time.time()
+        self._write(event)
 
     def histograms(self, values: dict[str, np.ndarray], step: int, width: float) -> None:
         self._add(histograms_summary(values, width), step)

@@ -145,7 +145,8 @@ void read_rates(const float* G, const int32_t* u, const int32_t* last, int64_t n
       const float* Gr = G + r[i] * dim;
       if (per_coordinate) {
         for (int64_t j = 0; j < dim; ++j)
-          rate[i * dim + j] = updates == 0 || Gr[j] == 0 ? nan : scale / (std::sqrt((double)Gr[j]) + eps);
+          rate[i * dim + j] =
+              updates == 0 || Gr[j] == 0 ? nan : scale / (std::sqrt((double)Gr[j]) + eps);
         continue;
       }
       double total = 0;
