@@ -443,8 +443,9 @@ class TelemetryConfig:
     # 3, 5, 10, 20, ... below it; 0 turns them off. A snapshot's read costs the loop ~0.1 ms
     # (5,000 sampled rows, whatever the vocabulary, read inside the fused classifier steps;
     # ~0.2 ms read between steps), the rest runs in the telemetry process (in the loop,
-    # ~0.15 ms more, ~0.45 ms with histograms, when training takes every core): ~2% of the
-    # 1-thread loop in all, ~4% of a fast 2-thread one on 2 cores (README, Performance).
+    # ~0.08 ms more, ~0.3 ms with histograms, when training takes every core, its summaries
+    # shared by the training threads): ~2% of the 1-thread loop in all, ~3% of a fast
+    # 2-thread one on 2 cores (README, Performance).
     every: int = 50
     # Tokens a snapshot reads at most: larger vocabularies are sampled by count bucket
     # (seeded, weighted), so a snapshot's cost stays flat; final metrics read every token.

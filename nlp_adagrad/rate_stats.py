@@ -8,7 +8,8 @@ The library is built once per machine with g++ (no torch: the telemetry process,
 imports torch, loads it too, so every sink writes the same numbers) into
 ~/.cache/nlp_adagrad; `scripts/setup.sh` builds it, and so does the first run that finds it
 missing. Where it does not build, NumPy computes the same numbers with one warning: the
-reference that the tests hold the C++ to (medians and histograms equal, fits within 1e-12).
+reference that the tests hold the C++ to (medians and histogram counts equal, fits and
+histogram sums within 1e-12).
 `python -m nlp_adagrad.rate_stats` builds it and says where.
 """
 
