@@ -350,11 +350,11 @@ def summarize(
 
     `eff_lr` and `updates` hold the view's tokens (all of them by default).
     """
-    return summarize_all(spec, [(eff_lr, updates, view or spec.full)])[0]
+    return summarize_all([(eff_lr, updates, view or spec.full)])[0]
 
 
 def summarize_all(
-    spec: TelemetrySpec, snapshots: list[tuple[np.ndarray, np.ndarray, TokenView]], threads: int = 1
+    snapshots: list[tuple[np.ndarray, np.ndarray, TokenView]], threads: int = 1
 ) -> list[dict[str, float]]:
     """`summarize` of many (eff_lr, updates, view) snapshots: a C++ call for each of `_batches`
     of them, shared out over `threads` threads (rate_stats.summaries)."""
@@ -476,7 +476,7 @@ def write_snapshots(
     # written a batch at a time, right after its summaries, while its rates are in cache
     for batch in _batches(snapshots, view_of=lambda snapshot: snapshot[0].view):
         readings = [reading for reading, *_ in batch]
-        done = summarize_all(spec, [(r.eff_lr, r.updates, r.view) for r in readings], threads)
+        done = summarize_all([(r.eff_lr, r.updates, r.view) for r in readings], threads)
         for (reading, step, histograms, table_name), summary in zip(batch, done):
             _write(writer, spec, reading, summary, step, histograms, table_name)
         summaries += done
