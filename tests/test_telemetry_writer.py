@@ -123,7 +123,7 @@ def test_the_process_and_the_loop_write_and_summarize_what_the_thread_does(tmp_p
     spec, readings = _snapshots()
     assert spec.sample is not spec.full and readings[0][0].coordinates is not None
     process = ProcessSink(tmp_path / "process", spec)
-    inline = InlineSink(tmp_path / "inline", spec)
+    inline = InlineSink(tmp_path / "inline", spec, threads=2)  # its summaries on two threads
     writer = TensorBoardWriter(tmp_path / "thread")
     thread = ThreadSink(writer, spec)
     for sink in (process, inline, thread):
