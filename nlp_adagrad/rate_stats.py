@@ -311,6 +311,16 @@ def library_path() -> Path:
     return cache_home() / "nlp_adagrad" / f"rate_stats_{digest}.so"
 
 
+def _compile(compiler: str, flags: list[str], out: Path) -> None:
+    subprocess.run(
+        [compiler, *flags, str(SOURCE), "-o", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_SECONDS,
+    )
+
+
 @cache
 def _load() -> ctypes.CDLL | str:
     """The library, built first where it is missing, or why it could not be."""
@@ -322,13 +332,12 @@ def _load() -> ctypes.CDLL | str:
             # time (the telemetry process) finds the whole file or none
             partial = path.with_suffix(f".{os.getpid()}.partial")
             compiler = os.environ.get("CXX", "g++")
-            subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", str(partial)],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=BUILD_SECONDS,
-            )
+            try:
+                _compile(compiler, FLAGS, partial)
+            except subprocess.CalledProcessError:
+                # a compiler without OpenMP (Apple's clang, clang without libomp): the same
+                # library, whose summaries then take one thread whatever they are given
+                _compile(compiler, [f for f in FLAGS if f != "-fopenmp"], partial)
             os.replace(partial, path)
         lib = ctypes.CDLL(str(path))
     except subprocess.CalledProcessError as e:

@@ -158,6 +158,31 @@ def test_a_fresh_cache_builds_the_library_and_loads_it_without_torch(tmp_path):
     assert [p.name for p in (tmp_path / "nlp_adagrad").iterdir()] == [path.rsplit("/", 1)[1]]
 
 
+def test_a_compiler_without_openmp_still_builds_the_library(tmp_path):
+    """Where -fopenmp does not build (Apple's clang, clang without libomp) the library is built
+    without it: the same numbers, its summaries on one thread whatever they are given."""
+    compiler = tmp_path / "no-openmp-g++"
+    compiler.write_text('#!/bin/sh\ncase " $* " in *" -fopenmp "*) exit 1;; esac\nexec g++ "$@"\n')
+    compiler.chmod(0o755)
+    code = (
+        "import numpy as np\n"
+        "from nlp_adagrad import rate_stats\n"
+        "assert rate_stats.library() is not None\n"
+        "rates = [np.arange(1.0, 50.0), np.arange(2.0, 51.0)]\n"
+        "logs = [np.log(r) for r in rates]\n"
+        "groups = rate_stats.Groups.of([np.arange(49)], [False])\n"
+        "args = (rates, logs, logs, logs[0], groups, None, 20)\n"
+        "one, two = rate_stats.summaries(*args), rate_stats.summaries(*args, threads=2)\n"
+        "assert (one == two).all() and one[:, 0].tolist() == [25.0, 26.0], one\n"
+        "print(rate_stats.library_path())\n"
+    )
+    env = {"XDG_CACHE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "CXX": str(compiler)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    built = subprocess.run(["ldd", out.stdout.strip()], capture_output=True, text=True).stdout
+    assert "libgomp" not in built
+
+
 def test_histogram_counts_are_the_numpy_reference_exactly():
     """`histograms` of arrays in one call, each the NumPy reference's: counts and range exactly,
     sums within 1e-12 (added in lanes); arrays with no finite value give None."""
