@@ -163,10 +163,7 @@ def summaries(
                 fit = _binned_fit(log_x, log_rate, num_bins, weights)
                 row[slot] = float("nan") if fit is None else fit[0]
         return out
-    # the arrays' addresses, a list per argument (`arrays` keeps them alive)
-    rate_at, log_rate_at, log_update_at = (
-        np.array([a.ctypes.data for a in arrays], dtype=np.uintp) for arrays in arrays
-    )
+    rate_at, log_rate_at, log_update_at = (_addresses(a) for a in arrays)  # kept alive there
     lib.rate_stats_summaries(
         len(rates),
         rate_at.ctypes.data,
@@ -200,18 +197,14 @@ class Histogram:
     sum_squares: float
 
 
-def histogram(values: np.ndarray, width: float) -> Histogram | None:
-    """The histogram of `values`' finite values, or None when none is finite."""
-    return histograms([values], width)[0]
-
-
 def histograms(arrays: list[np.ndarray], width: float) -> list[Histogram | None]:
-    """`histogram` of each array, in one call."""
+    """The histogram of each array's finite values, in one call; None for an array with
+    none finite."""
     arrays = [_doubles(a).reshape(-1) for a in arrays]
     lib = library()
     if lib is None:
         return [_histogram(values, width) for values in arrays]
-    addresses = np.array([a.ctypes.data for a in arrays], dtype=np.uintp)
+    addresses = _addresses(arrays)
     sizes = np.array([len(a) for a in arrays], dtype=np.int64)
     capacity = HISTOGRAM_BINS
     while True:  # once more, with room, for a range wider than HISTOGRAM_BINS bins
@@ -239,6 +232,12 @@ def _doubles(array: np.ndarray | None) -> np.ndarray | None:
 def _address(array: np.ndarray | None) -> int | None:
     """Its data's address for a ctypes call; None (a null pointer) for None."""
     return None if array is None else array.ctypes.data
+
+
+def _addresses(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays' data addresses as one array, for a C++ argument that takes an array of
+    pointers (the arrays must outlive the call)."""
+    return np.array([a.ctypes.data for a in arrays], dtype=np.uintp)
 
 
 # ------------------------------------------------------------------ NumPy: the reference

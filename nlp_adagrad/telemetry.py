@@ -360,19 +360,26 @@ def summarize_all(
     of them, shared out over `threads` threads (rate_stats.summaries)."""
     out = []
     for batch in _batches(snapshots, view_of=lambda snapshot: snapshot[2]):
-        view = batch[0][2]
-        numbers = rate_stats.summaries(
-            [rates for rates, _, _ in batch],
-            [log_of(rates) for rates, _, _ in batch],
-            [log_of(updates) for _, updates, _ in batch],
-            view.log_counts,
-            view.median_groups,
-            view.weights,
-            NUM_FIT_BINS,
-            threads,
-        )
-        out += [_named(view, row) for row in numbers.tolist()]
+        out += _summarize_batch(batch, threads)
     return out
+
+
+def _summarize_batch(
+    batch: list[tuple[np.ndarray, np.ndarray, TokenView]], threads: int
+) -> list[dict[str, float]]:
+    """`summarize` of one of `_batches`: snapshots of one view, in one C++ call."""
+    view = batch[0][2]
+    numbers = rate_stats.summaries(
+        [rates for rates, _, _ in batch],
+        [log_of(rates) for rates, _, _ in batch],
+        [log_of(updates) for _, updates, _ in batch],
+        view.log_counts,
+        view.median_groups,
+        view.weights,
+        NUM_FIT_BINS,
+        threads,
+    )
+    return [_named(view, row) for row in numbers.tolist()]
 
 
 def _batches(items: list, view_of: Callable) -> Iterator[list]:
@@ -475,8 +482,7 @@ def write_snapshots(
     summaries = []
     # written a batch at a time, right after its summaries, while its rates are in cache
     for batch in _batches(snapshots, view_of=lambda snapshot: snapshot[0].view):
-        readings = [reading for reading, *_ in batch]
-        done = summarize_all([(r.eff_lr, r.updates, r.view) for r in readings], threads)
+        done = _summarize_batch([(r.eff_lr, r.updates, r.view) for r, *_ in batch], threads)
         for (reading, step, histograms, table_name), summary in zip(batch, done):
             _write(writer, spec, reading, summary, step, histograms, table_name)
         summaries += done
